@@ -1,0 +1,140 @@
+"""Fakes and autograd of the op families, and the namespace each backend's kernels live in.
+
+`anp_kernels::*` are the C++/CUDA ops of anp_kernels._C; `anp_triton::*` the same
+schemas implemented with Triton. Both get identical fake (meta) functions and
+autograd formulas here, so torch.compile traces them without graph breaks.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from .. import _backend, _rng
+
+_registered: set = set()
+
+
+def kernels(backend: str):
+    """The torch.ops namespace holding `backend`'s kernels (importing it on first use)."""
+    if backend in ("cpu", "cuda"):
+        importlib.import_module("anp_kernels._C")
+        register("anp_kernels")
+        return torch.ops.anp_kernels
+    if backend == "triton":
+        importlib.import_module("anp_kernels.triton.ops")
+        register("anp_triton")
+        return torch.ops.anp_triton
+    raise ValueError(f"backend {backend!r} has no kernel namespace")
+
+
+def register(ns: str) -> None:
+    """Attach fakes and autograd to every op of namespace `ns` (once)."""
+    if ns in _registered:
+        return
+    _registered.add(ns)
+    from .relaxed_mask import mask_param_grads  # late import: relaxed_mask imports this module
+
+    def q(name: str) -> str:
+        return f"{ns}::{name}"
+
+    ops = getattr(torch.ops, ns)
+
+    # ---- channel_distortion
+    @torch.library.register_fake(q("channel_distortion"))
+    def _(z, z_adv):
+        return z.new_empty((z.shape[1],), dtype=torch.float32)
+
+    @torch.library.register_fake(q("channel_distortion_backward"))
+    def _(grad, z, z_adv):
+        return torch.empty_like(z), torch.empty_like(z_adv)
+
+    def cd_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def cd_backward(ctx, grad):
+        z, z_adv = ctx.saved_tensors
+        return tuple(ops.channel_distortion_backward(grad, z, z_adv))
+
+    torch.library.register_autograd(q("channel_distortion"), cd_backward, setup_context=cd_setup)
+
+    # ---- relaxed_mask / sample_mask
+    @torch.library.register_fake(q("relaxed_mask"))
+    def _(a, b, u_pi, u_z, temperature):
+        return a.new_empty((u_z.shape[0], a.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake(q("sample_mask"))
+    def _(a, b, batch_size, temperature, seed):
+        return a.new_empty((batch_size, a.shape[0]), dtype=torch.float32)
+
+    def rm_setup(ctx, inputs, output):
+        a, b, u_pi, u_z, temperature = inputs
+        ctx.save_for_backward(a, b, u_pi, u_z)
+        ctx.temperature = temperature
+
+    def rm_backward(ctx, grad):
+        a, b, u_pi, u_z = ctx.saved_tensors
+        ga, gb = mask_param_grads(a, b, u_pi, u_z, ctx.temperature, grad)
+        return ga, gb, None, None, None
+
+    torch.library.register_autograd(q("relaxed_mask"), rm_backward, setup_context=rm_setup)
+
+    def sm_setup(ctx, inputs, output):
+        a, b, batch_size, temperature, seed = inputs
+        ctx.save_for_backward(a, b)
+        ctx.temperature, ctx.seed, ctx.batch_size = temperature, seed, batch_size
+
+    def sm_backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        u_pi, u_z = _rng.mask_noise(ctx.seed, ctx.batch_size, a.shape[0], a.device)
+        ga, gb = mask_param_grads(a, b, u_pi, u_z, ctx.temperature, grad)
+        return ga, gb, None, None, None
+
+    torch.library.register_autograd(q("sample_mask"), sm_backward, setup_context=sm_setup)
+
+    # ---- masked_activation (sampled) and channel_scale (given z)
+    @torch.library.register_fake(q("masked_activation"))
+    def _(x, a, b, temperature, seed):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake(q("masked_activation_backward"))
+    def _(grad, x, a, b, temperature, seed):
+        return torch.empty_like(x), x.new_empty((x.shape[0], x.shape[1]), dtype=torch.float32)
+
+    def ma_setup(ctx, inputs, output):
+        x, a, b, temperature, seed = inputs
+        ctx.save_for_backward(x, a, b)
+        ctx.temperature, ctx.seed = temperature, seed
+
+    def ma_backward(ctx, grad):
+        x, a, b = ctx.saved_tensors
+        grad_x, grad_z = ops.masked_activation_backward(grad, x, a, b, ctx.temperature, ctx.seed)
+        u_pi, u_z = _rng.mask_noise(ctx.seed, x.shape[0], x.shape[1], x.device)
+        ga, gb = mask_param_grads(a, b, u_pi, u_z, ctx.temperature, grad_z)
+        return grad_x, ga, gb, None, None
+
+    torch.library.register_autograd(q("masked_activation"), ma_backward, setup_context=ma_setup)
+
+    @torch.library.register_fake(q("channel_scale"))
+    def _(x, z):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake(q("channel_scale_backward"))
+    def _(grad, x, z):
+        return torch.empty_like(x), x.new_empty((x.shape[0], x.shape[1]), dtype=torch.float32)
+
+    def cs_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def cs_backward(ctx, grad):
+        x, z = ctx.saved_tensors
+        grad_x, grad_z = ops.channel_scale_backward(grad, x, z)
+        if z.dim() == 1:
+            grad_z = grad_z.sum(0)
+        return grad_x, grad_z.to(z.dtype)
+
+    torch.library.register_autograd(q("channel_scale"), cs_backward, setup_context=cs_setup)
+
+
+def backend_for(op: str, t: torch.Tensor) -> str:
+    return _backend.resolve(op, t.device.type, t.dtype)

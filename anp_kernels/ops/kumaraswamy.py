@@ -1,0 +1,31 @@
+"""Closed forms of the Kumaraswamy(a, b) keep probability: its mean and its KL to Beta(alpha, 1)."""
+from __future__ import annotations
+
+import torch
+
+from . import _checks
+
+EULER_GAMMA = 0.5772156649015329
+
+
+def expected_keep(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """E[pi] = b * B(1 + 1/a, b) per unit (differentiable), computed with lgamma."""
+    _checks.mask_params(a, b)
+    inv_a = 1.0 / a
+    return torch.exp(torch.log(b) + torch.lgamma(1 + inv_a) + torch.lgamma(b) - torch.lgamma(1 + inv_a + b))
+
+
+def eval_mask(a: torch.Tensor, b: torch.Tensor, threshold: float = 1e-3) -> torch.Tensor:
+    """The deterministic test-time scale: E[pi], set to 0 where E[pi] <= threshold."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+        raise ValueError(f"threshold must be a number in [0, 1), got {threshold!r}")
+    keep = expected_keep(a, b)
+    return torch.where(keep > threshold, keep, torch.zeros_like(keep))
+
+
+def kl_kumaraswamy_beta(a: torch.Tensor, b: torch.Tensor, alpha: float = 1e-4) -> torch.Tensor:
+    """KL(Kumaraswamy(a, b) || Beta(alpha, 1)) summed over units (exact for this prior)."""
+    _checks.mask_params(a, b)
+    alpha = _checks.positive_scalar("alpha", alpha)
+    kl = (1 - alpha / a) * (-EULER_GAMMA - torch.digamma(b) - 1 / b) + torch.log(a * b / alpha) - (b - 1) / b
+    return kl.sum()

@@ -1,0 +1,45 @@
+"""Sampled relaxed Beta-Bernoulli mask with the noise drawn inside the kernel."""
+from __future__ import annotations
+
+import torch
+
+from .. import _rng
+from . import _checks
+from ._dispatch import backend_for, kernels
+from .relaxed_mask import relaxed_mask_reference
+
+
+def sample_mask_reference(a, b, batch_size: int, temperature: float, seed: int) -> torch.Tensor:
+    u_pi, u_z = _rng.mask_noise(seed, batch_size, a.shape[0], a.device)
+    return relaxed_mask_reference(a, b, u_pi, u_z, temperature)
+
+
+def resolve_seed(generator: torch.Generator | None, seed: int | None) -> int:
+    """An explicit seed wins; otherwise one drawn from `generator` (or the global RNG)."""
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+        if generator is not None:
+            raise ValueError("pass either generator or seed, not both")
+        return seed
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    return _rng.draw_seed(generator)
+
+
+def sample_mask(a: torch.Tensor, b: torch.Tensor, batch_size: int, temperature: float = 0.1,
+                generator: torch.Generator | None = None, *, seed: int | None = None) -> torch.Tensor:
+    """Draw z [batch_size, C] (float32): one pi per channel, one relaxed Bernoulli per (example, channel).
+
+    The same `generator` state (or `seed`) gives the same mask on the same backend,
+    and the same mask that `masked_activation` applies for that seed.
+    """
+    _checks.mask_params(a, b)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+        raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
+    temperature = _checks.positive_scalar("temperature", temperature)
+    seed = resolve_seed(generator, seed)
+    which = backend_for("sample_mask", a)
+    if which == "reference":
+        return sample_mask_reference(a, b, batch_size, temperature, seed)
+    return kernels(which).sample_mask(a, b, batch_size, temperature, seed)

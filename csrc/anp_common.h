@@ -1,0 +1,67 @@
+// Shared by the C++ CPU and CUDA kernels: the counter-based RNG and the relaxed
+// Beta-Bernoulli mask formula. The PyTorch reference (anp_kernels/_rng.py,
+// anp_kernels/ops/relaxed_mask.py) and the Triton kernels implement the very
+// same arithmetic, so every backend draws bit-identical noise for a seed.
+#pragma once
+#include <cstdint>
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define ANP_HD __host__ __device__ __forceinline__
+#else
+#define ANP_HD inline
+#endif
+
+namespace anp {
+
+constexpr uint32_t kGolden = 0x9E3779B9u;
+constexpr uint32_t kStreamPi = 0;  // one keep-probability draw per channel
+constexpr uint32_t kStreamZ = 1;   // one relaxed-Bernoulli draw per (example, channel)
+constexpr float kLogitEps = 1e-20f;
+constexpr float kTiny = 1e-30f;
+
+ANP_HD uint32_t fmix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return h;
+}
+
+struct StreamKey {
+  uint32_t k1, k2;
+};
+
+// Keys of one (seed, stream) pair; computed once per launch.
+ANP_HD StreamKey stream_key(int64_t seed, uint32_t stream) {
+  uint64_t s = static_cast<uint64_t>(seed);
+  uint32_t lo = static_cast<uint32_t>(s & 0xFFFFFFFFull);
+  uint32_t hi = static_cast<uint32_t>(s >> 32);
+  uint32_t k1 = fmix32(lo ^ fmix32(hi ^ (kGolden * (stream + 1u))));
+  uint32_t k2 = fmix32(k1 ^ 0x68E31DA4u);
+  return {k1, k2};
+}
+
+// Uniform in [2^-25, 1 - 2^-25]: 24 random bits plus half a step, exact in fp32.
+ANP_HD float uniform(StreamKey key, uint32_t index) {
+  uint32_t h = fmix32((index * kGolden) ^ key.k1);
+  h = fmix32(h ^ key.k2);
+  return static_cast<float>(h >> 8) * 5.9604644775390625e-08f + 2.98023223876953125e-08f;
+}
+
+// logit(pi) for pi = (1 - u_pi^(1/b))^(1/a), computed in log space.
+ANP_HD float logit_keep_prob(float a, float b, float u_pi) {
+  float ub = expf(logf(u_pi) / b);
+  float om = fmaxf(1.0f - ub, kTiny);
+  float pi = expf(logf(om) / a);
+  return logf(pi + kLogitEps) - logf(1.0f - pi + kLogitEps);
+}
+
+// z = sigmoid((logit(u_z) + logit(pi)) / temperature)
+ANP_HD float relaxed_bernoulli(float logit_pi, float u_z, float temperature) {
+  float t = (logf(u_z) - logf(1.0f - u_z) + logit_pi) / temperature;
+  return 1.0f / (1.0f + expf(-t));
+}
+
+}  // namespace anp

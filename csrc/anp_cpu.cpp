@@ -1,0 +1,337 @@
+// anp_kernels C++ CPU ops and the TORCH_LIBRARY schema of every op.
+//
+// Tensors of any rank >= 2 are seen as [N, C, S] (contiguous, "NCS") or
+// [N, S, C] (channels-last, "NSC"); every other layout is made contiguous
+// first. All arithmetic is fp32 whatever the storage dtype. Argument checks with
+// readable messages live in Python (anp_kernels/ops/_checks.py); the TORCH_CHECKs
+// here are the last line of defence for direct torch.ops calls.
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "anp_common.h"
+
+namespace anp {
+namespace {
+
+using at::Tensor;
+
+struct Geometry {
+  int64_t N, C, S;
+  bool channels_last;
+};
+
+// True when the tensor is dense with the channel dim innermost (NHWC-like).
+bool is_channels_last_like(const Tensor& t) {
+  if (t.dim() < 3 || t.stride(1) != 1) return false;
+  std::vector<int64_t> perm{0};
+  for (int64_t d = 2; d < t.dim(); ++d) perm.push_back(d);
+  perm.push_back(1);
+  return t.permute(perm).is_contiguous();
+}
+
+// Picks a common layout for tensors of one shape; makes copies only for odd strides.
+Geometry geometry(std::vector<Tensor*> ts) {
+  const Tensor& t = *ts[0];
+  TORCH_CHECK(t.dim() >= 2, "anp_kernels: expected rank >= 2, got ", t.dim());
+  Geometry g{t.size(0), t.size(1), 1, false};
+  g.S = (g.N * g.C) == 0 ? 0 : t.numel() / (g.N * g.C);
+  bool all_contig = true, all_cl = true;
+  for (auto* p : ts) {
+    all_contig = all_contig && p->is_contiguous();
+    all_cl = all_cl && is_channels_last_like(*p);
+  }
+  if (all_contig) return g;
+  if (all_cl) {
+    g.channels_last = true;
+    return g;
+  }
+  for (auto* p : ts) *p = p->contiguous();
+  return g;
+}
+
+template <typename T>
+inline float f32(T v) { return static_cast<float>(v); }
+
+// ---------------------------------------------------------------- distortion
+template <typename scalar_t>
+void distortion_fwd_kernel(const scalar_t* z, const scalar_t* w, float* out, const Geometry& g) {
+  const int nthreads = at::get_num_threads();
+  std::vector<float> partial(static_cast<size_t>(nthreads) * g.C, 0.f);
+  if (!g.channels_last) {
+    at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+      float* acc = partial.data() + at::get_thread_num() * g.C;
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* zr = z + r * g.S;
+        const scalar_t* wr = w + r * g.S;
+        float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t s = 0;
+        for (; s + 8 <= g.S; s += 8)
+          for (int k = 0; k < 8; ++k) lane[k] += std::fabs(f32(zr[s + k]) - f32(wr[s + k]));
+        float tail = 0.f;
+        for (; s < g.S; ++s) tail += std::fabs(f32(zr[s]) - f32(wr[s]));
+        acc[r % g.C] += ((lane[0] + lane[1]) + (lane[2] + lane[3])) +
+                        ((lane[4] + lane[5]) + (lane[6] + lane[7])) + tail;
+      }
+    });
+  } else {
+    at::parallel_for(0, g.N * g.S, 1, [&](int64_t begin, int64_t end) {
+      float* acc = partial.data() + at::get_thread_num() * g.C;
+      for (int64_t p = begin; p < end; ++p) {
+        const scalar_t* zr = z + p * g.C;
+        const scalar_t* wr = w + p * g.C;
+        for (int64_t c = 0; c < g.C; ++c) acc[c] += std::fabs(f32(zr[c]) - f32(wr[c]));
+      }
+    });
+  }
+  for (int t = 0; t < nthreads; ++t)
+    for (int64_t c = 0; c < g.C; ++c) out[c] += partial[t * g.C + c];
+}
+
+Tensor channel_distortion_cpu(const Tensor& z_in, const Tensor& w_in) {
+  TORCH_CHECK(z_in.sizes() == w_in.sizes(), "anp_kernels: z and z_adv must have the same shape");
+  TORCH_CHECK(z_in.scalar_type() == w_in.scalar_type(), "anp_kernels: z and z_adv must have the same dtype");
+  Tensor z = z_in, w = w_in;
+  Geometry g = geometry({&z, &w});
+  Tensor out = at::zeros({g.C}, z.options().dtype(at::kFloat));
+  if (z.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "channel_distortion_cpu", [&] {
+    distortion_fwd_kernel<scalar_t>(z.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), out.data_ptr<float>(), g);
+  });
+  return out;
+}
+
+template <typename scalar_t>
+void distortion_bwd_kernel(const float* grad, const scalar_t* z, const scalar_t* w, scalar_t* gz,
+                           scalar_t* gw, const Geometry& g) {
+  auto body = [&](int64_t i, float gc) {
+    float d = f32(z[i]) - f32(w[i]);
+    float v = d > 0.f ? gc : (d < 0.f ? -gc : 0.f);
+    gz[i] = static_cast<scalar_t>(v);
+    gw[i] = static_cast<scalar_t>(-v);
+  };
+  if (!g.channels_last) {
+    at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const float gc = grad[r % g.C];
+        for (int64_t s = 0; s < g.S; ++s) body(r * g.S + s, gc);
+      }
+    });
+  } else {
+    at::parallel_for(0, g.N * g.S, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p)
+        for (int64_t c = 0; c < g.C; ++c) body(p * g.C + c, grad[c]);
+    });
+  }
+}
+
+std::tuple<Tensor, Tensor> channel_distortion_backward_cpu(const Tensor& grad_in, const Tensor& z_in,
+                                                           const Tensor& w_in) {
+  Tensor z = z_in, w = w_in;
+  Geometry g = geometry({&z, &w});
+  TORCH_CHECK(grad_in.numel() == g.C, "anp_kernels: grad must have C elements");
+  Tensor grad = grad_in.to(at::kFloat).contiguous();
+  Tensor gz = at::empty_like(z), gw = at::empty_like(w);
+  if (z.numel() == 0) return {gz, gw};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "channel_distortion_bwd_cpu", [&] {
+    distortion_bwd_kernel<scalar_t>(grad.data_ptr<float>(), z.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                                    gz.data_ptr<scalar_t>(), gw.data_ptr<scalar_t>(), g);
+  });
+  return {gz, gw};
+}
+
+// ---------------------------------------------------------------- masks
+// z[b, c] of the relaxed Beta-Bernoulli mask, noise from the counter-based RNG.
+std::vector<float> sampled_mask(const Tensor& a_in, const Tensor& b_in, int64_t B, double temperature,
+                                int64_t seed) {
+  Tensor a = a_in.to(at::kFloat).contiguous(), b = b_in.to(at::kFloat).contiguous();
+  const int64_t C = a.numel();
+  const float* pa = a.data_ptr<float>();
+  const float* pb = b.data_ptr<float>();
+  const StreamKey kpi = stream_key(seed, kStreamPi), kz = stream_key(seed, kStreamZ);
+  std::vector<float> logit_pi(C), z(B * C);
+  for (int64_t c = 0; c < C; ++c)
+    logit_pi[c] = logit_keep_prob(pa[c], pb[c], uniform(kpi, static_cast<uint32_t>(c)));
+  const float T = static_cast<float>(temperature);
+  at::parallel_for(0, B * C, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      z[i] = relaxed_bernoulli(logit_pi[i % C], uniform(kz, static_cast<uint32_t>(i)), T);
+  });
+  return z;
+}
+
+Tensor relaxed_mask_cpu(const Tensor& a_in, const Tensor& b_in, const Tensor& upi_in, const Tensor& uz_in,
+                        double temperature) {
+  Tensor a = a_in.to(at::kFloat).contiguous(), b = b_in.to(at::kFloat).contiguous();
+  Tensor upi = upi_in.to(at::kFloat).contiguous(), uz = uz_in.to(at::kFloat).contiguous();
+  const int64_t C = a.numel(), B = uz.size(0);
+  TORCH_CHECK(uz.dim() == 2 && uz.size(1) == C && upi.numel() == C, "anp_kernels: relaxed_mask shapes");
+  Tensor out = at::empty({B, C}, a.options());
+  const float *pa = a.data_ptr<float>(), *pb = b.data_ptr<float>(), *pu = upi.data_ptr<float>();
+  const float* pz = uz.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  std::vector<float> logit_pi(C);
+  for (int64_t c = 0; c < C; ++c) logit_pi[c] = logit_keep_prob(pa[c], pb[c], pu[c]);
+  const float T = static_cast<float>(temperature);
+  for (int64_t i = 0; i < B * C; ++i) po[i] = relaxed_bernoulli(logit_pi[i % C], pz[i], T);
+  return out;
+}
+
+Tensor sample_mask_cpu(const Tensor& a, const Tensor& b, int64_t batch_size, double temperature, int64_t seed) {
+  std::vector<float> z = sampled_mask(a, b, batch_size, temperature, seed);
+  Tensor out = at::empty({batch_size, a.numel()}, a.options().dtype(at::kFloat));
+  std::copy(z.begin(), z.end(), out.data_ptr<float>());
+  return out;
+}
+
+// out[n, c, s] = x[n, c, s] * z[n, c]   (z_batch = false: z[c])
+template <typename scalar_t>
+void scale_fwd_kernel(const scalar_t* x, const float* z, bool z_batch, scalar_t* out, const Geometry& g) {
+  if (!g.channels_last) {
+    at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const float zr = z[z_batch ? r : r % g.C];
+        const scalar_t* xr = x + r * g.S;
+        scalar_t* o = out + r * g.S;
+        for (int64_t s = 0; s < g.S; ++s) o[s] = static_cast<scalar_t>(f32(xr[s]) * zr);
+      }
+    });
+  } else {
+    at::parallel_for(0, g.N * g.S, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const float* zr = z + (z_batch ? (p / g.S) * g.C : 0);
+        const scalar_t* xr = x + p * g.C;
+        scalar_t* o = out + p * g.C;
+        for (int64_t c = 0; c < g.C; ++c) o[c] = static_cast<scalar_t>(f32(xr[c]) * zr[c]);
+      }
+    });
+  }
+}
+
+// grad_x = grad * z;  grad_z[n, c] = sum_s grad * x   (one pass over grad and x)
+template <typename scalar_t>
+void scale_bwd_kernel(const scalar_t* gr, const scalar_t* x, const float* z, bool z_batch, scalar_t* gx,
+                      float* gzb, const Geometry& g) {
+  if (!g.channels_last) {
+    at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const float zr = z[z_batch ? r : r % g.C];
+        const scalar_t* grr = gr + r * g.S;
+        const scalar_t* xr = x + r * g.S;
+        scalar_t* o = gx + r * g.S;
+        float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t s = 0;
+        for (; s + 8 <= g.S; s += 8)
+          for (int k = 0; k < 8; ++k) {
+            const float gv = f32(grr[s + k]);
+            o[s + k] = static_cast<scalar_t>(gv * zr);
+            lane[k] += gv * f32(xr[s + k]);
+          }
+        float tail = 0.f;
+        for (; s < g.S; ++s) {
+          const float gv = f32(grr[s]);
+          o[s] = static_cast<scalar_t>(gv * zr);
+          tail += gv * f32(xr[s]);
+        }
+        gzb[r] = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7])) + tail;
+      }
+    });
+  } else {
+    at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const float* zr = z + (z_batch ? n * g.C : 0);
+        float* acc = gzb + n * g.C;
+        for (int64_t s = 0; s < g.S; ++s) {
+          const int64_t off = (n * g.S + s) * g.C;
+          for (int64_t c = 0; c < g.C; ++c) {
+            const float gv = f32(gr[off + c]);
+            gx[off + c] = static_cast<scalar_t>(gv * zr[c]);
+            acc[c] += gv * f32(x[off + c]);
+          }
+        }
+      }
+    });
+  }
+}
+
+Tensor scale_forward(Tensor x, const float* z, bool z_batch) {
+  Geometry g = geometry({&x});
+  Tensor out = at::empty_like(x);
+  if (x.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scale_fwd_cpu", [&] {
+    scale_fwd_kernel<scalar_t>(x.data_ptr<scalar_t>(), z, z_batch, out.data_ptr<scalar_t>(), g);
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor> scale_backward(Tensor grad, Tensor x, const float* z, bool z_batch) {
+  if (grad.strides() != x.strides()) grad = grad.contiguous(), x = x.contiguous();
+  Geometry g = geometry({&grad, &x});
+  Tensor gx = at::empty_like(x);
+  Tensor gz = at::zeros({g.N, g.C}, x.options().dtype(at::kFloat));
+  if (x.numel() == 0) return {gx, gz};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scale_bwd_cpu", [&] {
+    scale_bwd_kernel<scalar_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), z, z_batch,
+                               gx.data_ptr<scalar_t>(), gz.data_ptr<float>(), g);
+  });
+  return {gx, gz};
+}
+
+Tensor masked_activation_cpu(const Tensor& x, const Tensor& a, const Tensor& b, double temperature, int64_t seed) {
+  TORCH_CHECK(x.dim() >= 2 && a.numel() == x.size(1), "anp_kernels: a must have x.size(1) elements");
+  std::vector<float> z = sampled_mask(a, b, x.size(0), temperature, seed);
+  return scale_forward(x, z.data(), true);
+}
+
+std::tuple<Tensor, Tensor> masked_activation_backward_cpu(const Tensor& grad, const Tensor& x, const Tensor& a,
+                                                          const Tensor& b, double temperature, int64_t seed) {
+  std::vector<float> z = sampled_mask(a, b, x.size(0), temperature, seed);
+  return scale_backward(grad, x, z.data(), true);
+}
+
+Tensor channel_scale_cpu(const Tensor& x, const Tensor& z_in) {
+  TORCH_CHECK(x.dim() >= 2, "anp_kernels: x must have rank >= 2");
+  Tensor z = z_in.to(at::kFloat).contiguous();
+  return scale_forward(x, z.data_ptr<float>(), z.dim() == 2);
+}
+
+std::tuple<Tensor, Tensor> channel_scale_backward_cpu(const Tensor& grad, const Tensor& x, const Tensor& z_in) {
+  Tensor z = z_in.to(at::kFloat).contiguous();
+  return scale_backward(grad, x, z.data_ptr<float>(), z.dim() == 2);
+}
+
+}  // namespace
+}  // namespace anp
+
+TORCH_LIBRARY(anp_kernels, m) {
+  m.def("channel_distortion(Tensor z, Tensor z_adv) -> Tensor");
+  m.def("channel_distortion_backward(Tensor grad, Tensor z, Tensor z_adv) -> (Tensor, Tensor)");
+  m.def("relaxed_mask(Tensor a, Tensor b, Tensor u_pi, Tensor u_z, float temperature) -> Tensor");
+  m.def("sample_mask(Tensor a, Tensor b, int batch_size, float temperature, int seed) -> Tensor");
+  m.def("masked_activation(Tensor x, Tensor a, Tensor b, float temperature, int seed) -> Tensor");
+  m.def(
+      "masked_activation_backward(Tensor grad, Tensor x, Tensor a, Tensor b, float temperature, int seed)"
+      " -> (Tensor, Tensor)");
+  m.def("channel_scale(Tensor x, Tensor z) -> Tensor");
+  m.def("channel_scale_backward(Tensor grad, Tensor x, Tensor z) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(anp_kernels, CPU, m) {
+  m.impl("channel_distortion", &anp::channel_distortion_cpu);
+  m.impl("channel_distortion_backward", &anp::channel_distortion_backward_cpu);
+  m.impl("relaxed_mask", &anp::relaxed_mask_cpu);
+  m.impl("sample_mask", &anp::sample_mask_cpu);
+  m.impl("masked_activation", &anp::masked_activation_cpu);
+  m.impl("masked_activation_backward", &anp::masked_activation_backward_cpu);
+  m.impl("channel_scale", &anp::channel_scale_cpu);
+  m.impl("channel_scale_backward", &anp::channel_scale_backward_cpu);
+}
+
+// Lets `import anp_kernels._C` work as a Python module (the ops register on load).
+extern "C" {
+#include <Python.h>
+static struct PyModuleDef anp_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&anp_module); }
+}

@@ -1,0 +1,369 @@
+// anp_kernels CUDA ops: the same ops and arithmetic as anp_cpu.cpp.
+//
+// Layouts as on CPU: [N, C, S] rows ("NCS", one block per row, reduction in the
+// block, no atomics) or channels-last [N, S, C] ("NSC", threads over channels,
+// a tile of positions per block, one atomicAdd per thread and tile).
+// All accumulation is fp32. The relaxed mask is sampled inside the kernels.
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "anp_common.h"
+
+namespace anp {
+namespace {
+
+using at::Tensor;
+constexpr int kThreads = 256;
+constexpr int kTileS = 32;  // positions per block in channels-last kernels
+
+struct Geometry {
+  int64_t N, C, S;
+  bool channels_last;
+};
+
+bool is_channels_last_like(const Tensor& t) {
+  if (t.dim() < 3 || t.stride(1) != 1) return false;
+  std::vector<int64_t> perm{0};
+  for (int64_t d = 2; d < t.dim(); ++d) perm.push_back(d);
+  perm.push_back(1);
+  return t.permute(perm).is_contiguous();
+}
+
+Geometry geometry(std::vector<Tensor*> ts) {
+  const Tensor& t = *ts[0];
+  TORCH_CHECK(t.dim() >= 2, "anp_kernels: expected rank >= 2");
+  Geometry g{t.size(0), t.size(1), 1, false};
+  g.S = (g.N * g.C) == 0 ? 0 : t.numel() / (g.N * g.C);
+  bool all_contig = true, all_cl = true;
+  for (auto* p : ts) {
+    all_contig = all_contig && p->is_contiguous();
+    all_cl = all_cl && is_channels_last_like(*p);
+  }
+  if (all_contig) return g;
+  if (all_cl) {
+    g.channels_last = true;
+    return g;
+  }
+  for (auto* p : ts) *p = p->contiguous();
+  return g;
+}
+
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float warp_sums[kThreads / 32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < (blockDim.x >> 5) ? warp_sums[lane] : 0.f;
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  __syncthreads();
+  return v;  // valid in thread 0
+}
+
+// ------------------------------------------------------------------ distortion
+template <typename T>
+__global__ void distortion_fwd_rows(const T* __restrict__ z, const T* __restrict__ w, float* __restrict__ out,
+                                    int64_t rows, int64_t C, int64_t S) {
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    float acc = 0.f;
+    for (int64_t s = threadIdx.x; s < S; s += blockDim.x)
+      acc += fabsf(static_cast<float>(z[r * S + s]) - static_cast<float>(w[r * S + s]));
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) atomicAdd(out + r % C, acc);
+  }
+}
+
+template <typename T>
+__global__ void distortion_fwd_cl(const T* __restrict__ z, const T* __restrict__ w, float* __restrict__ out,
+                                  int64_t positions, int64_t C) {
+  const int64_t c = blockIdx.y * (int64_t)blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float acc = 0.f;
+  for (int64_t p = blockIdx.x * (int64_t)kTileS; p < positions; p += (int64_t)gridDim.x * kTileS)
+    for (int64_t q = p; q < p + kTileS && q < positions; ++q)
+      acc += fabsf(static_cast<float>(z[q * C + c]) - static_cast<float>(w[q * C + c]));
+  atomicAdd(out + c, acc);
+}
+
+template <typename T>
+__global__ void distortion_bwd(const float* __restrict__ grad, const T* __restrict__ z, const T* __restrict__ w,
+                               T* __restrict__ gz, T* __restrict__ gw, int64_t numel, int64_t C, int64_t S,
+                               bool channels_last) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < numel; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t c = channels_last ? i % C : (i / S) % C;
+    const float d = static_cast<float>(z[i]) - static_cast<float>(w[i]);
+    const float v = d > 0.f ? grad[c] : (d < 0.f ? -grad[c] : 0.f);
+    gz[i] = static_cast<T>(v);
+    gw[i] = static_cast<T>(-v);
+  }
+}
+
+int grid_for(int64_t work) {
+  int64_t blocks = (work + kThreads - 1) / kThreads;
+  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535 * 8));
+}
+
+Tensor channel_distortion_cuda(const Tensor& z_in, const Tensor& w_in) {
+  TORCH_CHECK(z_in.sizes() == w_in.sizes(), "anp_kernels: z and z_adv must have the same shape");
+  c10::cuda::CUDAGuard guard(z_in.device());
+  Tensor z = z_in, w = w_in;
+  Geometry g = geometry({&z, &w});
+  Tensor out = at::zeros({g.C}, z.options().dtype(at::kFloat));
+  if (z.numel() == 0) return out;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "channel_distortion_cuda", [&] {
+    if (!g.channels_last) {
+      const int64_t rows = g.N * g.C;
+      distortion_fwd_rows<scalar_t><<<std::min<int64_t>(rows, 65535 * 8), kThreads, 0, stream>>>(
+          z.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), out.data_ptr<float>(), rows, g.C, g.S);
+    } else {
+      const int64_t positions = g.N * g.S;
+      dim3 grid(std::min<int64_t>((positions + kTileS - 1) / kTileS, 4096), (g.C + kThreads - 1) / kThreads);
+      distortion_fwd_cl<scalar_t><<<grid, kThreads, 0, stream>>>(z.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                                                                 out.data_ptr<float>(), positions, g.C);
+    }
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+std::tuple<Tensor, Tensor> channel_distortion_backward_cuda(const Tensor& grad_in, const Tensor& z_in,
+                                                            const Tensor& w_in) {
+  c10::cuda::CUDAGuard guard(z_in.device());
+  Tensor z = z_in, w = w_in;
+  Geometry g = geometry({&z, &w});
+  Tensor grad = grad_in.to(at::kFloat).contiguous();
+  Tensor gz = at::empty_like(z), gw = at::empty_like(w);
+  if (z.numel() == 0) return {gz, gw};
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "channel_distortion_bwd_cuda", [&] {
+    distortion_bwd<scalar_t><<<grid_for(z.numel()), kThreads, 0, stream>>>(
+        grad.data_ptr<float>(), z.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), gz.data_ptr<scalar_t>(),
+        gw.data_ptr<scalar_t>(), z.numel(), g.C, g.S, g.channels_last);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {gz, gw};
+}
+
+// ------------------------------------------------------------------ masks
+// Where the per-(n, c) scale comes from: sampled in-kernel, or read from memory.
+struct SampledZ {
+  const float* a;
+  const float* b;
+  StreamKey kpi, kz;
+  float temperature;
+  int64_t C;
+  __device__ float operator()(int64_t n, int64_t c) const {
+    const float lp = logit_keep_prob(a[c], b[c], uniform(kpi, static_cast<uint32_t>(c)));
+    return relaxed_bernoulli(lp, uniform(kz, static_cast<uint32_t>(n * C + c)), temperature);
+  }
+};
+
+struct StoredZ {
+  const float* z;
+  bool batch;
+  int64_t C;
+  __device__ float operator()(int64_t n, int64_t c) const { return z[batch ? n * C + c : c]; }
+};
+
+template <typename T, typename ZFn>
+__global__ void scale_fwd_rows(const T* __restrict__ x, T* __restrict__ out, ZFn zfn, int64_t rows, int64_t C,
+                               int64_t S) {
+  __shared__ float zs;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    if (threadIdx.x == 0) zs = zfn(r / C, r % C);
+    __syncthreads();
+    const float zr = zs;
+    for (int64_t s = threadIdx.x; s < S; s += blockDim.x) out[r * S + s] = static_cast<T>(static_cast<float>(x[r * S + s]) * zr);
+    __syncthreads();
+  }
+}
+
+template <typename T, typename ZFn>
+__global__ void scale_fwd_cl(const T* __restrict__ x, T* __restrict__ out, ZFn zfn, int64_t N, int64_t S, int64_t C) {
+  const int64_t c = blockIdx.y * (int64_t)blockDim.x + threadIdx.x;
+  const int64_t tiles = (S + kTileS - 1) / kTileS;
+  if (c >= C) return;
+  for (int64_t t = blockIdx.x; t < N * tiles; t += gridDim.x) {
+    const int64_t n = t / tiles, s0 = (t % tiles) * kTileS;
+    const float zc = zfn(n, c);
+    for (int64_t s = s0; s < s0 + kTileS && s < S; ++s) {
+      const int64_t i = (n * S + s) * C + c;
+      out[i] = static_cast<T>(static_cast<float>(x[i]) * zc);
+    }
+  }
+}
+
+template <typename T, typename ZFn>
+__global__ void scale_bwd_rows(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ gx,
+                               float* __restrict__ gz, ZFn zfn, int64_t rows, int64_t C, int64_t S) {
+  __shared__ float zs;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    if (threadIdx.x == 0) zs = zfn(r / C, r % C);
+    __syncthreads();
+    const float zr = zs;
+    float acc = 0.f;
+    for (int64_t s = threadIdx.x; s < S; s += blockDim.x) {
+      const float gv = static_cast<float>(g[r * S + s]);
+      gx[r * S + s] = static_cast<T>(gv * zr);
+      acc += gv * static_cast<float>(x[r * S + s]);
+    }
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) gz[r] = acc;
+  }
+}
+
+template <typename T, typename ZFn>
+__global__ void scale_bwd_cl(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ gx,
+                             float* __restrict__ gz, ZFn zfn, int64_t N, int64_t S, int64_t C) {
+  const int64_t c = blockIdx.y * (int64_t)blockDim.x + threadIdx.x;
+  const int64_t tiles = (S + kTileS - 1) / kTileS;
+  if (c >= C) return;
+  for (int64_t t = blockIdx.x; t < N * tiles; t += gridDim.x) {
+    const int64_t n = t / tiles, s0 = (t % tiles) * kTileS;
+    const float zc = zfn(n, c);
+    float acc = 0.f;
+    for (int64_t s = s0; s < s0 + kTileS && s < S; ++s) {
+      const int64_t i = (n * S + s) * C + c;
+      const float gv = static_cast<float>(g[i]);
+      gx[i] = static_cast<T>(gv * zc);
+      acc += gv * static_cast<float>(x[i]);
+    }
+    atomicAdd(gz + n * C + c, acc);
+  }
+}
+
+template <typename ZFn>
+Tensor scale_forward(Tensor x, ZFn zfn) {
+  Geometry g = geometry({&x});
+  Tensor out = at::empty_like(x);
+  if (x.numel() == 0) return out;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scale_fwd_cuda", [&] {
+    if (!g.channels_last) {
+      const int64_t rows = g.N * g.C;
+      scale_fwd_rows<scalar_t, ZFn><<<std::min<int64_t>(rows, 65535 * 8), kThreads, 0, stream>>>(
+          x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), zfn, rows, g.C, g.S);
+    } else {
+      const int64_t tiles = g.N * ((g.S + kTileS - 1) / kTileS);
+      dim3 grid(std::min<int64_t>(tiles, 65535), (g.C + kThreads - 1) / kThreads);
+      scale_fwd_cl<scalar_t, ZFn><<<grid, kThreads, 0, stream>>>(x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                                                                  zfn, g.N, g.S, g.C);
+    }
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+template <typename ZFn>
+std::tuple<Tensor, Tensor> scale_backward(Tensor grad, Tensor x, ZFn zfn) {
+  if (grad.strides() != x.strides()) grad = grad.contiguous(), x = x.contiguous();
+  Geometry g = geometry({&grad, &x});
+  Tensor gx = at::empty_like(x);
+  Tensor gz = at::zeros({g.N, g.C}, x.options().dtype(at::kFloat));
+  if (x.numel() == 0) return {gx, gz};
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scale_bwd_cuda", [&] {
+    if (!g.channels_last) {
+      const int64_t rows = g.N * g.C;
+      scale_bwd_rows<scalar_t, ZFn><<<std::min<int64_t>(rows, 65535 * 8), kThreads, 0, stream>>>(
+          grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), gz.data_ptr<float>(), zfn,
+          rows, g.C, g.S);
+    } else {
+      const int64_t tiles = g.N * ((g.S + kTileS - 1) / kTileS);
+      dim3 grid(std::min<int64_t>(tiles, 65535), (g.C + kThreads - 1) / kThreads);
+      scale_bwd_cl<scalar_t, ZFn><<<grid, kThreads, 0, stream>>>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                                                  gx.data_ptr<scalar_t>(), gz.data_ptr<float>(),
+                                                                  zfn, g.N, g.S, g.C);
+    }
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {gx, gz};
+}
+
+SampledZ sampled_z(const Tensor& a, const Tensor& b, double temperature, int64_t seed) {
+  return SampledZ{a.data_ptr<float>(), b.data_ptr<float>(), stream_key(seed, kStreamPi),
+                  stream_key(seed, kStreamZ), static_cast<float>(temperature), a.numel()};
+}
+
+__global__ void mask_kernel(float* __restrict__ out, SampledZ zfn, int64_t B, int64_t C) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < B * C; i += (int64_t)gridDim.x * blockDim.x)
+    out[i] = zfn(i / C, i % C);
+}
+
+__global__ void relaxed_mask_kernel(const float* a, const float* b, const float* upi, const float* uz, float* out,
+                                    float temperature, int64_t B, int64_t C) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < B * C; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t c = i % C;
+    out[i] = relaxed_bernoulli(logit_keep_prob(a[c], b[c], upi[c]), uz[i], temperature);
+  }
+}
+
+Tensor relaxed_mask_cuda(const Tensor& a_in, const Tensor& b_in, const Tensor& upi_in, const Tensor& uz_in,
+                         double temperature) {
+  c10::cuda::CUDAGuard guard(a_in.device());
+  Tensor a = a_in.to(at::kFloat).contiguous(), b = b_in.to(at::kFloat).contiguous();
+  Tensor upi = upi_in.to(at::kFloat).contiguous(), uz = uz_in.to(at::kFloat).contiguous();
+  const int64_t C = a.numel(), B = uz.size(0);
+  Tensor out = at::empty({B, C}, a.options());
+  if (B * C == 0) return out;
+  relaxed_mask_kernel<<<grid_for(B * C), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      a.data_ptr<float>(), b.data_ptr<float>(), upi.data_ptr<float>(), uz.data_ptr<float>(), out.data_ptr<float>(),
+      static_cast<float>(temperature), B, C);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+Tensor sample_mask_cuda(const Tensor& a_in, const Tensor& b_in, int64_t B, double temperature, int64_t seed) {
+  c10::cuda::CUDAGuard guard(a_in.device());
+  Tensor a = a_in.to(at::kFloat).contiguous(), b = b_in.to(at::kFloat).contiguous();
+  Tensor out = at::empty({B, a.numel()}, a.options());
+  if (out.numel() == 0) return out;
+  mask_kernel<<<grid_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      out.data_ptr<float>(), sampled_z(a, b, temperature, seed), B, a.numel());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+Tensor masked_activation_cuda(const Tensor& x, const Tensor& a_in, const Tensor& b_in, double temperature,
+                              int64_t seed) {
+  c10::cuda::CUDAGuard guard(x.device());
+  Tensor a = a_in.to(at::kFloat).contiguous(), b = b_in.to(at::kFloat).contiguous();
+  return scale_forward(x, sampled_z(a, b, temperature, seed));
+}
+
+std::tuple<Tensor, Tensor> masked_activation_backward_cuda(const Tensor& grad, const Tensor& x, const Tensor& a_in,
+                                                           const Tensor& b_in, double temperature, int64_t seed) {
+  c10::cuda::CUDAGuard guard(x.device());
+  Tensor a = a_in.to(at::kFloat).contiguous(), b = b_in.to(at::kFloat).contiguous();
+  return scale_backward(grad, x, sampled_z(a, b, temperature, seed));
+}
+
+Tensor channel_scale_cuda(const Tensor& x, const Tensor& z_in) {
+  c10::cuda::CUDAGuard guard(x.device());
+  Tensor z = z_in.to(at::kFloat).contiguous();
+  return scale_forward(x, StoredZ{z.data_ptr<float>(), z.dim() == 2, x.size(1)});
+}
+
+std::tuple<Tensor, Tensor> channel_scale_backward_cuda(const Tensor& grad, const Tensor& x, const Tensor& z_in) {
+  c10::cuda::CUDAGuard guard(x.device());
+  Tensor z = z_in.to(at::kFloat).contiguous();
+  return scale_backward(grad, x, StoredZ{z.data_ptr<float>(), z.dim() == 2, x.size(1)});
+}
+
+}  // namespace
+}  // namespace anp
+
+TORCH_LIBRARY_IMPL(anp_kernels, CUDA, m) {
+  m.impl("channel_distortion", &anp::channel_distortion_cuda);
+  m.impl("channel_distortion_backward", &anp::channel_distortion_backward_cuda);
+  m.impl("relaxed_mask", &anp::relaxed_mask_cuda);
+  m.impl("sample_mask", &anp::sample_mask_cuda);
+  m.impl("masked_activation", &anp::masked_activation_cuda);
+  m.impl("masked_activation_backward", &anp::masked_activation_backward_cuda);
+  m.impl("channel_scale", &anp::channel_scale_cuda);
+  m.impl("channel_scale_backward", &anp::channel_scale_backward_cuda);
+}
