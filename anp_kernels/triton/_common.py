@@ -1,0 +1,61 @@
+"""Triton device functions shared by the kernels: the counter RNG and the relaxed mask.
+
+Bit-for-bit the arithmetic of csrc/anp_common.h and anp_kernels/_rng.py.
+"""
+import os
+
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# Elements per program: large under the interpreter (each program costs ~0.5 ms there).
+TILE = 65536 if INTERPRET else 4096
+
+
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+@triton.jit
+def fmix32(h):
+    h = h ^ (h >> 16)
+    h = h * 0x85EBCA6B
+    h = h ^ (h >> 13)
+    h = h * 0xC2B2AE35
+    return h ^ (h >> 16)
+
+
+@triton.jit
+def uniform(index, k1, k2):
+    """Uniform in [2^-25, 1 - 2^-25] for uint32 counters `index` of one stream."""
+    h = fmix32((index.to(tl.uint32) * 0x9E3779B9) ^ k1.to(tl.uint32))
+    h = fmix32(h ^ k2.to(tl.uint32))
+    return (h >> 8).to(tl.float32) * 5.9604644775390625e-08 + 2.98023223876953125e-08
+
+
+@triton.jit
+def relaxed_bernoulli(a, b, u_pi, u_z, temperature):
+    ub = tl.exp(tl.log(u_pi) / b)
+    om = tl.maximum(1.0 - ub, 1e-30)
+    pi = tl.exp(tl.log(om) / a)
+    logit_pi = tl.log(pi + 1e-20) - tl.log(1.0 - pi + 1e-20)
+    t = (tl.log(u_z) - tl.log(1.0 - u_z) + logit_pi) / temperature
+    return 1.0 / (1.0 + tl.exp(-t))
+
+
+@triton.jit
+def channel_scale_value(n, c, m, z_ptr, a_ptr, b_ptr, kp1, kp2, kz1, kz2, temperature, C,
+                        SAMPLED: tl.constexpr, Z_BATCH: tl.constexpr):
+    """z[n, c]: sampled from (a, b, keys) when SAMPLED, else read from z_ptr ([B, C] or [C])."""
+    if SAMPLED:
+        a = tl.load(a_ptr + c, mask=m, other=1.0)
+        b = tl.load(b_ptr + c, mask=m, other=1.0)
+        u_pi = uniform(c, kp1, kp2)
+        u_z = uniform(n * C + c, kz1, kz2)
+        z = relaxed_bernoulli(a, b, u_pi, u_z, temperature)
+    else:
+        if Z_BATCH:
+            z = tl.load(z_ptr + n * C + c, mask=m, other=0.0)
+        else:
+            z = tl.load(z_ptr + c, mask=m, other=0.0)
+    return z

@@ -1,0 +1,156 @@
+"""Triton kernels of the Beta-Bernoulli mask: sampling, and x * z with z sampled in-kernel.
+
+Rows layout [N, C, S]: a program owns BR whole rows, computes their z once and
+streams S. Channels-last [N, S, C]: a program owns (one n, BS positions, BC
+channels), computes z for its BC channels once. The backward kernels give grad x
+and sum_s grad*x per (n, c) in the same pass.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .. import _rng
+from .._layout import geometry
+from ._common import TILE, channel_scale_value, next_pow2, relaxed_bernoulli
+
+
+@triton.jit
+def _sample_kernel(out_ptr, a_ptr, b_ptr, kp1, kp2, kz1, kz2, temperature, total, C, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < total
+    z = channel_scale_value(i // C, i % C, m, out_ptr, a_ptr, b_ptr, kp1, kp2, kz1, kz2, temperature, C,
+                            SAMPLED=True, Z_BATCH=True)
+    tl.store(out_ptr + i, z, mask=m)
+
+
+@triton.jit
+def _relaxed_kernel(out_ptr, a_ptr, b_ptr, upi_ptr, uz_ptr, temperature, total, C, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < total
+    c = i % C
+    a = tl.load(a_ptr + c, mask=m, other=1.0)
+    b = tl.load(b_ptr + c, mask=m, other=1.0)
+    u_pi = tl.load(upi_ptr + c, mask=m, other=0.5)
+    u_z = tl.load(uz_ptr + i, mask=m, other=0.5)
+    tl.store(out_ptr + i, relaxed_bernoulli(a, b, u_pi, u_z, temperature), mask=m)
+
+
+@triton.jit
+def _scale_rows(x_ptr, g_ptr, out_ptr, gz_ptr, z_ptr, a_ptr, b_ptr, kp1, kp2, kz1, kz2, temperature, R, C, S,
+                SAMPLED: tl.constexpr, Z_BATCH: tl.constexpr, BACKWARD: tl.constexpr,
+                BR: tl.constexpr, BS: tl.constexpr):
+    r = tl.program_id(0) * BR + tl.arange(0, BR)
+    rm = r < R
+    z = channel_scale_value(r // C, r % C, rm, z_ptr, a_ptr, b_ptr, kp1, kp2, kz1, kz2, temperature, C,
+                            SAMPLED=SAMPLED, Z_BATCH=Z_BATCH)
+    acc = tl.zeros([BR, BS], dtype=tl.float32)
+    for sb in range(0, S, BS):
+        s = sb + tl.arange(0, BS)
+        m = rm[:, None] & (s < S)[None, :]
+        off = r.to(tl.int64)[:, None] * S + s[None, :]
+        if BACKWARD:
+            gv = tl.load(g_ptr + off, mask=m, other=0.0).to(tl.float32)
+            xv = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
+            tl.store(out_ptr + off, (gv * z[:, None]).to(out_ptr.dtype.element_ty), mask=m)
+            acc += gv * xv
+        else:
+            xv = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
+            tl.store(out_ptr + off, (xv * z[:, None]).to(out_ptr.dtype.element_ty), mask=m)
+    if BACKWARD:
+        tl.store(gz_ptr + r, tl.sum(acc, axis=1), mask=rm)
+
+
+@triton.jit
+def _scale_channels_last(x_ptr, g_ptr, out_ptr, gz_ptr, z_ptr, a_ptr, b_ptr, kp1, kp2, kz1, kz2, temperature,
+                         S, C, tiles_s, SAMPLED: tl.constexpr, Z_BATCH: tl.constexpr, BACKWARD: tl.constexpr,
+                         BS: tl.constexpr, BC: tl.constexpr):
+    t = tl.program_id(0)
+    n = t // tiles_s
+    s = (t % tiles_s) * BS + tl.arange(0, BS)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    cm = c < C
+    z = channel_scale_value(n, c, cm, z_ptr, a_ptr, b_ptr, kp1, kp2, kz1, kz2, temperature, C,
+                            SAMPLED=SAMPLED, Z_BATCH=Z_BATCH)
+    m = (s < S)[:, None] & cm[None, :]
+    off = (n.to(tl.int64) * S + s)[:, None] * C + c[None, :]
+    if BACKWARD:
+        gv = tl.load(g_ptr + off, mask=m, other=0.0).to(tl.float32)
+        xv = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + off, (gv * z[None, :]).to(out_ptr.dtype.element_ty), mask=m)
+        tl.atomic_add(gz_ptr + n * C + c, tl.sum(gv * xv, axis=0), mask=cm)
+    else:
+        xv = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + off, (xv * z[None, :]).to(out_ptr.dtype.element_ty), mask=m)
+
+
+def _keys(seed: int):
+    return (*_rng.stream_key(seed, _rng.STREAM_PI), *_rng.stream_key(seed, _rng.STREAM_Z))
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float32).contiguous()
+
+
+def sample(a, b, batch_size: int, temperature: float, seed: int) -> torch.Tensor:
+    out = torch.empty(batch_size, a.shape[0], device=a.device, dtype=torch.float32)
+    if out.numel():
+        block = min(TILE, next_pow2(out.numel()))
+        _sample_kernel[(triton.cdiv(out.numel(), block),)](out, _f32(a), _f32(b), *_keys(seed), temperature,
+                                                           out.numel(), a.shape[0], BLOCK=block)
+    return out
+
+
+def relaxed(a, b, u_pi, u_z, temperature: float) -> torch.Tensor:
+    out = torch.empty(u_z.shape[0], a.shape[0], device=a.device, dtype=torch.float32)
+    if out.numel():
+        block = min(TILE, next_pow2(out.numel()))
+        _relaxed_kernel[(triton.cdiv(out.numel(), block),)](out, _f32(a), _f32(b), _f32(u_pi), _f32(u_z),
+                                                            temperature, out.numel(), a.shape[0], BLOCK=block)
+    return out
+
+
+def _launch(x, grad, z, a, b, temperature, seed, backward: bool):
+    """Shared launcher of the forward (grad None) and backward channel-scale kernels."""
+    tensors = (x,) if grad is None else (grad, x)
+    g, tensors = geometry(*tensors)
+    x = tensors[-1]
+    grad = tensors[0] if backward else x
+    out = torch.empty_like(x)
+    gz = torch.zeros(g.n, g.c, device=x.device, dtype=torch.float32) if backward else out
+    if x.numel() == 0:
+        return out, gz
+    sampled = z is None
+    keys = _keys(seed) if sampled else (0, 0, 0, 0)
+    a32, b32 = (_f32(a), _f32(b)) if sampled else (x, x)
+    zz = _f32(z) if not sampled else out
+    z_batch = sampled or z.dim() == 2
+    common = dict(SAMPLED=sampled, Z_BATCH=z_batch, BACKWARD=backward)
+    if not g.channels_last:
+        bs = min(next_pow2(g.s), 1024)
+        br = max(1, min(next_pow2(g.n * g.c), TILE // bs))
+        _scale_rows[(triton.cdiv(g.n * g.c, br),)](x, grad, out, gz, zz, a32, b32, *keys, float(temperature),
+                                                   g.n * g.c, g.c, g.s, BR=br, BS=bs, **common)
+    else:
+        bc = min(next_pow2(g.c), 128)
+        bs = max(1, min(next_pow2(g.s), TILE // bc))
+        tiles_s = triton.cdiv(g.s, bs)
+        _scale_channels_last[(g.n * tiles_s, triton.cdiv(g.c, bc))](x, grad, out, gz, zz, a32, b32, *keys,
+                                                                    float(temperature), g.s, g.c, tiles_s,
+                                                                    BS=bs, BC=bc, **common)
+    return out, gz
+
+
+def masked_forward(x, a, b, temperature: float, seed: int) -> torch.Tensor:
+    return _launch(x, None, None, a, b, temperature, seed, backward=False)[0]
+
+
+def masked_backward(grad, x, a, b, temperature: float, seed: int):
+    return _launch(x, grad, None, a, b, temperature, seed, backward=True)
+
+
+def scale_forward(x, z) -> torch.Tensor:
+    return _launch(x, None, z, None, None, 1.0, 0, backward=False)[0]
+
+
+def scale_backward(grad, x, z):
+    return _launch(x, grad, z, None, None, 1.0, 0, backward=True)

@@ -1,0 +1,46 @@
+"""The anp_triton::* custom ops (same schemas as anp_kernels::*), backed by the Triton kernels."""
+import torch
+from torch import Tensor
+
+from . import distortion, mask
+
+
+@torch.library.custom_op("anp_triton::channel_distortion", mutates_args=())
+def channel_distortion(z: Tensor, z_adv: Tensor) -> Tensor:
+    return distortion.forward(z, z_adv)
+
+
+@torch.library.custom_op("anp_triton::channel_distortion_backward", mutates_args=())
+def channel_distortion_backward(grad: Tensor, z: Tensor, z_adv: Tensor) -> tuple[Tensor, Tensor]:
+    return distortion.backward(grad, z, z_adv)
+
+
+@torch.library.custom_op("anp_triton::relaxed_mask", mutates_args=())
+def relaxed_mask(a: Tensor, b: Tensor, u_pi: Tensor, u_z: Tensor, temperature: float) -> Tensor:
+    return mask.relaxed(a, b, u_pi, u_z, temperature)
+
+
+@torch.library.custom_op("anp_triton::sample_mask", mutates_args=())
+def sample_mask(a: Tensor, b: Tensor, batch_size: int, temperature: float, seed: int) -> Tensor:
+    return mask.sample(a, b, batch_size, temperature, seed)
+
+
+@torch.library.custom_op("anp_triton::masked_activation", mutates_args=())
+def masked_activation(x: Tensor, a: Tensor, b: Tensor, temperature: float, seed: int) -> Tensor:
+    return mask.masked_forward(x, a, b, temperature, seed)
+
+
+@torch.library.custom_op("anp_triton::masked_activation_backward", mutates_args=())
+def masked_activation_backward(grad: Tensor, x: Tensor, a: Tensor, b: Tensor, temperature: float,
+                               seed: int) -> tuple[Tensor, Tensor]:
+    return mask.masked_backward(grad, x, a, b, temperature, seed)
+
+
+@torch.library.custom_op("anp_triton::channel_scale", mutates_args=())
+def channel_scale(x: Tensor, z: Tensor) -> Tensor:
+    return mask.scale_forward(x, z)
+
+
+@torch.library.custom_op("anp_triton::channel_scale_backward", mutates_args=())
+def channel_scale_backward(grad: Tensor, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    return mask.scale_backward(grad, x, z)
