@@ -6,8 +6,9 @@
 // All accumulation is fp32. The relaxed mask is sampled inside the kernels.
 #include <torch/library.h>
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "anp_common.h"
 
@@ -113,7 +114,7 @@ Tensor channel_distortion_cuda(const Tensor& z_in, const Tensor& w_in) {
   Geometry g = geometry({&z, &w});
   Tensor out = at::zeros({g.C}, z.options().dtype(at::kFloat));
   if (z.numel() == 0) return out;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "channel_distortion_cuda", [&] {
     if (!g.channels_last) {
       const int64_t rows = g.N * g.C;
@@ -138,7 +139,7 @@ std::tuple<Tensor, Tensor> channel_distortion_backward_cuda(const Tensor& grad_i
   Tensor grad = grad_in.to(at::kFloat).contiguous();
   Tensor gz = at::empty_like(z), gw = at::empty_like(w);
   if (z.numel() == 0) return {gz, gw};
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "channel_distortion_bwd_cuda", [&] {
     distortion_bwd<scalar_t><<<grid_for(z.numel()), kThreads, 0, stream>>>(
         grad.data_ptr<float>(), z.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), gz.data_ptr<scalar_t>(),
@@ -241,7 +242,7 @@ Tensor scale_forward(Tensor x, ZFn zfn) {
   Geometry g = geometry({&x});
   Tensor out = at::empty_like(x);
   if (x.numel() == 0) return out;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scale_fwd_cuda", [&] {
     if (!g.channels_last) {
       const int64_t rows = g.N * g.C;
@@ -265,7 +266,7 @@ std::tuple<Tensor, Tensor> scale_backward(Tensor grad, Tensor x, ZFn zfn) {
   Tensor gx = at::empty_like(x);
   Tensor gz = at::zeros({g.N, g.C}, x.options().dtype(at::kFloat));
   if (x.numel() == 0) return {gx, gz};
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scale_bwd_cuda", [&] {
     if (!g.channels_last) {
       const int64_t rows = g.N * g.C;
@@ -310,7 +311,7 @@ Tensor relaxed_mask_cuda(const Tensor& a_in, const Tensor& b_in, const Tensor& u
   const int64_t C = a.numel(), B = uz.size(0);
   Tensor out = at::empty({B, C}, a.options());
   if (B * C == 0) return out;
-  relaxed_mask_kernel<<<grid_for(B * C), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  relaxed_mask_kernel<<<grid_for(B * C), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       a.data_ptr<float>(), b.data_ptr<float>(), upi.data_ptr<float>(), uz.data_ptr<float>(), out.data_ptr<float>(),
       static_cast<float>(temperature), B, C);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -322,7 +323,7 @@ Tensor sample_mask_cuda(const Tensor& a_in, const Tensor& b_in, int64_t B, doubl
   Tensor a = a_in.to(at::kFloat).contiguous(), b = b_in.to(at::kFloat).contiguous();
   Tensor out = at::empty({B, a.numel()}, a.options());
   if (out.numel() == 0) return out;
-  mask_kernel<<<grid_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  mask_kernel<<<grid_for(out.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       out.data_ptr<float>(), sampled_z(a, b, temperature, seed), B, a.numel());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

@@ -1,4 +1,5 @@
 """Functional ops with autograd and backend dispatch (see anp_kernels.backend())."""
+from ._dispatch import warm_up as _warm_up
 from .distortion import channel_distortion, channel_distortion_reference, vs_loss, vulnerability
 from .kumaraswamy import eval_mask, expected_keep, kl_kumaraswamy_beta
 from .masked_activation import (channel_scale, channel_scale_reference, masked_activation,
@@ -12,3 +13,5 @@ __all__ = [
     "masked_activation", "masked_activation_reference", "channel_scale", "channel_scale_reference",
     "expected_keep", "eval_mask", "kl_kumaraswamy_beta",
 ]
+
+_warm_up()

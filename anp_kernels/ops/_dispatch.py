@@ -13,10 +13,19 @@ import torch
 from .. import _backend, _rng
 
 _registered: set = set()
+_namespaces: dict = {}
 
 
 def kernels(backend: str):
-    """The torch.ops namespace holding `backend`'s kernels (importing it on first use)."""
+    """The torch.ops namespace holding `backend`'s kernels (loaded once, then a dict lookup
+    that torch.compile traces)."""
+    ns = _namespaces.get(backend)
+    if ns is None:
+        ns = _namespaces[backend] = _load(backend)
+    return ns
+
+
+def _load(backend: str):
     if backend in ("cpu", "cuda"):
         importlib.import_module("anp_kernels._C")
         register("anp_kernels")
@@ -26,6 +35,12 @@ def kernels(backend: str):
         register("anp_triton")
         return torch.ops.anp_triton
     raise ValueError(f"backend {backend!r} has no kernel namespace")
+
+
+def warm_up() -> None:
+    """Load the C++ ops at import, so a first call inside torch.compile finds them ready."""
+    if _backend._load_cpp() is None:
+        kernels("cpu")
 
 
 def register(ns: str) -> None:

@@ -9,10 +9,16 @@ EULER_GAMMA = 0.5772156649015329
 
 
 def expected_keep(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """E[pi] = b * B(1 + 1/a, b) per unit (differentiable), computed with lgamma."""
+    """E[pi] = b * B(1 + 1/a, b) per unit (differentiable).
+
+    Evaluated with lgamma in float64: in fp32 the difference of two large lgammas
+    loses digits once b reaches the hundreds.
+    """
     _checks.mask_params(a, b)
-    inv_a = 1.0 / a
-    return torch.exp(torch.log(b) + torch.lgamma(1 + inv_a) + torch.lgamma(b) - torch.lgamma(1 + inv_a + b))
+    a64, b64 = a.double(), b.double()
+    inv_a = 1.0 / a64
+    log_keep = torch.log(b64) + torch.lgamma(1 + inv_a) + torch.lgamma(b64) - torch.lgamma(1 + inv_a + b64)
+    return torch.exp(log_keep).to(a.dtype)
 
 
 def eval_mask(a: torch.Tensor, b: torch.Tensor, threshold: float = 1e-3) -> torch.Tensor:

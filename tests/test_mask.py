@@ -1,0 +1,256 @@
+"""Beta-Bernoulli mask ops: every backend against the reference, statistics, KL, bad input."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, special, stats
+
+import anp_kernels
+from anp_kernels import ops
+from conftest import DEVICE, available_backends, fast_backends, tolerance
+from helpers import make_layout, mask_params
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+# ------------------------------------------------------------------ relaxed_mask
+@pytest.mark.parametrize("backend", fast_backends())
+@pytest.mark.parametrize("b_size,c", [(1, 1), (4, 7), (33, 65)])
+def test_relaxed_mask_matches_reference(backend, b_size, c):
+    a, b = (t.requires_grad_() for t in mask_params(c, DEVICE))
+    u_pi, u_z = anp_kernels.mask_noise(11, b_size, c, DEVICE)
+    expected = ops.relaxed_mask_reference(a, b, u_pi, u_z, 0.1)
+    grad = torch.randn_like(expected)
+    ea, eb = torch.autograd.grad(expected, (a, b), grad)
+    with anp_kernels.use_backend(backend):
+        out = ops.relaxed_mask(a, b, u_pi, u_z, 0.1)
+        ga, gb = torch.autograd.grad(out, (a, b), grad)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-3)  # 1/T amplifies ULP differences of log/exp
+    torch.testing.assert_close(ga, ea, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(gb, eb, atol=1e-3, rtol=1e-3)
+
+
+def test_relaxed_mask_formula():
+    a, b = torch.tensor([0.7, 2.0]), torch.tensor([1.3, 0.8])
+    u_pi, u_z = torch.tensor([0.3, 0.9]), torch.tensor([[0.2, 0.6]])
+    pi = (1 - u_pi ** (1 / b)) ** (1 / a)
+    z = torch.sigmoid((torch.logit(u_z) + torch.logit(pi)) / 0.5)
+    torch.testing.assert_close(ops.relaxed_mask(a, b, u_pi, u_z, 0.5), z)
+
+
+def test_relaxed_mask_reference_gradcheck_float64():
+    a, b = (t.double().requires_grad_() for t in mask_params(5))
+    u_pi, u_z = (u.double() for u in anp_kernels.mask_noise(3, 4, 5))
+    assert torch.autograd.gradcheck(lambda a, b: ops.relaxed_mask(a, b, u_pi, u_z, 0.5), (a, b))
+
+
+def test_analytic_mask_grads_equal_autograd_float64():
+    from anp_kernels.ops.relaxed_mask import mask_param_grads
+
+    a, b = (t.double().requires_grad_() for t in mask_params(9))
+    u_pi, u_z = (u.double() for u in anp_kernels.mask_noise(5, 6, 9))
+    z = ops.relaxed_mask_reference(a, b, u_pi, u_z, 0.1)
+    grad = torch.randn_like(z)
+    ea, eb = torch.autograd.grad(z, (a, b), grad)
+    ga, gb = mask_param_grads(a.detach(), b.detach(), u_pi, u_z, 0.1, grad)
+    torch.testing.assert_close(ga, ea)
+    torch.testing.assert_close(gb, eb)
+
+
+# ------------------------------------------------------------------ noise and sampling
+def test_noise_is_uniform_and_in_open_interval():
+    u = anp_kernels._rng.uniform(1234, 1, 200_000)
+    assert 0 < u.min().item() and u.max().item() < 1
+    assert stats.kstest(u.numpy(), "uniform").pvalue > 1e-3
+    other = anp_kernels._rng.uniform(1235, 1, 200_000)
+    assert abs(np.corrcoef(u.numpy(), other.numpy())[0, 1]) < 0.01
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_sample_mask_seed_determinism(backend):
+    a, b = mask_params(16, DEVICE)
+    with anp_kernels.use_backend(backend):
+        g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+        m1 = ops.sample_mask(a, b, 8, generator=g1)
+        m2 = ops.sample_mask(a, b, 8, generator=g2)
+        m3 = ops.sample_mask(a, b, 8, generator=g1)
+    assert torch.equal(m1, m2)
+    assert not torch.equal(m1, m3)
+    assert m1.shape == (8, 16) and m1.dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", fast_backends())
+def test_sample_mask_matches_reference_noise(backend):
+    a, b = (t.requires_grad_() for t in mask_params(24, DEVICE))
+    expected = ops.sample_mask_reference(a, b, 10, 0.1, seed=99)
+    grad = torch.randn_like(expected)
+    ea, eb = torch.autograd.grad(expected, (a, b), grad)
+    with anp_kernels.use_backend(backend):
+        out = ops.sample_mask(a, b, 10, seed=99)
+        ga, gb = torch.autograd.grad(out, (a, b), grad)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-3)  # 1/T amplifies ULP differences of log/exp
+    torch.testing.assert_close(ga, ea, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(gb, eb, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_sampler_mean_matches_expected_keep(backend):
+    """Over many channels with equal (a, b), pi ~ Kumaraswamy(a, b): mean z -> E[pi] as T -> 0."""
+    c = 4000
+    for a_val, b_val in [(0.5, 1.0), (2.0, 3.0)]:
+        a, b = torch.full((c,), a_val, device=DEVICE), torch.full((c,), b_val, device=DEVICE)
+        with anp_kernels.use_backend(backend):
+            z = ops.sample_mask(a, b, 64, temperature=1e-3, seed=2024)
+        mean = z.mean().item()
+        expected = ops.expected_keep(a[:1], b[:1]).item()
+        stderr = math.sqrt(expected * (1 - expected) / c)
+        assert abs(mean - expected) < 5 * stderr + 2e-3, (a_val, b_val, mean, expected)
+
+
+# ------------------------------------------------------------------ masked_activation
+SHAPES = [(4, 3), (2, 5, 7), (3, 6, 5, 4), (2, 3, 2, 3, 2), (64, 20, 24, 24)]
+
+
+@pytest.mark.parametrize("backend", fast_backends())
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_masked_activation_matches_reference(backend, layout, dtype, shape):
+    if backend == "triton" and DEVICE == "cpu" and shape[0] * shape[1] > 1000 and layout != "contiguous":
+        pytest.skip("large channels-last grid is slow under the Triton interpreter")
+    x = make_layout(torch.randn(shape).to(DEVICE, dtype), layout).requires_grad_()
+    a, b = (t.requires_grad_() for t in mask_params(shape[1], DEVICE))
+    expected = ops.masked_activation_reference(x, a, b, 0.1, seed=5)
+    grad = torch.randn_like(expected)
+    ex, ea, eb = torch.autograd.grad(expected, (x, a, b), grad)
+    with anp_kernels.use_backend(backend):
+        out = ops.masked_activation(x, a, b, 0.1, seed=5)
+        gx, ga, gb = torch.autograd.grad(out, (x, a, b), grad)
+    tol = tolerance(dtype)
+    assert out.dtype == dtype and gx.dtype == dtype
+    torch.testing.assert_close(out, expected, **tol)
+    torch.testing.assert_close(gx, ex, **tol)
+    scale = 1 + x.numel() // shape[1] * 1e-3
+    torch.testing.assert_close(ga, ea, atol=tol["atol"] * 10 * scale, rtol=tol["rtol"] * 10)
+    torch.testing.assert_close(gb, eb, atol=tol["atol"] * 10 * scale, rtol=tol["rtol"] * 10)
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_masked_activation_uses_the_sample_mask_of_its_seed(backend):
+    x = torch.randn(6, 5, 3, device=DEVICE)
+    a, b = mask_params(5, DEVICE)
+    with anp_kernels.use_backend(backend):
+        out = ops.masked_activation(x, a, b, seed=31)
+        z = ops.sample_mask(a, b, 6, seed=31)
+    torch.testing.assert_close(out, x * z[:, :, None])
+
+
+@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_eval_mode_is_thresholded_expected_keep(backend, dtype):
+    x = torch.randn(4, 6, 3, 3, device=DEVICE, dtype=dtype)
+    a = torch.tensor([0.3, 1.0, 2.0, 0.01, 5.0, 0.15], device=DEVICE, requires_grad=True)
+    b = torch.tensor([1.0, 1.0, 50.0, 1.0, 0.5, 50.0], device=DEVICE, requires_grad=True)
+    keep = ops.expected_keep(a, b)
+    zt = torch.where(keep > 1e-3, keep, torch.zeros_like(keep))
+    assert (zt == 0).any() and (zt > 0).any()
+    with anp_kernels.use_backend(backend):
+        out = ops.masked_activation(x, a, b, training=False)
+        out.float().sum().backward()
+    torch.testing.assert_close(out, (x.float() * zt[:, None, None]).to(dtype), **tolerance(dtype))
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_channel_scale_matches_reference(backend):
+    x = torch.randn(3, 4, 5, device=DEVICE, requires_grad=True)
+    for z in (torch.rand(4, device=DEVICE, requires_grad=True), torch.rand(3, 4, device=DEVICE, requires_grad=True)):
+        expected = ops.channel_scale_reference(x, z)
+        grad = torch.randn_like(expected)
+        ex, ez = torch.autograd.grad(expected, (x, z), grad)
+        with anp_kernels.use_backend(backend):
+            out = ops.channel_scale(x, z)
+            gx, gz = torch.autograd.grad(out, (x, z), grad)
+        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(gx, ex)
+        torch.testing.assert_close(gz, ez, atol=1e-5, rtol=1e-5)
+
+
+def test_masked_activation_reference_gradcheck_float64():
+    x = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
+    a, b = (t.double().requires_grad_() for t in mask_params(4))
+    assert torch.autograd.gradcheck(lambda x, a, b: ops.masked_activation(x, a, b, 0.5, seed=1), (x, a, b))
+    assert torch.autograd.gradcheck(lambda x, a, b: ops.masked_activation(x, a, b, training=False), (x, a, b))
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_masked_activation_empty(backend):
+    a, b = mask_params(3, DEVICE)
+    with anp_kernels.use_backend(backend):
+        assert ops.masked_activation(torch.zeros(0, 3, 4, device=DEVICE), a, b, seed=0).shape == (0, 3, 4)
+        assert ops.sample_mask(a, b, 0, seed=0).shape == (0, 3)
+
+
+# ------------------------------------------------------------------ closed forms
+def _kumaraswamy_pdf(x, a, b):
+    return a * b * x ** (a - 1) * (1 - x**a) ** (b - 1)
+
+
+@pytest.mark.parametrize("a,b", [(0.7, 1.0), (1.0, 1.0), (2.127, 1.0), (3.0, 2.5), (1.5, 0.6)])
+def test_expected_keep_and_kl_against_numerical_integration(a, b):
+    alpha = 0.3  # a prior the quadrature can resolve; the formula is exact for any alpha
+    ta, tb = torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64)
+    opts = dict(limit=400, points=[1e-6, 1e-3, 0.5, 1 - 1e-3])
+    mean, _ = integrate.quad(lambda x: x * _kumaraswamy_pdf(x, a, b), 0, 1, **opts)
+    assert ops.expected_keep(ta, tb).item() == pytest.approx(mean, rel=1e-6)
+    assert ops.expected_keep(ta, tb).item() == pytest.approx(b * special.beta(1 + 1 / a, b), rel=1e-10)
+
+    def integrand(x):
+        q = _kumaraswamy_pdf(x, a, b)
+        log_p = math.log(alpha) + (alpha - 1) * math.log(x)
+        return q * (math.log(q) - log_p) if q > 0 else 0.0
+
+    kl, _ = integrate.quad(integrand, 0, 1, **opts)
+    assert ops.kl_kumaraswamy_beta(ta, tb, alpha).item() == pytest.approx(kl, rel=1e-4, abs=1e-6)
+
+
+def test_kl_sums_over_units_and_is_differentiable():
+    a, b = (t.double().requires_grad_() for t in mask_params(6))
+    total = ops.kl_kumaraswamy_beta(a, b, 1e-4)
+    parts = sum(ops.kl_kumaraswamy_beta(a[i:i + 1], b[i:i + 1], 1e-4) for i in range(6))
+    torch.testing.assert_close(total, parts)
+    assert torch.autograd.gradcheck(lambda a, b: ops.kl_kumaraswamy_beta(a, b, 1e-4), (a, b))
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_mask_input_is_named():
+    x = torch.randn(2, 3, 4)
+    a, b = mask_params(3)
+    cases = [
+        (lambda: ops.masked_activation(x, a[:2], b[:2]), ValueError, "x.size\\(1\\)"),
+        (lambda: ops.masked_activation(x, -a, b), ValueError, "a must be > 0"),
+        (lambda: ops.masked_activation(x, a, torch.zeros(3)), ValueError, "b must be > 0"),
+        (lambda: ops.masked_activation(x, a, b, temperature=0), ValueError, "temperature"),
+        (lambda: ops.masked_activation(x, a, b, temperature=float("nan")), ValueError, "temperature"),
+        (lambda: ops.masked_activation(torch.randn(3), a, b), ValueError, "rank >= 2"),
+        (lambda: ops.masked_activation(x.long(), a, b), TypeError, "x must be float"),
+        (lambda: ops.masked_activation(x, a, b.double()), TypeError, "same dtype"),
+        (lambda: ops.masked_activation(x, a, b, threshold=2.0, training=False), ValueError, "threshold"),
+        (lambda: ops.masked_activation(x, a, b, seed=-1), ValueError, "seed"),
+        (lambda: ops.masked_activation(x, a, b, generator=torch.Generator(), seed=1), ValueError, "either"),
+        (lambda: ops.masked_activation(x, a.view(3, 1), b.view(3, 1)), ValueError, "1-D"),
+        (lambda: ops.relaxed_mask(a, b, torch.full((3,), 1.0), torch.full((2, 3), 0.5)), ValueError, "u_pi"),
+        (lambda: ops.relaxed_mask(a, b, torch.full((3,), 0.5), torch.full((2, 3), 0.0)), ValueError, "u_z"),
+        (lambda: ops.relaxed_mask(a, b, torch.full((3,), 0.5), torch.full((2, 4), 0.5)), ValueError, "u_z"),
+        (lambda: ops.relaxed_mask(a, b, torch.full((4,), 0.5), torch.full((2, 3), 0.5)), ValueError, "u_pi"),
+        (lambda: ops.sample_mask(a, b, -1), ValueError, "batch_size"),
+        (lambda: ops.kl_kumaraswamy_beta(a, b, alpha=0), ValueError, "alpha"),
+        (lambda: ops.expected_keep(a, torch.tensor([1.0, float("inf"), 1.0])), ValueError, "b contains NaN"),
+        (lambda: ops.channel_scale(x, torch.ones(4)), ValueError, "z must have shape"),
+    ]
+    for backend in available_backends("cpu"):
+        with anp_kernels.use_backend(backend):
+            for fn, exc, match in cases:
+                with pytest.raises(exc, match=match):
+                    fn()
