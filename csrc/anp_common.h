@@ -64,4 +64,17 @@ ANP_HD float relaxed_bernoulli(float logit_pi, float u_z, float temperature) {
   return 1.0f / (1.0f + expf(-t));
 }
 
+// d loss / da and d loss / db of one channel from g = d loss / d logit(pi) (summed over the batch).
+ANP_HD void keep_prob_grads(float a, float b, float u_pi, float g, float* grad_a, float* grad_b) {
+  const float log_u = logf(u_pi);
+  const float ub = expf(log_u / b);
+  const float om_raw = 1.0f - ub;
+  const float om = fmaxf(om_raw, kTiny);
+  const float log_pi = logf(om) / a;
+  const float pi = expf(log_pi);
+  const float g_log_pi = g * (1.0f / (pi + kLogitEps) + 1.0f / (1.0f - pi + kLogitEps)) * pi;
+  *grad_a = g_log_pi * (-log_pi / a);
+  *grad_b = om_raw >= kTiny ? g_log_pi / (a * om) * ub * log_u / (b * b) : 0.0f;
+}
+
 }  // namespace anp

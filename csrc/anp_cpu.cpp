@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <cstring>
 #include <vector>
 
 #include "anp_common.h"
@@ -43,7 +44,10 @@ Geometry geometry(std::vector<Tensor*> ts) {
     all_contig = all_contig && p->is_contiguous();
     all_cl = all_cl && is_channels_last_like(*p);
   }
-  if (all_contig) return g;
+  if (all_contig) {
+    g.channels_last = g.S == 1;  // [N, C] rows of length 1 are better read as [N, 1, C]
+    return g;
+  }
   if (all_cl) {
     g.channels_last = true;
     return g;
@@ -55,6 +59,72 @@ Geometry geometry(std::vector<Tensor*> ts) {
 template <typename T>
 inline float f32(T v) { return static_cast<float>(v); }
 
+// Cephes-style expf/logf (about 1 ulp). Branch-free (with -fno-trapping-math the clamps are
+// min/max), so loops over them vectorize; libm's scalar calls cost ~5x more per element.
+inline float bits_to_float(int32_t i) {
+  float f;
+  std::memcpy(&f, &i, sizeof f);
+  return f;
+}
+inline int32_t float_to_bits(float f) {
+  int32_t i;
+  std::memcpy(&i, &f, sizeof i);
+  return i;
+}
+inline float fast_expf(float x) {
+  x = x > 80.0f ? 80.0f : x;  // keeps results normal: subnormals are ~100x slower
+  x = x < -80.0f ? -80.0f : x;
+  const float fx = x * 1.44269504088896341f;
+  const float nf = (fx + 12582912.0f) - 12582912.0f;  // round to nearest
+  const int32_t n = static_cast<int32_t>(nf);
+  const float r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * bits_to_float((n + 127) << 23);
+}
+inline float fast_logf(float x) {  // x normal and > 0
+  // x = 2^e (1 + m) with 1 + m in [sqrt(1/2), sqrt(2)), by an integer offset of the bits
+  const int32_t bits = float_to_bits(x) - 0x3f3504f3;
+  const float e = static_cast<float>(bits >> 23);
+  const float m = bits_to_float((bits & 0x007fffff) + 0x3f3504f3) - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y += -2.12194440e-4f * e;
+  y += -0.5f * z;
+  return m + y + 0.693359375f * e;
+}
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define ANP_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define ANP_MULTIVERSION
+#endif
+
+// One row of the sampled mask: z[c] for counters base + c (one hash, one log, one exp each).
+ANP_MULTIVERSION
+void mask_row(float* z, const float* logit_pi, int64_t C, uint32_t base, StreamKey kz, float T) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    const float u = uniform(kz, base + static_cast<uint32_t>(c));
+    const float t = (fast_logf(u / (1.0f - u)) + logit_pi[c]) / T;
+    z[c] = 1.0f / (1.0f + fast_expf(-t));
+  }
+}
+
 // ---------------------------------------------------------------- distortion
 template <typename scalar_t>
 void distortion_fwd_kernel(const scalar_t* z, const scalar_t* w, float* out, const Geometry& g) {
@@ -63,7 +133,8 @@ void distortion_fwd_kernel(const scalar_t* z, const scalar_t* w, float* out, con
   if (!g.channels_last) {
     at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
       float* acc = partial.data() + at::get_thread_num() * g.C;
-      for (int64_t r = begin; r < end; ++r) {
+      int64_t c = begin % g.C;
+      for (int64_t r = begin; r < end; ++r, c = (c + 1 == g.C) ? 0 : c + 1) {
         const scalar_t* zr = z + r * g.S;
         const scalar_t* wr = w + r * g.S;
         float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -72,7 +143,7 @@ void distortion_fwd_kernel(const scalar_t* z, const scalar_t* w, float* out, con
           for (int k = 0; k < 8; ++k) lane[k] += std::fabs(f32(zr[s + k]) - f32(wr[s + k]));
         float tail = 0.f;
         for (; s < g.S; ++s) tail += std::fabs(f32(zr[s]) - f32(wr[s]));
-        acc[r % g.C] += ((lane[0] + lane[1]) + (lane[2] + lane[3])) +
+        acc[c] += ((lane[0] + lane[1]) + (lane[2] + lane[3])) +
                         ((lane[4] + lane[5]) + (lane[6] + lane[7])) + tail;
       }
     });
@@ -82,6 +153,7 @@ void distortion_fwd_kernel(const scalar_t* z, const scalar_t* w, float* out, con
       for (int64_t p = begin; p < end; ++p) {
         const scalar_t* zr = z + p * g.C;
         const scalar_t* wr = w + p * g.C;
+#pragma omp simd
         for (int64_t c = 0; c < g.C; ++c) acc[c] += std::fabs(f32(zr[c]) - f32(wr[c]));
       }
     });
@@ -106,9 +178,10 @@ Tensor channel_distortion_cpu(const Tensor& z_in, const Tensor& w_in) {
 template <typename scalar_t>
 void distortion_bwd_kernel(const float* grad, const scalar_t* z, const scalar_t* w, scalar_t* gz,
                            scalar_t* gw, const Geometry& g) {
+  // Branch-free sign (random signs would mispredict half the time): sign(0) = 0 as in autograd.
   auto body = [&](int64_t i, float gc) {
-    float d = f32(z[i]) - f32(w[i]);
-    float v = d > 0.f ? gc : (d < 0.f ? -gc : 0.f);
+    const float d = f32(z[i]) - f32(w[i]);
+    const float v = gc * (static_cast<float>(d > 0.f) - static_cast<float>(d < 0.f));
     gz[i] = static_cast<scalar_t>(v);
     gw[i] = static_cast<scalar_t>(-v);
   };
@@ -116,12 +189,14 @@ void distortion_bwd_kernel(const float* grad, const scalar_t* z, const scalar_t*
     at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const float gc = grad[r % g.C];
+#pragma omp simd
         for (int64_t s = 0; s < g.S; ++s) body(r * g.S + s, gc);
       }
     });
   } else {
     at::parallel_for(0, g.N * g.S, 1, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p)
+#pragma omp simd
         for (int64_t c = 0; c < g.C; ++c) body(p * g.C + c, grad[c]);
     });
   }
@@ -144,6 +219,7 @@ std::tuple<Tensor, Tensor> channel_distortion_backward_cpu(const Tensor& grad_in
 
 // ---------------------------------------------------------------- masks
 // z[b, c] of the relaxed Beta-Bernoulli mask, noise from the counter-based RNG.
+// Per element: one hash, one log, one exp (vectorized); pi is per channel.
 std::vector<float> sampled_mask(const Tensor& a_in, const Tensor& b_in, int64_t B, double temperature,
                                 int64_t seed) {
   Tensor a = a_in.to(at::kFloat).contiguous(), b = b_in.to(at::kFloat).contiguous();
@@ -155,9 +231,9 @@ std::vector<float> sampled_mask(const Tensor& a_in, const Tensor& b_in, int64_t 
   for (int64_t c = 0; c < C; ++c)
     logit_pi[c] = logit_keep_prob(pa[c], pb[c], uniform(kpi, static_cast<uint32_t>(c)));
   const float T = static_cast<float>(temperature);
-  at::parallel_for(0, B * C, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i)
-      z[i] = relaxed_bernoulli(logit_pi[i % C], uniform(kz, static_cast<uint32_t>(i)), T);
+  const float* lp = logit_pi.data();
+  at::parallel_for(0, B, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) mask_row(z.data() + n * C, lp, C, static_cast<uint32_t>(n * C), kz, T);
   });
   return z;
 }
@@ -195,6 +271,7 @@ void scale_fwd_kernel(const scalar_t* x, const float* z, bool z_batch, scalar_t*
         const float zr = z[z_batch ? r : r % g.C];
         const scalar_t* xr = x + r * g.S;
         scalar_t* o = out + r * g.S;
+#pragma omp simd
         for (int64_t s = 0; s < g.S; ++s) o[s] = static_cast<scalar_t>(f32(xr[s]) * zr);
       }
     });
@@ -204,6 +281,7 @@ void scale_fwd_kernel(const scalar_t* x, const float* z, bool z_batch, scalar_t*
         const float* zr = z + (z_batch ? (p / g.S) * g.C : 0);
         const scalar_t* xr = x + p * g.C;
         scalar_t* o = out + p * g.C;
+#pragma omp simd
         for (int64_t c = 0; c < g.C; ++c) o[c] = static_cast<scalar_t>(f32(xr[c]) * zr[c]);
       }
     });
@@ -245,6 +323,7 @@ void scale_bwd_kernel(const scalar_t* gr, const scalar_t* x, const float* z, boo
         float* acc = gzb + n * g.C;
         for (int64_t s = 0; s < g.S; ++s) {
           const int64_t off = (n * g.S + s) * g.C;
+#pragma omp simd
           for (int64_t c = 0; c < g.C; ++c) {
             const float gv = f32(gr[off + c]);
             gx[off + c] = static_cast<scalar_t>(gv * zr[c]);
@@ -285,10 +364,30 @@ Tensor masked_activation_cpu(const Tensor& x, const Tensor& a, const Tensor& b, 
   return scale_forward(x, z.data(), true);
 }
 
-std::tuple<Tensor, Tensor> masked_activation_backward_cpu(const Tensor& grad, const Tensor& x, const Tensor& a,
-                                                          const Tensor& b, double temperature, int64_t seed) {
-  std::vector<float> z = sampled_mask(a, b, x.size(0), temperature, seed);
-  return scale_backward(grad, x, z.data(), true);
+// Returns (grad x, grad a, grad b): one pass over grad and x gives sum_s grad*x per (n, c); the
+// chain rule through z and pi to (a, b) runs on the [C] values here, not as small tensor ops.
+std::tuple<Tensor, Tensor, Tensor> masked_activation_backward_cpu(const Tensor& grad, const Tensor& x,
+                                                                  const Tensor& a, const Tensor& b,
+                                                                  double temperature, int64_t seed) {
+  const int64_t B = x.size(0), C = x.size(1);
+  std::vector<float> z = sampled_mask(a, b, B, temperature, seed);
+  auto result = scale_backward(grad, x, z.data(), true);
+  const float* dz = std::get<1>(result).data_ptr<float>();
+  const float inv_t = static_cast<float>(1.0 / temperature);
+  std::vector<float> g_logit_pi(C, 0.f);
+  for (int64_t n = 0; n < B; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const float zv = z[n * C + c];
+      g_logit_pi[c] += dz[n * C + c] * zv * (1.0f - zv) * inv_t;
+    }
+  Tensor a32 = a.to(at::kFloat).contiguous(), b32 = b.to(at::kFloat).contiguous();
+  Tensor ga = at::empty({C}, a32.options()), gb = at::empty({C}, a32.options());
+  const StreamKey kpi = stream_key(seed, kStreamPi);
+  const float *pa = a32.data_ptr<float>(), *pb = b32.data_ptr<float>();
+  float *pga = ga.data_ptr<float>(), *pgb = gb.data_ptr<float>();
+  for (int64_t c = 0; c < C; ++c)
+    keep_prob_grads(pa[c], pb[c], uniform(kpi, static_cast<uint32_t>(c)), g_logit_pi[c], pga + c, pgb + c);
+  return {std::get<0>(result), ga.to(a.scalar_type()), gb.to(b.scalar_type())};
 }
 
 Tensor channel_scale_cpu(const Tensor& x, const Tensor& z_in) {
@@ -313,7 +412,7 @@ TORCH_LIBRARY(anp_kernels, m) {
   m.def("masked_activation(Tensor x, Tensor a, Tensor b, float temperature, int seed) -> Tensor");
   m.def(
       "masked_activation_backward(Tensor grad, Tensor x, Tensor a, Tensor b, float temperature, int seed)"
-      " -> (Tensor, Tensor)");
+      " -> (Tensor, Tensor, Tensor)");
   m.def("channel_scale(Tensor x, Tensor z) -> Tensor");
   m.def("channel_scale_backward(Tensor grad, Tensor x, Tensor z) -> (Tensor, Tensor)");
 }

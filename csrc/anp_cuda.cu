@@ -161,6 +161,8 @@ struct SampledZ {
     const float lp = logit_keep_prob(a[c], b[c], uniform(kpi, static_cast<uint32_t>(c)));
     return relaxed_bernoulli(lp, uniform(kz, static_cast<uint32_t>(n * C + c)), temperature);
   }
+  // the backward's second output: d loss / d logit(pi) = (sum_s grad*x) * z (1 - z) / T
+  __device__ float grad_out(float dz, float z) const { return dz * z * (1.f - z) / temperature; }
 };
 
 struct StoredZ {
@@ -168,6 +170,7 @@ struct StoredZ {
   bool batch;
   int64_t C;
   __device__ float operator()(int64_t n, int64_t c) const { return z[batch ? n * C + c : c]; }
+  __device__ float grad_out(float dz, float) const { return dz; }
 };
 
 template <typename T, typename ZFn>
@@ -213,7 +216,7 @@ __global__ void scale_bwd_rows(const T* __restrict__ g, const T* __restrict__ x,
       acc += gv * static_cast<float>(x[r * S + s]);
     }
     acc = block_sum(acc);
-    if (threadIdx.x == 0) gz[r] = acc;
+    if (threadIdx.x == 0) gz[r] = zfn.grad_out(acc, zr);
   }
 }
 
@@ -233,7 +236,7 @@ __global__ void scale_bwd_cl(const T* __restrict__ g, const T* __restrict__ x, T
       gx[i] = static_cast<T>(gv * zc);
       acc += gv * static_cast<float>(x[i]);
     }
-    atomicAdd(gz + n * C + c, acc);
+    atomicAdd(gz + n * C + c, zfn.grad_out(acc, zc));
   }
 }
 
@@ -336,11 +339,32 @@ Tensor masked_activation_cuda(const Tensor& x, const Tensor& a_in, const Tensor&
   return scale_forward(x, sampled_z(a, b, temperature, seed));
 }
 
-std::tuple<Tensor, Tensor> masked_activation_backward_cuda(const Tensor& grad, const Tensor& x, const Tensor& a_in,
-                                                           const Tensor& b_in, double temperature, int64_t seed) {
+// Per channel: sum d loss / d logit(pi) over the batch, then the chain rule to (a, b).
+__global__ void keep_prob_grad_kernel(const float* __restrict__ glp, const float* __restrict__ a,
+                                      const float* __restrict__ b, float* __restrict__ ga, float* __restrict__ gb,
+                                      StreamKey kpi, int64_t B, int64_t C) {
+  const int64_t c = blockIdx.x;
+  float acc = 0.f;
+  for (int64_t n = threadIdx.x; n < B; n += blockDim.x) acc += glp[n * C + c];
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) keep_prob_grads(a[c], b[c], uniform(kpi, static_cast<uint32_t>(c)), acc, ga + c, gb + c);
+}
+
+std::tuple<Tensor, Tensor, Tensor> masked_activation_backward_cuda(const Tensor& grad, const Tensor& x,
+                                                                   const Tensor& a_in, const Tensor& b_in,
+                                                                   double temperature, int64_t seed) {
   c10::cuda::CUDAGuard guard(x.device());
   Tensor a = a_in.to(at::kFloat).contiguous(), b = b_in.to(at::kFloat).contiguous();
-  return scale_backward(grad, x, sampled_z(a, b, temperature, seed));
+  auto [grad_x, glp] = scale_backward(grad, x, sampled_z(a, b, temperature, seed));
+  const int64_t B = x.size(0), C = x.size(1);
+  Tensor ga = at::zeros({C}, a.options()), gb = at::zeros({C}, a.options());
+  if (C > 0) {
+    keep_prob_grad_kernel<<<C, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        glp.data_ptr<float>(), a.data_ptr<float>(), b.data_ptr<float>(), ga.data_ptr<float>(), gb.data_ptr<float>(),
+        stream_key(seed, kStreamPi), B, C);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {grad_x, ga.to(a_in.scalar_type()), gb.to(b_in.scalar_type())};
 }
 
 Tensor channel_scale_cuda(const Tensor& x, const Tensor& z_in) {

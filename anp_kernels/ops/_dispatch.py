@@ -114,7 +114,7 @@ def register(ns: str) -> None:
 
     @torch.library.register_fake(q("masked_activation_backward"))
     def _(grad, x, a, b, temperature, seed):
-        return torch.empty_like(x), x.new_empty((x.shape[0], x.shape[1]), dtype=torch.float32)
+        return torch.empty_like(x), torch.empty_like(a), torch.empty_like(b)
 
     def ma_setup(ctx, inputs, output):
         x, a, b, temperature, seed = inputs
@@ -123,9 +123,7 @@ def register(ns: str) -> None:
 
     def ma_backward(ctx, grad):
         x, a, b = ctx.saved_tensors
-        grad_x, grad_z = ops.masked_activation_backward(grad, x, a, b, ctx.temperature, ctx.seed)
-        u_pi, u_z = _rng.mask_noise(ctx.seed, x.shape[0], x.shape[1], x.device)
-        ga, gb = mask_param_grads(a, b, u_pi, u_z, ctx.temperature, grad_z)
+        grad_x, ga, gb = ops.masked_activation_backward(grad, x, a, b, ctx.temperature, ctx.seed)
         return grad_x, ga, gb, None, None
 
     torch.library.register_autograd(q("masked_activation"), ma_backward, setup_context=ma_setup)

@@ -34,11 +34,8 @@ def relaxed_mask_reference(a, b, u_pi, u_z, temperature: float) -> torch.Tensor:
     return torch.sigmoid(t)
 
 
-def mask_param_grads(a, b, u_pi, u_z, temperature: float, grad_z: torch.Tensor):
-    """Analytic d(loss)/da, d(loss)/db from grad_z = d(loss)/dz of shape [B, C].
-
-    Used by every kernel backend's backward; equals autograd of the reference.
-    """
+def logit_pi_grads(a, b, u_pi, grad_logit_pi: torch.Tensor):
+    """d(loss)/da, d(loss)/db from d(loss)/d logit(pi) of shape [C] (the per-channel chain rule)."""
     dt = _compute_dtype(a)
     af, bf = a.to(dt), b.to(dt)
     log_u = torch.log(u_pi.to(dt))
@@ -47,14 +44,21 @@ def mask_param_grads(a, b, u_pi, u_z, temperature: float, grad_z: torch.Tensor):
     om = om_raw.clamp_min(TINY)
     log_pi = torch.log(om) / af
     pi = torch.exp(log_pi)
-    lp = torch.log(pi + LOGIT_EPS) - torch.log(1 - pi + LOGIT_EPS)
-    uz = u_z.to(dt)
-    z = torch.sigmoid((torch.log(uz) - torch.log(1 - uz) + lp) / temperature)
-    g_lp = (grad_z.to(dt) * z * (1 - z)).sum(0) / temperature
-    g_log_pi = g_lp * (1 / (pi + LOGIT_EPS) + 1 / (1 - pi + LOGIT_EPS)) * pi
+    g_log_pi = grad_logit_pi.to(dt) * (1 / (pi + LOGIT_EPS) + 1 / (1 - pi + LOGIT_EPS)) * pi
     grad_a = g_log_pi * (-log_pi / af)
     grad_b = g_log_pi / (af * om) * (om_raw >= TINY).to(dt) * ub * log_u / (bf * bf)
     return grad_a.to(a.dtype), grad_b.to(b.dtype)
+
+
+def mask_param_grads(a, b, u_pi, u_z, temperature: float, grad_z: torch.Tensor):
+    """Analytic d(loss)/da, d(loss)/db from grad_z = d(loss)/dz of shape [B, C].
+
+    Used by the kernel backends' backward; equals autograd of the reference.
+    """
+    dt = _compute_dtype(a)
+    z = relaxed_mask_reference(a.detach(), b.detach(), u_pi, u_z, temperature)
+    grad_logit_pi = (grad_z.to(dt) * z * (1 - z)).sum(0) / temperature
+    return logit_pi_grads(a, b, u_pi, grad_logit_pi)
 
 
 def relaxed_mask(a: torch.Tensor, b: torch.Tensor, u_pi: torch.Tensor, u_z: torch.Tensor,

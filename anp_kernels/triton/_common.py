@@ -59,3 +59,18 @@ def channel_scale_value(n, c, m, z_ptr, a_ptr, b_ptr, kp1, kp2, kz1, kz2, temper
         else:
             z = tl.load(z_ptr + c, mask=m, other=0.0)
     return z
+
+
+@triton.jit
+def keep_prob_grads(a, b, u_pi, g):
+    """(d loss/da, d loss/db) per channel from g = d loss / d logit(pi)."""
+    log_u = tl.log(u_pi)
+    ub = tl.exp(log_u / b)
+    om_raw = 1.0 - ub
+    om = tl.maximum(om_raw, 1e-30)
+    log_pi = tl.log(om) / a
+    pi = tl.exp(log_pi)
+    g_log_pi = g * (1.0 / (pi + 1e-20) + 1.0 / (1.0 - pi + 1e-20)) * pi
+    grad_a = g_log_pi * (-log_pi / a)
+    grad_b = tl.where(om_raw >= 1e-30, g_log_pi / (a * om) * ub * log_u / (b * b), 0.0)
+    return grad_a, grad_b

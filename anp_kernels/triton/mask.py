@@ -1,5 +1,8 @@
 """Triton kernels of the Beta-Bernoulli mask: sampling, and x * z with z sampled in-kernel.
 
+The backward's second output is sum_s grad*x per (n, c) for a stored z, and
+d loss / d logit(pi) per (n, c) (that sum times z(1-z)/T) for a sampled z.
+
 Rows layout [N, C, S]: a program owns BR whole rows, computes their z once and
 streams S. Channels-last [N, S, C]: a program owns (one n, BS positions, BC
 channels), computes z for its BC channels once. The backward kernels give grad x
@@ -11,7 +14,7 @@ import triton.language as tl
 
 from .. import _rng
 from .._layout import geometry
-from ._common import TILE, channel_scale_value, next_pow2, relaxed_bernoulli
+from ._common import TILE, channel_scale_value, keep_prob_grads, next_pow2, relaxed_bernoulli, uniform
 
 
 @triton.jit
@@ -57,7 +60,10 @@ def _scale_rows(x_ptr, g_ptr, out_ptr, gz_ptr, z_ptr, a_ptr, b_ptr, kp1, kp2, kz
             xv = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
             tl.store(out_ptr + off, (xv * z[:, None]).to(out_ptr.dtype.element_ty), mask=m)
     if BACKWARD:
-        tl.store(gz_ptr + r, tl.sum(acc, axis=1), mask=rm)
+        dz = tl.sum(acc, axis=1)
+        if SAMPLED:  # d loss / d logit(pi)
+            dz = dz * z * (1.0 - z) / temperature
+        tl.store(gz_ptr + r, dz, mask=rm)
 
 
 @triton.jit
@@ -77,10 +83,31 @@ def _scale_channels_last(x_ptr, g_ptr, out_ptr, gz_ptr, z_ptr, a_ptr, b_ptr, kp1
         gv = tl.load(g_ptr + off, mask=m, other=0.0).to(tl.float32)
         xv = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
         tl.store(out_ptr + off, (gv * z[None, :]).to(out_ptr.dtype.element_ty), mask=m)
-        tl.atomic_add(gz_ptr + n * C + c, tl.sum(gv * xv, axis=0), mask=cm)
+        dz = tl.sum(gv * xv, axis=0)
+        if SAMPLED:  # d loss / d logit(pi)
+            dz = dz * z * (1.0 - z) / temperature
+        tl.atomic_add(gz_ptr + n * C + c, dz, mask=cm)
     else:
         xv = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
         tl.store(out_ptr + off, (xv * z[None, :]).to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _keep_prob_grad_kernel(glp_ptr, a_ptr, b_ptr, ga_ptr, gb_ptr, kp1, kp2, B, C,
+                           BB: tl.constexpr, BC: tl.constexpr):
+    """Sum d loss / d logit(pi) over the batch, then the chain rule to (a, b), per channel."""
+    c = tl.program_id(0) * BC + tl.arange(0, BC)
+    cm = c < C
+    acc = tl.zeros([BB, BC], dtype=tl.float32)
+    for nb in range(0, B, BB):
+        n = nb + tl.arange(0, BB)
+        m = (n < B)[:, None] & cm[None, :]
+        acc += tl.load(glp_ptr + n[:, None] * C + c[None, :], mask=m, other=0.0)
+    a = tl.load(a_ptr + c, mask=cm, other=1.0)
+    b = tl.load(b_ptr + c, mask=cm, other=1.0)
+    grad_a, grad_b = keep_prob_grads(a, b, uniform(c, kp1, kp2), tl.sum(acc, axis=0))
+    tl.store(ga_ptr + c, grad_a, mask=cm)
+    tl.store(gb_ptr + c, grad_b, mask=cm)
 
 
 def _keys(seed: int):
@@ -145,7 +172,17 @@ def masked_forward(x, a, b, temperature: float, seed: int) -> torch.Tensor:
 
 
 def masked_backward(grad, x, a, b, temperature: float, seed: int):
-    return _launch(x, grad, None, a, b, temperature, seed, backward=True)
+    """(grad x, grad a, grad b) of the sampled mask application."""
+    grad_x, glp = _launch(x, grad, None, a, b, temperature, seed, backward=True)
+    n, c = x.shape[0], x.shape[1]
+    ga = torch.zeros(c, device=x.device, dtype=torch.float32)
+    gb = torch.zeros(c, device=x.device, dtype=torch.float32)
+    if c:
+        bc = min(next_pow2(c), 128)
+        bb = max(1, min(next_pow2(n), TILE // bc))
+        _keep_prob_grad_kernel[(triton.cdiv(c, bc),)](glp, _f32(a), _f32(b), ga, gb,
+                                                      *_rng.stream_key(seed, _rng.STREAM_PI), n, c, BB=bb, BC=bc)
+    return grad_x, ga.to(a.dtype), gb.to(b.dtype)
 
 
 def scale_forward(x, z) -> torch.Tensor:

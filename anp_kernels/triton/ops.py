@@ -32,7 +32,7 @@ def masked_activation(x: Tensor, a: Tensor, b: Tensor, temperature: float, seed:
 
 @torch.library.custom_op("anp_triton::masked_activation_backward", mutates_args=())
 def masked_activation_backward(grad: Tensor, x: Tensor, a: Tensor, b: Tensor, temperature: float,
-                               seed: int) -> tuple[Tensor, Tensor]:
+                               seed: int) -> tuple[Tensor, Tensor, Tensor]:
     return mask.masked_backward(grad, x, a, b, temperature, seed)
 
 
