@@ -56,10 +56,12 @@ def peak_extra_bytes(fn: Callable[[], object], device: str) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start)
+    # every allocation (+nbytes) and free (-nbytes), in time order
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
     current = peak = 0
     for e in events:
-        current += e.cpu_memory_usage
+        current += e.nbytes()
         peak = max(peak, current)
     return peak
 
