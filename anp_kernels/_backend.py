@@ -20,7 +20,8 @@ from typing import Iterator
 import torch
 
 BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
-OPS = ("channel_distortion", "relaxed_mask", "sample_mask", "masked_activation", "channel_scale")
+OPS = ("channel_distortion", "relaxed_mask", "sample_mask", "masked_activation", "channel_scale",
+       "channel_sparse_conv2d")
 
 _state: dict = {"override": os.environ.get("ANP_KERNELS_BACKEND", "auto").strip().lower() or "auto"}
 _probe: dict = {}

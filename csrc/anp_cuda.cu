@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "anp_common.h"
+#include "sparse_conv.h"
 
 namespace anp {
 namespace {
@@ -379,6 +380,53 @@ std::tuple<Tensor, Tensor> channel_scale_backward_cuda(const Tensor& grad, const
   return scale_backward(grad, x, StoredZ{z.data_ptr<float>(), z.dim() == 2, x.size(1)});
 }
 
+// ------------------------------------------------------------------ channel-sparse conv
+// Fused epilogue on the compact cuDNN conv y [N, K, P]: (y + bias) * scale into the
+// compact or the full output (the scatter to kept channels happens in the store).
+template <typename T>
+__global__ void sparse_conv_epilogue(T* __restrict__ y, T* __restrict__ out, const float* __restrict__ bias,
+                                     const float* __restrict__ scale, bool scale_batch,
+                                     const int64_t* __restrict__ out_keep, int64_t N, int64_t K, int64_t P,
+                                     int64_t Cout, bool compact) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < N * K * P; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / P, p = i % P, n = r / K, j = r % K;
+    const float v = static_cast<float>(y[i]) + (bias ? bias[j] : 0.f);
+    const int64_t o = (compact ? r : n * Cout + out_keep[j]) * P + p;
+    if (scale) {
+      y[i] = static_cast<T>(v);
+      out[o] = static_cast<T>(v * scale[scale_batch ? r : j]);
+    } else {
+      out[o] = static_cast<T>(v);
+    }
+  }
+}
+
+std::tuple<Tensor, Tensor> channel_sparse_conv2d_cuda(const Tensor& x, const Tensor& weight,
+                                                      const c10::optional<Tensor>& bias, const Tensor& in_keep,
+                                                      const Tensor& out_keep, const c10::optional<Tensor>& scale,
+                                                      at::IntArrayRef stride, at::IntArrayRef padding,
+                                                      at::IntArrayRef dilation, bool compact_output) {
+  c10::cuda::CUDAGuard guard(x.device());
+  Tensor y = compact_conv(x, weight, in_keep, out_keep, SparseConvArgs{stride, padding, dilation});
+  const bool has_bias = bias.has_value() && bias->defined(), has_scale = scale.has_value() && scale->defined();
+  const int64_t N = y.size(0), K = y.size(1), P = y.size(2) * y.size(3), Cout = weight.size(0);
+  Tensor bias_c = has_bias ? bias->index_select(0, out_keep).to(at::kFloat).contiguous() : Tensor();
+  Tensor scale_c = has_scale ? scale->index_select(scale->dim() - 1, out_keep).to(at::kFloat).contiguous() : Tensor();
+  Tensor out = compact_output ? (has_scale ? at::empty_like(y) : y)
+                              : at::zeros({N, Cout, y.size(2), y.size(3)}, y.options());
+  Tensor kept = out_keep.contiguous();
+  if (y.numel() > 0 && (has_bias || has_scale || !compact_output)) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "sparse_conv_epilogue_cuda", [&] {
+      sparse_conv_epilogue<scalar_t><<<grid_for(y.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          y.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), has_bias ? bias_c.data_ptr<float>() : nullptr,
+          has_scale ? scale_c.data_ptr<float>() : nullptr, has_scale && scale->dim() == 2, kept.data_ptr<int64_t>(),
+          N, K, P, Cout, compact_output);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {out, has_scale ? y : at::empty({0}, y.options())};
+}
+
 }  // namespace
 }  // namespace anp
 
@@ -391,4 +439,5 @@ TORCH_LIBRARY_IMPL(anp_kernels, CUDA, m) {
   m.impl("masked_activation_backward", &anp::masked_activation_backward_cuda);
   m.impl("channel_scale", &anp::channel_scale_cuda);
   m.impl("channel_scale_backward", &anp::channel_scale_backward_cuda);
+  m.impl("channel_sparse_conv2d", &anp::channel_sparse_conv2d_cuda);
 }

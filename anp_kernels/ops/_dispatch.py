@@ -28,6 +28,8 @@ def kernels(backend: str):
 def _load(backend: str):
     if backend in ("cpu", "cuda"):
         importlib.import_module("anp_kernels._C")
+        if "anp_kernels" not in _registered:
+            _register_backward_fake()
         register("anp_kernels")
         return torch.ops.anp_kernels
     if backend == "triton":
@@ -147,6 +149,51 @@ def register(ns: str) -> None:
         return grad_x, grad_z.to(z.dtype)
 
     torch.library.register_autograd(q("channel_scale"), cs_backward, setup_context=cs_setup)
+
+    # ---- channel_sparse_conv2d: returns (out, y_pre); y_pre = compact (acc + bias), kept only when scaled
+    @torch.library.register_fake(q("channel_sparse_conv2d"))
+    def _(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output):
+        ho = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
+        wo = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
+        kout = out_keep.shape[0]
+        out = x.new_empty((x.shape[0], kout if compact_output else weight.shape[0], ho, wo))
+        y_pre = x.new_empty((x.shape[0], kout, ho, wo)) if scale is not None else x.new_empty((0,))
+        return out, y_pre
+
+    def conv_setup(ctx, inputs, output):
+        x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output = inputs
+        ctx.save_for_backward(x, weight, in_keep, out_keep, scale, output[1])
+        ctx.conf = (stride, padding, dilation, compact_output, bias is not None, scale is not None)
+
+    def conv_backward(ctx, grad_out, _grad_y_pre):
+        x, weight, in_keep, out_keep, scale, y_pre = ctx.saved_tensors
+        stride, padding, dilation, compact_output, has_bias, has_scale = ctx.conf
+        need = ctx.needs_input_grad
+        mask = [need[0], need[1], has_bias and need[2], has_scale and need[5]]
+        grads = sparse_conv_backward_op()(grad_out, x, weight, in_keep, out_keep, scale, y_pre, stride, padding,
+                                          dilation, compact_output, mask)
+        gx, gw, gb, gs = (g if m else None for g, m in zip(grads, mask))
+        return gx, gw, gb, None, None, gs, None, None, None, None
+
+    torch.library.register_autograd(q("channel_sparse_conv2d"), conv_backward, setup_context=conv_setup)
+
+
+def sparse_conv_backward_op():
+    """The one backward of every sparse-conv path: the compact ATen conv backward in anp_kernels._C."""
+    why = _backend._load_cpp()
+    if why:
+        raise _backend.BackendUnavailableError(f"channel_sparse_conv2d backward needs the C++ extension: {why}")
+    return kernels("cpu").channel_sparse_conv2d_backward
+
+
+def _register_backward_fake() -> None:
+    @torch.library.register_fake("anp_kernels::channel_sparse_conv2d_backward")
+    def _(grad, x, weight, in_keep, out_keep, scale, y_pre, stride, padding, dilation, compact_output, output_mask):
+        empty = x.new_empty((0,))
+        return (torch.empty_like(x) if output_mask[0] else empty,
+                torch.empty_like(weight) if output_mask[1] else empty,
+                weight.new_empty((weight.shape[0],)) if output_mask[2] else empty,
+                (scale.new_empty(scale.shape) if output_mask[3] else empty) if scale is not None else empty)
 
 
 def backend_for(op: str, t: torch.Tensor) -> str:

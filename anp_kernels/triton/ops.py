@@ -1,8 +1,10 @@
 """The anp_triton::* custom ops (same schemas as anp_kernels::*), backed by the Triton kernels."""
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-from . import distortion, mask
+from . import distortion, mask, sparse_conv
 
 
 @torch.library.custom_op("anp_triton::channel_distortion", mutates_args=())
@@ -44,3 +46,10 @@ def channel_scale(x: Tensor, z: Tensor) -> Tensor:
 @torch.library.custom_op("anp_triton::channel_scale_backward", mutates_args=())
 def channel_scale_backward(grad: Tensor, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     return mask.scale_backward(grad, x, z)
+
+
+@torch.library.custom_op("anp_triton::channel_sparse_conv2d", mutates_args=())
+def channel_sparse_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_keep: Tensor, out_keep: Tensor,
+                          scale: Optional[Tensor], stride: list[int], padding: list[int], dilation: list[int],
+                          compact_output: bool) -> tuple[Tensor, Tensor]:
+    return sparse_conv.forward(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output)

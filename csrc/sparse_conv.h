@@ -1,0 +1,87 @@
+// Channel-sparse conv2d, device-generic part (CPU and CUDA share it).
+//
+// Forward: gather the kept input channels of x once and the kept [out, in] block of
+// the weight, run the dense conv of ATen (oneDNN / cuDNN) on the compact tensors,
+// then a device-specific fused epilogue writes (acc + bias) * scale into the compact
+// or the full output. Backward: at::convolution_backward on the compact tensors,
+// scattered into full-size gradients (zero outside the kept channels).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <tuple>
+#include <vector>
+
+namespace anp {
+
+struct SparseConvArgs {
+  at::IntArrayRef stride, padding, dilation;
+};
+
+// The compact conv without bias: [N, kept_out, Ho, Wo] (contiguous).
+inline at::Tensor compact_conv(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& in_keep,
+                               const at::Tensor& out_keep, const SparseConvArgs& a, at::Tensor* x_c_out = nullptr,
+                               at::Tensor* w_c_out = nullptr) {
+  const int64_t kin = in_keep.numel(), kout = out_keep.numel();
+  const bool all_in = kin == x.size(1);
+  at::Tensor x_c = all_in ? x : x.index_select(1, in_keep);
+  at::Tensor w_c = weight.index_select(0, out_keep);
+  if (!all_in) w_c = w_c.index_select(1, in_keep);
+  if (x_c_out) *x_c_out = x_c;
+  if (w_c_out) *w_c_out = w_c;
+  const int64_t kh = weight.size(2), kw = weight.size(3);
+  const int64_t ho = (x.size(2) + 2 * a.padding[0] - a.dilation[0] * (kh - 1) - 1) / a.stride[0] + 1;
+  const int64_t wo = (x.size(3) + 2 * a.padding[1] - a.dilation[1] * (kw - 1) - 1) / a.stride[1] + 1;
+  if (kin == 0 || kout == 0) return at::zeros({x.size(0), kout, ho, wo}, x.options());
+  return at::conv2d(x_c, w_c, {}, a.stride, a.padding, a.dilation).contiguous();
+}
+
+// Full-size gradients of the channel-sparse conv. mask = {x, weight, bias, scale}.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_conv_backward(
+    const at::Tensor& grad_in, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& in_keep,
+    const at::Tensor& out_keep, const c10::optional<at::Tensor>& scale, const at::Tensor& y_pre,
+    const SparseConvArgs& a, bool compact_output, std::array<bool, 4> mask) {
+  const int64_t kin = in_keep.numel(), kout = out_keep.numel();
+  at::Tensor g = compact_output ? grad_in : grad_in.index_select(1, out_keep);
+  at::Tensor grad_scale = at::empty({0}, x.options());
+  if (scale.has_value() && scale->defined()) {
+    const at::Tensor& s = *scale;
+    if (mask[3]) {
+      at::Tensor gs = (g.to(at::kFloat) * y_pre.to(at::kFloat)).sum({2, 3});  // [N, kout]
+      grad_scale = at::zeros(s.sizes(), s.options());
+      if (s.dim() == 1)
+        grad_scale.index_copy_(0, out_keep, gs.sum(0).to(s.scalar_type()));
+      else
+        grad_scale.index_copy_(1, out_keep, gs.to(s.scalar_type()));
+    }
+    at::Tensor s_c = s.index_select(s.dim() - 1, out_keep);
+    s_c = s.dim() == 1 ? s_c.view({1, kout, 1, 1}) : s_c.view({s.size(0), kout, 1, 1});
+    g = g * s_c.to(g.scalar_type());
+  }
+  at::Tensor grad_bias = at::empty({0}, x.options());
+  if (mask[2]) {
+    grad_bias = at::zeros({weight.size(0)}, weight.options());
+    grad_bias.index_copy_(0, out_keep, g.sum({0, 2, 3}).to(weight.scalar_type()));
+  }
+  at::Tensor grad_x = at::empty({0}, x.options()), grad_w = at::empty({0}, weight.options());
+  if (mask[0]) grad_x = at::zeros_like(x, at::MemoryFormat::Contiguous);
+  if (mask[1]) grad_w = at::zeros_like(weight, at::MemoryFormat::Contiguous);
+  if ((mask[0] || mask[1]) && kin > 0 && kout > 0) {
+    at::Tensor x_c, w_c;
+    const bool all_in = kin == x.size(1);
+    x_c = all_in ? x : x.index_select(1, in_keep);
+    w_c = weight.index_select(0, out_keep);
+    if (!all_in) w_c = w_c.index_select(1, in_keep);
+    auto [gx_c, gw_c, gb_unused] = at::convolution_backward(
+        g.contiguous(), x_c, w_c, c10::nullopt, a.stride, a.padding, a.dilation, false, {0, 0}, 1,
+        {mask[0], mask[1], false});
+    if (mask[0]) grad_x.index_copy_(1, in_keep, gx_c);
+    if (mask[1]) {
+      at::Tensor rows = at::zeros({kout, weight.size(1), weight.size(2), weight.size(3)}, weight.options());
+      rows.index_copy_(1, in_keep, gw_c);
+      grad_w.index_copy_(0, out_keep, rows);
+    }
+  }
+  return {grad_x, grad_w, grad_bias, grad_scale};
+}
+
+}  // namespace anp

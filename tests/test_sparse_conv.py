@@ -1,0 +1,171 @@
+"""channel_sparse_conv2d: every backend against the masked F.conv2d reference."""
+import pytest
+import torch
+
+import anp_kernels
+from anp_kernels import ops
+from conftest import DEVICE, fast_backends
+
+# (C_in, C_out, H, W, kh, kw, stride, padding, dilation)
+GEOMETRIES = [
+    (8, 6, 7, 7, 3, 3, 1, 1, 1),
+    (8, 6, 9, 8, 1, 1, 1, 0, 1),
+    (6, 10, 11, 11, 5, 5, 2, 2, 1),
+    (7, 5, 10, 9, 3, 5, 2, (1, 2), 1),
+    (8, 8, 12, 12, 3, 3, 1, 2, 2),
+    (40, 36, 6, 6, 3, 3, 1, 1, 1),
+]
+SPARSITY = [0.0, 0.5, 0.9]
+
+
+def _keep(c: int, sparsity: float, seed: int) -> torch.Tensor:
+    kept = max(0, round(c * (1 - sparsity)))
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(c, generator=g)[:kept].sort().values.to(DEVICE)
+
+
+def _case(geom, sparsity, dtype, scale_kind, bias, seed=0):
+    cin, cout, h, w, kh, kw, stride, padding, dilation = geom
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, cin, h, w, generator=g).to(DEVICE, dtype)
+    weight = (torch.randn(cout, cin, kh, kw, generator=g) / (cin * kh * kw) ** 0.5).to(DEVICE, dtype)
+    b = torch.randn(cout, generator=g).to(DEVICE, dtype) if bias else None
+    scale = {"none": None, "channel": torch.rand(cout, generator=g),
+             "sample": torch.rand(2, cout, generator=g)}[scale_kind]
+    scale = scale.to(DEVICE) if scale is not None else None
+    kwargs = dict(in_keep=_keep(cin, sparsity, seed + 1), out_keep=_keep(cout, sparsity, seed + 2), scale=scale,
+                  stride=stride, padding=padding, dilation=dilation)
+    return x, weight, b, kwargs
+
+
+def _tolerance(out, reference_lp, reference_fp32):
+    """Kernel error vs fp32 may be at most twice the error of the same math run in low precision."""
+    if out.dtype == torch.float32:
+        return dict(atol=1e-4, rtol=1e-4)
+    return dict(atol=2 * (reference_lp.float() - reference_fp32).abs().max().item() + 1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("backend", fast_backends())
+@pytest.mark.parametrize("compact", [False, True])
+@pytest.mark.parametrize("sparsity", SPARSITY)
+@pytest.mark.parametrize("geom", GEOMETRIES)
+def test_forward_and_backward_match_reference_fp32(backend, compact, sparsity, geom):
+    scale_kind = ["none", "channel", "sample"][GEOMETRIES.index(geom) % 3]
+    x, weight, bias, kw = _case(geom, sparsity, torch.float32, scale_kind, bias=True)
+    leaves = [t.requires_grad_() for t in (x, weight, bias, kw["scale"]) if t is not None]
+    expected = ops.channel_sparse_conv2d_reference(x, weight, bias, compact_output=compact, **kw)
+    grad = torch.randn_like(expected)
+    exp_grads = torch.autograd.grad(expected, leaves, grad)
+    with anp_kernels.use_backend(backend):
+        out = ops.channel_sparse_conv2d(x, weight, bias, compact_output=compact, **kw)
+        grads = torch.autograd.grad(out, leaves, grad)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    for got, want in zip(grads, exp_grads):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    if not compact:  # pruned output channels are exact zeros
+        pruned = torch.ones(weight.shape[0], dtype=torch.bool, device=DEVICE)
+        pruned[kw["out_keep"]] = False
+        assert (out[:, pruned] == 0).all()
+
+
+@pytest.mark.parametrize("backend", fast_backends())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("geom", GEOMETRIES[:3])
+def test_low_precision_matches_reference(backend, dtype, geom):
+    x, weight, bias, kw = _case(geom, 0.5, dtype, "channel", bias=True)
+    ref32 = ops.channel_sparse_conv2d_reference(x.float(), weight.float(), bias.float(), **kw)
+    ref_lp = ops.channel_sparse_conv2d_reference(x, weight, bias, **kw)
+    with anp_kernels.use_backend(backend):
+        out = ops.channel_sparse_conv2d(x, weight, bias, **kw)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref32, **_tolerance(out, ref_lp, ref32))
+
+
+@pytest.mark.parametrize("backend", fast_backends() + ["reference"])
+@pytest.mark.parametrize("which", ["in", "out", "both"])
+def test_fully_pruned_layer_gives_zeros(backend, which):
+    x, weight, bias, kw = _case(GEOMETRIES[0], 0.0, torch.float32, "channel", bias=False)
+    empty = torch.zeros(0, dtype=torch.int64, device=DEVICE)
+    if which in ("in", "both"):
+        kw["in_keep"] = empty
+    if which in ("out", "both"):
+        kw["out_keep"] = empty
+    x.requires_grad_()
+    weight.requires_grad_()
+    with anp_kernels.use_backend(backend):
+        out = ops.channel_sparse_conv2d(x, weight, **kw)
+        compact = ops.channel_sparse_conv2d(x, weight, compact_output=True, **kw)
+        gx, gw = torch.autograd.grad(out.sum(), (x, weight))
+    assert out.shape == (2, 6, 7, 7) and (out == 0).all()
+    assert compact.shape[1] == len(kw["out_keep"])
+    assert (gx == 0).all() and (gw == 0).all()
+
+
+def test_in_pruned_keeps_bias_times_scale():
+    x, weight, bias, kw = _case(GEOMETRIES[0], 0.0, torch.float32, "channel", bias=True)
+    kw["in_keep"] = torch.zeros(0, dtype=torch.int64, device=DEVICE)
+    for backend in fast_backends():
+        with anp_kernels.use_backend(backend):
+            out = ops.channel_sparse_conv2d(x, weight, bias, **kw)
+        torch.testing.assert_close(out, (bias * kw["scale"]).view(1, -1, 1, 1).expand_as(out))
+
+
+@pytest.mark.parametrize("backend", fast_backends())
+def test_channels_last_input(backend):
+    x, weight, bias, kw = _case(GEOMETRIES[0], 0.5, torch.float32, "none", bias=True)
+    x = x.to(memory_format=torch.channels_last)
+    expected = ops.channel_sparse_conv2d_reference(x, weight, bias, **kw)
+    with anp_kernels.use_backend(backend):
+        torch.testing.assert_close(ops.channel_sparse_conv2d(x, weight, bias, **kw), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_input_is_named():
+    x, weight, bias, _ = _case(GEOMETRIES[0], 0.0, torch.float32, "none", bias=True)
+    idx = torch.tensor([0, 2, 5], device=DEVICE)
+    cases = [
+        (dict(in_keep=torch.tensor([0, 8])), ValueError, "in_keep holds channel indices outside"),
+        (dict(out_keep=torch.tensor([-1, 2])), ValueError, "out_keep holds channel indices outside"),
+        (dict(in_keep=torch.tensor([2, 1])), ValueError, "sorted and unique"),
+        (dict(in_keep=torch.tensor([1, 1])), ValueError, "sorted and unique"),
+        (dict(in_keep=idx.int()), TypeError, "int64"),
+        (dict(in_keep=idx.float()), TypeError, "int64"),
+        (dict(in_keep=idx.view(3, 1)), ValueError, "1-D"),
+        (dict(scale=torch.rand(5)), ValueError, "scale must have shape"),
+        (dict(scale=torch.rand(3, 6)), ValueError, "scale must have shape"),
+        (dict(stride=0), ValueError, "stride"),
+        (dict(padding=-1), ValueError, "padding"),
+    ]
+    for backend in fast_backends("cpu") + ["reference"]:
+        with anp_kernels.use_backend(backend):
+            for kwargs, exc, match in cases:
+                with pytest.raises(exc, match=match):
+                    ops.channel_sparse_conv2d(x, weight, bias, **kwargs)
+            with pytest.raises(ValueError, match="groups=1"):
+                ops.channel_sparse_conv2d(x, weight[:, :4], bias)
+            with pytest.raises(TypeError, match="same dtype"):
+                ops.channel_sparse_conv2d(x, weight.double(), bias)
+            with pytest.raises(ValueError, match="bias must have shape"):
+                ops.channel_sparse_conv2d(x, weight, bias[:3])
+            with pytest.raises(ValueError, match=r"x must be \[N, C_in, H, W\]"):
+                ops.channel_sparse_conv2d(x[0], weight, bias)
+            with pytest.raises(ValueError, match="does not fit"):
+                ops.channel_sparse_conv2d(x[:, :, :2, :2], weight, bias)
+
+
+def test_reference_gradcheck_float64():
+    x, weight, bias, kw = _case(GEOMETRIES[0], 0.5, torch.float64, "sample", bias=True)
+    x, scale = x[..., :5, :5].contiguous(), kw.pop("scale").double()
+    leaves = tuple(t.requires_grad_() for t in (x, weight, bias, scale))
+    assert torch.autograd.gradcheck(lambda x, w, b, s: ops.channel_sparse_conv2d(x, w, b, scale=s, **kw), leaves)
+
+
+def test_torch_compile_fullgraph_cpp_op():
+    torch._dynamo.reset()
+    x, weight, bias, kw = _case(GEOMETRIES[0], 0.5, torch.float32, "channel", bias=True)
+    weight.requires_grad_()
+    fn = lambda x, w: ops.channel_sparse_conv2d(x, w, bias, compact_output=True, **kw).relu().sum()  # noqa: E731
+    eager = fn(x, weight)
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")(x, weight)
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(torch.autograd.grad(compiled, weight)[0], torch.autograd.grad(eager, weight)[0])
