@@ -407,7 +407,8 @@ std::tuple<Tensor, Tensor> channel_scale_backward_cpu(const Tensor& grad, const 
 // out = v * scale, written to the compact rows or to the kept rows of the full output.
 template <typename scalar_t>
 void sparse_conv_epilogue(scalar_t* y, scalar_t* out, const float* bias, const float* scale, bool scale_batch,
-                          const int64_t* out_keep, int64_t N, int64_t K, int64_t P, int64_t Cout, bool compact) {
+                          const int64_t* out_keep, int64_t N, int64_t K, int64_t P, int64_t Cout, bool compact,
+                          bool save_pre) {
   at::parallel_for(0, N * K, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / K, j = r % K;
@@ -415,12 +416,15 @@ void sparse_conv_epilogue(scalar_t* y, scalar_t* out, const float* bias, const f
       const float sj = scale ? scale[scale_batch ? r : j] : 1.f;
       scalar_t* yr = y + r * P;
       scalar_t* o = out + (compact ? r : n * Cout + out_keep[j]) * P;
-      if (scale) {
+      if (scale && save_pre) {
         for (int64_t p = 0; p < P; ++p) {
           const float v = f32(yr[p]) + bj;
           yr[p] = static_cast<scalar_t>(v);
           o[p] = static_cast<scalar_t>(v * sj);
         }
+      } else if (scale) {
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p) o[p] = static_cast<scalar_t>((f32(yr[p]) + bj) * sj);
       } else if (bias || o != yr) {
 #pragma omp simd
         for (int64_t p = 0; p < P; ++p) o[p] = static_cast<scalar_t>(f32(yr[p]) + bj);
@@ -433,13 +437,15 @@ std::tuple<Tensor, Tensor> channel_sparse_conv2d_cpu(const Tensor& x, const Tens
                                                      const c10::optional<Tensor>& bias, const Tensor& in_keep,
                                                      const Tensor& out_keep, const c10::optional<Tensor>& scale,
                                                      at::IntArrayRef stride, at::IntArrayRef padding,
-                                                     at::IntArrayRef dilation, bool compact_output) {
+                                                     at::IntArrayRef dilation, bool compact_output, bool save_pre) {
   Tensor y = compact_conv(x, weight, in_keep, out_keep, SparseConvArgs{stride, padding, dilation});
   const bool has_bias = bias.has_value() && bias->defined(), has_scale = scale.has_value() && scale->defined();
+  save_pre = save_pre && has_scale;
   const int64_t N = y.size(0), K = y.size(1), P = y.size(2) * y.size(3), Cout = weight.size(0);
   Tensor bias_c = has_bias ? bias->index_select(0, out_keep).to(at::kFloat).contiguous() : Tensor();
   Tensor scale_c = has_scale ? scale->index_select(scale->dim() - 1, out_keep).to(at::kFloat).contiguous() : Tensor();
-  Tensor out = compact_output ? (has_scale ? at::empty_like(y) : y)
+  // compact without y_pre: the epilogue runs in place in y
+  Tensor out = compact_output ? (save_pre ? at::empty_like(y) : y)
                               : at::zeros({N, Cout, y.size(2), y.size(3)}, y.options());
   Tensor kept = out_keep.contiguous();
   if (y.numel() > 0) {
@@ -447,10 +453,10 @@ std::tuple<Tensor, Tensor> channel_sparse_conv2d_cpu(const Tensor& x, const Tens
       sparse_conv_epilogue<scalar_t>(y.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
                                      has_bias ? bias_c.data_ptr<float>() : nullptr,
                                      has_scale ? scale_c.data_ptr<float>() : nullptr, has_scale && scale->dim() == 2,
-                                     kept.data_ptr<int64_t>(), N, K, P, Cout, compact_output);
+                                     kept.data_ptr<int64_t>(), N, K, P, Cout, compact_output, save_pre);
     });
   }
-  return {out, has_scale ? y : at::empty({0}, y.options())};
+  return {out, save_pre ? y : at::empty({0}, y.options())};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> channel_sparse_conv2d_backward(
@@ -477,7 +483,7 @@ TORCH_LIBRARY(anp_kernels, m) {
   m.def("channel_scale_backward(Tensor grad, Tensor x, Tensor z) -> (Tensor, Tensor)");
   m.def(
       "channel_sparse_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor in_keep, Tensor out_keep, Tensor? scale,"
-      " int[2] stride, int[2] padding, int[2] dilation, bool compact_output) -> (Tensor, Tensor)");
+      " int[2] stride, int[2] padding, int[2] dilation, bool compact_output, bool save_pre) -> (Tensor, Tensor)");
   m.def(
       "channel_sparse_conv2d_backward(Tensor grad, Tensor x, Tensor weight, Tensor in_keep, Tensor out_keep,"
       " Tensor? scale, Tensor y_pre, int[2] stride, int[2] padding, int[2] dilation, bool compact_output,"

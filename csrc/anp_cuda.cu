@@ -387,13 +387,13 @@ template <typename T>
 __global__ void sparse_conv_epilogue(T* __restrict__ y, T* __restrict__ out, const float* __restrict__ bias,
                                      const float* __restrict__ scale, bool scale_batch,
                                      const int64_t* __restrict__ out_keep, int64_t N, int64_t K, int64_t P,
-                                     int64_t Cout, bool compact) {
+                                     int64_t Cout, bool compact, bool save_pre) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < N * K * P; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t r = i / P, p = i % P, n = r / K, j = r % K;
     const float v = static_cast<float>(y[i]) + (bias ? bias[j] : 0.f);
     const int64_t o = (compact ? r : n * Cout + out_keep[j]) * P + p;
     if (scale) {
-      y[i] = static_cast<T>(v);
+      if (save_pre) y[i] = static_cast<T>(v);
       out[o] = static_cast<T>(v * scale[scale_batch ? r : j]);
     } else {
       out[o] = static_cast<T>(v);
@@ -405,14 +405,16 @@ std::tuple<Tensor, Tensor> channel_sparse_conv2d_cuda(const Tensor& x, const Ten
                                                       const c10::optional<Tensor>& bias, const Tensor& in_keep,
                                                       const Tensor& out_keep, const c10::optional<Tensor>& scale,
                                                       at::IntArrayRef stride, at::IntArrayRef padding,
-                                                      at::IntArrayRef dilation, bool compact_output) {
+                                                      at::IntArrayRef dilation, bool compact_output,
+                                                      bool save_pre) {
   c10::cuda::CUDAGuard guard(x.device());
   Tensor y = compact_conv(x, weight, in_keep, out_keep, SparseConvArgs{stride, padding, dilation});
   const bool has_bias = bias.has_value() && bias->defined(), has_scale = scale.has_value() && scale->defined();
+  save_pre = save_pre && has_scale;
   const int64_t N = y.size(0), K = y.size(1), P = y.size(2) * y.size(3), Cout = weight.size(0);
   Tensor bias_c = has_bias ? bias->index_select(0, out_keep).to(at::kFloat).contiguous() : Tensor();
   Tensor scale_c = has_scale ? scale->index_select(scale->dim() - 1, out_keep).to(at::kFloat).contiguous() : Tensor();
-  Tensor out = compact_output ? (has_scale ? at::empty_like(y) : y)
+  Tensor out = compact_output ? (save_pre ? at::empty_like(y) : y)
                               : at::zeros({N, Cout, y.size(2), y.size(3)}, y.options());
   Tensor kept = out_keep.contiguous();
   if (y.numel() > 0 && (has_bias || has_scale || !compact_output)) {
@@ -420,11 +422,11 @@ std::tuple<Tensor, Tensor> channel_sparse_conv2d_cuda(const Tensor& x, const Ten
       sparse_conv_epilogue<scalar_t><<<grid_for(y.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
           y.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), has_bias ? bias_c.data_ptr<float>() : nullptr,
           has_scale ? scale_c.data_ptr<float>() : nullptr, has_scale && scale->dim() == 2, kept.data_ptr<int64_t>(),
-          N, K, P, Cout, compact_output);
+          N, K, P, Cout, compact_output, save_pre);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  return {out, has_scale ? y : at::empty({0}, y.options())};
+  return {out, save_pre ? y : at::empty({0}, y.options())};
 }
 
 }  // namespace

@@ -169,3 +169,26 @@ def test_torch_compile_fullgraph_cpp_op():
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")(x, weight)
     torch.testing.assert_close(compiled, eager)
     torch.testing.assert_close(torch.autograd.grad(compiled, weight)[0], torch.autograd.grad(eager, weight)[0])
+
+
+def test_index_changed_in_place_is_checked_again():
+    x, weight, bias, _ = _case(GEOMETRIES[0], 0.0, torch.float32, "none", bias=True)
+    idx = torch.tensor([0, 2, 5], device=DEVICE)
+    ops.channel_sparse_conv2d(x, weight, bias, in_keep=idx)
+    idx[2] = 1  # now unsorted
+    with pytest.raises(ValueError, match="sorted and unique"):
+        ops.channel_sparse_conv2d(x, weight, bias, in_keep=idx)
+
+
+@pytest.mark.parametrize("backend", fast_backends())
+def test_scale_gradient_with_and_without_saved_output(backend):
+    x, weight, bias, kw = _case(GEOMETRIES[0], 0.5, torch.float32, "sample", bias=True)
+    with anp_kernels.use_backend(backend):
+        with torch.no_grad():
+            plain = ops.channel_sparse_conv2d(x, weight, bias, compact_output=True, **kw)
+        kw["scale"].requires_grad_()
+        out = ops.channel_sparse_conv2d(x, weight, bias, compact_output=True, **kw)
+        (gs,) = torch.autograd.grad(out.sum(), kw["scale"])
+    torch.testing.assert_close(out, plain)
+    ref = ops.channel_sparse_conv2d_reference(x, weight, bias, compact_output=True, **kw)
+    torch.testing.assert_close(gs, torch.autograd.grad(ref.sum(), kw["scale"])[0], atol=1e-4, rtol=1e-4)

@@ -152,16 +152,16 @@ def register(ns: str) -> None:
 
     # ---- channel_sparse_conv2d: returns (out, y_pre); y_pre = compact (acc + bias), kept only when scaled
     @torch.library.register_fake(q("channel_sparse_conv2d"))
-    def _(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output):
+    def _(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, save_pre):
         ho = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
         wo = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
         kout = out_keep.shape[0]
         out = x.new_empty((x.shape[0], kout if compact_output else weight.shape[0], ho, wo))
-        y_pre = x.new_empty((x.shape[0], kout, ho, wo)) if scale is not None else x.new_empty((0,))
+        y_pre = x.new_empty((x.shape[0], kout, ho, wo)) if scale is not None and save_pre else x.new_empty((0,))
         return out, y_pre
 
     def conv_setup(ctx, inputs, output):
-        x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output = inputs
+        x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, _save_pre = inputs
         ctx.save_for_backward(x, weight, in_keep, out_keep, scale, output[1])
         ctx.conf = (stride, padding, dilation, compact_output, bias is not None, scale is not None)
 
@@ -173,7 +173,7 @@ def register(ns: str) -> None:
         grads = sparse_conv_backward_op()(grad_out, x, weight, in_keep, out_keep, scale, y_pre, stride, padding,
                                           dilation, compact_output, mask)
         gx, gw, gb, gs = (g if m else None for g, m in zip(grads, mask))
-        return gx, gw, gb, None, None, gs, None, None, None, None
+        return gx, gw, gb, None, None, gs, None, None, None, None, None
 
     torch.library.register_autograd(q("channel_sparse_conv2d"), conv_backward, setup_context=conv_setup)
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +27,7 @@ from . import _checks
 from ._dispatch import kernels
 
 _conv_choice: dict = {}
+_validated: dict = {}  # id(index tensor) -> (weakref, version, size): checked once per tensor state
 
 
 def _pair(name: str, v) -> tuple[int, int]:
@@ -47,11 +50,17 @@ def _keep_index(name: str, idx, size: int, device) -> torch.Tensor:
     if idx.device != device:
         raise ValueError(f"{name} must be on {device}, got {idx.device}")
     if idx.numel() and not torch.compiler.is_compiling():
+        seen = _validated.get(id(idx))
+        if seen is not None and seen[0]() is idx and seen[1:] == (idx._version, size):
+            return idx  # a layer passes the same unchanged index every step: check it once
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= size:
             raise ValueError(f"{name} holds channel indices outside [0, {size}): min {lo}, max {hi}")
         if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
             raise ValueError(f"{name} must be sorted and unique (strictly increasing)")
+        if len(_validated) > 4096:
+            _validated.clear()
+        _validated[id(idx)] = (weakref.ref(idx), idx._version, size)
     return idx
 
 
@@ -158,7 +167,10 @@ def channel_sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         return channel_sparse_conv2d_reference(x, weight, bias, in_keep=in_keep, out_keep=out_keep, scale=scale,
                                                stride=stride, padding=padding, dilation=dilation,
                                                compact_output=compact_output)
-    args = (x, weight, bias, in_idx, out_idx, scale, list(stride), list(padding), list(dilation), compact_output)
+    # y_pre (the compact pre-scale output) is kept only when scale's gradient will be asked for
+    save_pre = scale is not None and scale.requires_grad and torch.is_grad_enabled()
+    args = (x, weight, bias, in_idx, out_idx, scale, list(stride), list(padding), list(dilation), compact_output,
+            save_pre)
     if x.device.type == "cuda" and _backend.get_backend_override() == "auto" and not torch.compiler.is_compiling():
         sig = _signature(x, weight, in_idx.numel(), out_idx.numel(), stride, padding, dilation, compact_output,
                          scale is not None)

@@ -87,7 +87,7 @@ else:
     _launch_kernel = triton.autotune(configs=_CONFIGS, key=_KEY)(_sparse_conv_kernel)
 
 
-def forward(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output):
+def forward(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, save_pre):
     """(out, y_pre) with the same contract as anp_kernels::channel_sparse_conv2d."""
     n, _, h, w = x.shape
     c_out, _, kh, kw = weight.shape
@@ -95,7 +95,7 @@ def forward(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation
     wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     kin, kout = in_keep.numel(), out_keep.numel()
     out = torch.zeros((n, kout if compact_output else c_out, ho, wo), device=x.device, dtype=x.dtype)
-    save_pre = scale is not None
+    save_pre = save_pre and scale is not None
     y_pre = torch.empty((n, kout, ho, wo) if save_pre else (0,), device=x.device, dtype=x.dtype)
     m = n * ho * wo
     if kout == 0 or m == 0:

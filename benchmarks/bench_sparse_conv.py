@@ -1,0 +1,130 @@
+"""Channel-sparse conv2d against what ANP code does today, at VGG-16 and ResNet-18 conv shapes.
+
+For each conv shape and channel sparsity (on input and output channels; the 3 image channels
+are never pruned), forward and forward+backward of:
+  (a) dense masked conv: F.conv2d(x * in_mask, w * out_mask) * scale   (zeros multiplied)
+  (b) eager gather: index_select + F.conv2d + mask multiply + scatter into the full output
+  ours: ops.channel_sparse_conv2d(..., compact_output=True)
+Speedup over (a) is set against the ideal FLOP ratio C_in*C_out / (kept_in*kept_out).
+
+    python benchmarks/bench_sparse_conv.py [--device cpu|cuda] [--batch 128] [--rounds 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from anp_kernels import ops  # noqa: E402
+from _harness import interleaved_medians, stamp  # noqa: E402
+
+# (name, C_in, C_out, H, kernel, stride, padding)
+VGG16 = [("vgg.conv1_2", 64, 64, 32, 3, 1, 1), ("vgg.conv2_1", 64, 128, 16, 3, 1, 1),
+         ("vgg.conv2_2", 128, 128, 16, 3, 1, 1), ("vgg.conv3_x", 256, 256, 8, 3, 1, 1),
+         ("vgg.conv4_x", 512, 512, 4, 3, 1, 1), ("vgg.conv5_x", 512, 512, 2, 3, 1, 1)]
+RESNET18 = [("res.layer1", 64, 64, 32, 3, 1, 1), ("res.layer2.down", 64, 128, 32, 3, 2, 1),
+            ("res.layer2.sc", 64, 128, 32, 1, 2, 0), ("res.layer3", 256, 256, 8, 3, 1, 1),
+            ("res.layer4.down", 256, 512, 8, 3, 2, 1)]
+SPARSITIES = (0.5, 0.75, 0.9)
+
+
+def _kept(c: int, sparsity: float) -> torch.Tensor:
+    return torch.arange(c)[torch.randperm(c)[: max(1, round(c * (1 - sparsity)))].sort().values]
+
+
+def _candidates(batch, cin, cout, h, k, stride, pad, sparsity, device, backward):
+    x = torch.randn(batch, cin, h, h, device=device, requires_grad=backward)
+    w = (torch.randn(cout, cin, k, k, device=device) / (cin * k * k) ** 0.5).requires_grad_(backward)
+    scale = torch.rand(cout, device=device)
+    ik, ok = _kept(cin, sparsity).to(device), _kept(cout, sparsity).to(device)
+    in_mask = torch.zeros(cin, device=device).index_fill_(0, ik, 1).view(1, -1, 1, 1)
+    out_mask = torch.zeros(cout, device=device).index_fill_(0, ok, 1)
+
+    def dense_masked():
+        return F.conv2d(x * in_mask, w * out_mask.view(-1, 1, 1, 1), None, stride, pad) * scale.view(1, -1, 1, 1)
+
+    def eager_gather():
+        y = F.conv2d(x.index_select(1, ik), w.index_select(0, ok).index_select(1, ik), None, stride, pad)
+        y = y * scale.index_select(0, ok).view(1, -1, 1, 1)
+        full = y.new_zeros(batch, cout, *y.shape[2:])
+        return full.index_copy(1, ok, y)
+
+    def ours():
+        return ops.channel_sparse_conv2d(x, w, in_keep=ik, out_keep=ok, scale=scale, stride=stride, padding=pad,
+                                         compact_output=True)
+
+    def run(fn):
+        if not backward:
+            return lambda: fn()
+        return lambda: torch.autograd.grad(fn().sum(), (x, w))
+
+    ideal = cin * cout / (len(ik) * len(ok))
+    return {"dense_masked": run(dense_masked), "eager_gather": run(eager_gather), "ours": run(ours)}, ideal
+
+
+def run(device: str, batch: int, rounds: int) -> dict:
+    rows = []
+    for name, cin, cout, h, k, stride, pad in VGG16 + RESNET18:
+        for sparsity in SPARSITIES:
+            for backward in (False, True):
+                fns, ideal = _candidates(batch, cin, cout, h, k, stride, pad, sparsity, device, backward)
+                t = interleaved_medians(fns, device, rounds=rounds, warmup=1)
+                speedup = t["dense_masked"] / t["ours"]
+                rows.append(dict(layer=name, shape=[batch, cin, cout, h, k, stride], sparsity=sparsity,
+                                 pass_="fwd+bwd" if backward else "fwd", seconds=t, ideal=ideal,
+                                 speedup_vs_dense=speedup, speedup_vs_gather=t["eager_gather"] / t["ours"],
+                                 fraction_of_ideal=speedup / ideal))
+                r = rows[-1]
+                print(f"{name:16s} s={sparsity:.2f} {r['pass_']:8s} ours {t['ours'] * 1e3:8.2f} ms  "
+                      f"vs dense {speedup:5.2f}x (ideal {ideal:5.1f}x, {r['fraction_of_ideal']:.0%})  "
+                      f"vs gather {r['speedup_vs_gather']:.2f}x", flush=True)
+    return {"device": stamp(device), "batch": batch, "rows": rows}
+
+
+def to_markdown(result: dict) -> str:
+    lines = [f"Device: {result['device']}; batch {result['batch']}", "",
+             "| layer | C_in->C_out, HxW, k, s | sparsity | pass | ours ms | (a) dense ms | (b) gather ms | "
+             "vs (a) | ideal | % of ideal | vs (b) |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        b, cin, cout, h, k, s = r["shape"]
+        t = r["seconds"]
+        lines.append(f"| {r['layer']} | {cin}->{cout}, {h}x{h}, {k}x{k}, {s} | {r['sparsity']:.0%} | {r['pass_']} | "
+                     f"{t['ours'] * 1e3:.2f} | {t['dense_masked'] * 1e3:.2f} | {t['eager_gather'] * 1e3:.2f} | "
+                     f"{r['speedup_vs_dense']:.2f}x | {r['ideal']:.1f}x | {r['fraction_of_ideal']:.0%} | "
+                     f"{r['speedup_vs_gather']:.2f}x |")
+    lines += ["", "Summary (minimum over layers of % of ideal, and of the ratio vs (b)):", "",
+              "| sparsity | pass | min % of ideal | median % of ideal | min vs (b) |", "|---:|---|---:|---:|---:|"]
+    for sparsity in SPARSITIES:
+        for pass_ in ("fwd", "fwd+bwd"):
+            sel = [r for r in result["rows"] if r["sparsity"] == sparsity and r["pass_"] == pass_]
+            fr = sorted(r["fraction_of_ideal"] for r in sel)
+            lines.append(f"| {sparsity:.0%} | {pass_} | {fr[0]:.0%} | {fr[len(fr) // 2]:.0%} | "
+                         f"{min(r['speedup_vs_gather'] for r in sel):.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    result = run(args.device, args.batch, args.rounds)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"sparse_conv_{args.device}.json").write_text(json.dumps(result, indent=2))
+    md = to_markdown(result)
+    (out / f"sparse_conv_{args.device}.md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
