@@ -433,14 +433,17 @@ void sparse_conv_epilogue(scalar_t* y, scalar_t* out, const float* bias, const f
   });
 }
 
-std::tuple<Tensor, Tensor> channel_sparse_conv2d_cpu(const Tensor& x, const Tensor& weight,
+std::tuple<Tensor, Tensor, Tensor> channel_sparse_conv2d_cpu(const Tensor& x, const Tensor& weight,
                                                      const c10::optional<Tensor>& bias, const Tensor& in_keep,
                                                      const Tensor& out_keep, const c10::optional<Tensor>& scale,
                                                      at::IntArrayRef stride, at::IntArrayRef padding,
-                                                     at::IntArrayRef dilation, bool compact_output, bool save_pre) {
-  Tensor y = compact_conv(x, weight, in_keep, out_keep, SparseConvArgs{stride, padding, dilation});
+                                                     at::IntArrayRef dilation, bool compact_output,
+                                                     bool for_backward) {
+  Tensor x_c;
+  Tensor y = compact_conv(x, weight, in_keep, out_keep, SparseConvArgs{stride, padding, dilation}, &x_c);
   const bool has_bias = bias.has_value() && bias->defined(), has_scale = scale.has_value() && scale->defined();
-  save_pre = save_pre && has_scale;
+  const bool save_pre = for_backward && has_scale;
+  const bool keep_x_c = for_backward && in_keep.numel() < x.size(1) && in_keep.numel() > 0;
   const int64_t N = y.size(0), K = y.size(1), P = y.size(2) * y.size(3), Cout = weight.size(0);
   Tensor bias_c = has_bias ? bias->index_select(0, out_keep).to(at::kFloat).contiguous() : Tensor();
   Tensor scale_c = has_scale ? scale->index_select(scale->dim() - 1, out_keep).to(at::kFloat).contiguous() : Tensor();
@@ -456,14 +459,14 @@ std::tuple<Tensor, Tensor> channel_sparse_conv2d_cpu(const Tensor& x, const Tens
                                      kept.data_ptr<int64_t>(), N, K, P, Cout, compact_output, save_pre);
     });
   }
-  return {out, save_pre ? y : at::empty({0}, y.options())};
+  return {out, save_pre ? y : at::empty({0}, y.options()), keep_x_c ? x_c : at::empty({0}, x.options())};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> channel_sparse_conv2d_backward(
     const Tensor& grad, const Tensor& x, const Tensor& weight, const Tensor& in_keep, const Tensor& out_keep,
-    const c10::optional<Tensor>& scale, const Tensor& y_pre, at::IntArrayRef stride, at::IntArrayRef padding,
-    at::IntArrayRef dilation, bool compact_output, std::array<bool, 4> output_mask) {
-  return sparse_conv_backward(grad, x, weight, in_keep, out_keep, scale, y_pre,
+    const c10::optional<Tensor>& scale, const Tensor& y_pre, const Tensor& x_c, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, bool compact_output, std::array<bool, 4> output_mask) {
+  return sparse_conv_backward(grad, x, weight, in_keep, out_keep, scale, y_pre, x_c,
                               SparseConvArgs{stride, padding, dilation}, compact_output, output_mask);
 }
 
@@ -483,10 +486,11 @@ TORCH_LIBRARY(anp_kernels, m) {
   m.def("channel_scale_backward(Tensor grad, Tensor x, Tensor z) -> (Tensor, Tensor)");
   m.def(
       "channel_sparse_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor in_keep, Tensor out_keep, Tensor? scale,"
-      " int[2] stride, int[2] padding, int[2] dilation, bool compact_output, bool save_pre) -> (Tensor, Tensor)");
+      " int[2] stride, int[2] padding, int[2] dilation, bool compact_output, bool for_backward)"
+      " -> (Tensor, Tensor, Tensor)");
   m.def(
       "channel_sparse_conv2d_backward(Tensor grad, Tensor x, Tensor weight, Tensor in_keep, Tensor out_keep,"
-      " Tensor? scale, Tensor y_pre, int[2] stride, int[2] padding, int[2] dilation, bool compact_output,"
+      " Tensor? scale, Tensor y_pre, Tensor x_c, int[2] stride, int[2] padding, int[2] dilation, bool compact_output,"
       " bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 

@@ -401,16 +401,18 @@ __global__ void sparse_conv_epilogue(T* __restrict__ y, T* __restrict__ out, con
   }
 }
 
-std::tuple<Tensor, Tensor> channel_sparse_conv2d_cuda(const Tensor& x, const Tensor& weight,
+std::tuple<Tensor, Tensor, Tensor> channel_sparse_conv2d_cuda(const Tensor& x, const Tensor& weight,
                                                       const c10::optional<Tensor>& bias, const Tensor& in_keep,
                                                       const Tensor& out_keep, const c10::optional<Tensor>& scale,
                                                       at::IntArrayRef stride, at::IntArrayRef padding,
                                                       at::IntArrayRef dilation, bool compact_output,
-                                                      bool save_pre) {
+                                                      bool for_backward) {
   c10::cuda::CUDAGuard guard(x.device());
-  Tensor y = compact_conv(x, weight, in_keep, out_keep, SparseConvArgs{stride, padding, dilation});
+  Tensor x_c;
+  Tensor y = compact_conv(x, weight, in_keep, out_keep, SparseConvArgs{stride, padding, dilation}, &x_c);
   const bool has_bias = bias.has_value() && bias->defined(), has_scale = scale.has_value() && scale->defined();
-  save_pre = save_pre && has_scale;
+  const bool save_pre = for_backward && has_scale;
+  const bool keep_x_c = for_backward && in_keep.numel() < x.size(1) && in_keep.numel() > 0;
   const int64_t N = y.size(0), K = y.size(1), P = y.size(2) * y.size(3), Cout = weight.size(0);
   Tensor bias_c = has_bias ? bias->index_select(0, out_keep).to(at::kFloat).contiguous() : Tensor();
   Tensor scale_c = has_scale ? scale->index_select(scale->dim() - 1, out_keep).to(at::kFloat).contiguous() : Tensor();
@@ -426,7 +428,7 @@ std::tuple<Tensor, Tensor> channel_sparse_conv2d_cuda(const Tensor& x, const Ten
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  return {out, save_pre ? y : at::empty({0}, y.options())};
+  return {out, save_pre ? y : at::empty({0}, y.options()), keep_x_c ? x_c : at::empty({0}, x.options())};
 }
 
 }  // namespace

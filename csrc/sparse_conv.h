@@ -39,7 +39,7 @@ inline at::Tensor compact_conv(const at::Tensor& x, const at::Tensor& weight, co
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_conv_backward(
     const at::Tensor& grad_in, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& in_keep,
     const at::Tensor& out_keep, const c10::optional<at::Tensor>& scale, const at::Tensor& y_pre,
-    const SparseConvArgs& a, bool compact_output, std::array<bool, 4> mask) {
+    const at::Tensor& saved_x_c, const SparseConvArgs& a, bool compact_output, std::array<bool, 4> mask) {
   const int64_t kin = in_keep.numel(), kout = out_keep.numel();
   at::Tensor g = compact_output ? grad_in : grad_in.index_select(1, out_keep);
   at::Tensor grad_scale = at::empty({0}, x.options());
@@ -66,20 +66,16 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_conv_ba
   if (mask[0]) grad_x = at::zeros_like(x, at::MemoryFormat::Contiguous);
   if (mask[1]) grad_w = at::zeros_like(weight, at::MemoryFormat::Contiguous);
   if ((mask[0] || mask[1]) && kin > 0 && kout > 0) {
-    at::Tensor x_c, w_c;
+    // x_c: the gathered input kept by the forward (empty: gather again, as the Triton path never makes it)
     const bool all_in = kin == x.size(1);
-    x_c = all_in ? x : x.index_select(1, in_keep);
-    w_c = weight.index_select(0, out_keep);
+    at::Tensor x_c = all_in ? x : (saved_x_c.numel() ? saved_x_c : x.index_select(1, in_keep));
+    at::Tensor w_c = weight.index_select(0, out_keep);
     if (!all_in) w_c = w_c.index_select(1, in_keep);
     auto [gx_c, gw_c, gb_unused] = at::convolution_backward(
         g.contiguous(), x_c, w_c, c10::nullopt, a.stride, a.padding, a.dilation, false, {0, 0}, 1,
         {mask[0], mask[1], false});
     if (mask[0]) grad_x.index_copy_(1, in_keep, gx_c);
-    if (mask[1]) {
-      at::Tensor rows = at::zeros({kout, weight.size(1), weight.size(2), weight.size(3)}, weight.options());
-      rows.index_copy_(1, in_keep, gw_c);
-      grad_w.index_copy_(0, out_keep, rows);
-    }
+    if (mask[1]) grad_w.index_put_({out_keep.view({-1, 1}), in_keep.view({1, -1})}, gw_c);
   }
   return {grad_x, grad_w, grad_bias, grad_scale};
 }

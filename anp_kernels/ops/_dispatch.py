@@ -150,28 +150,31 @@ def register(ns: str) -> None:
 
     torch.library.register_autograd(q("channel_scale"), cs_backward, setup_context=cs_setup)
 
-    # ---- channel_sparse_conv2d: returns (out, y_pre); y_pre = compact (acc + bias), kept only when scaled
+    # ---- channel_sparse_conv2d: returns (out, y_pre, x_c), the last two kept for the backward only:
+    # y_pre = compact (acc + bias) when scaled, x_c = the gathered input (C++ path, some inputs pruned)
     @torch.library.register_fake(q("channel_sparse_conv2d"))
-    def _(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, save_pre):
+    def _(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, for_backward):
         ho = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
         wo = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
         kout = out_keep.shape[0]
         out = x.new_empty((x.shape[0], kout if compact_output else weight.shape[0], ho, wo))
-        y_pre = x.new_empty((x.shape[0], kout, ho, wo)) if scale is not None and save_pre else x.new_empty((0,))
-        return out, y_pre
+        y_pre = x.new_empty((x.shape[0], kout, ho, wo)) if scale is not None and for_backward else x.new_empty((0,))
+        keep_x_c = ns == "anp_kernels" and for_backward and 0 < in_keep.shape[0] < x.shape[1]
+        x_c = x.new_empty((x.shape[0], in_keep.shape[0], x.shape[2], x.shape[3])) if keep_x_c else x.new_empty((0,))
+        return out, y_pre, x_c
 
     def conv_setup(ctx, inputs, output):
-        x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, _save_pre = inputs
-        ctx.save_for_backward(x, weight, in_keep, out_keep, scale, output[1])
+        x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, _for_bwd = inputs
+        ctx.save_for_backward(x, weight, in_keep, out_keep, scale, output[1], output[2])
         ctx.conf = (stride, padding, dilation, compact_output, bias is not None, scale is not None)
 
-    def conv_backward(ctx, grad_out, _grad_y_pre):
-        x, weight, in_keep, out_keep, scale, y_pre = ctx.saved_tensors
+    def conv_backward(ctx, grad_out, _grad_y_pre, _grad_x_c):
+        x, weight, in_keep, out_keep, scale, y_pre, x_c = ctx.saved_tensors
         stride, padding, dilation, compact_output, has_bias, has_scale = ctx.conf
         need = ctx.needs_input_grad
         mask = [need[0], need[1], has_bias and need[2], has_scale and need[5]]
-        grads = sparse_conv_backward_op()(grad_out, x, weight, in_keep, out_keep, scale, y_pre, stride, padding,
-                                          dilation, compact_output, mask)
+        grads = sparse_conv_backward_op()(grad_out, x, weight, in_keep, out_keep, scale, y_pre, x_c, stride,
+                                          padding, dilation, compact_output, mask)
         gx, gw, gb, gs = (g if m else None for g, m in zip(grads, mask))
         return gx, gw, gb, None, None, gs, None, None, None, None, None
 
@@ -188,7 +191,8 @@ def sparse_conv_backward_op():
 
 def _register_backward_fake() -> None:
     @torch.library.register_fake("anp_kernels::channel_sparse_conv2d_backward")
-    def _(grad, x, weight, in_keep, out_keep, scale, y_pre, stride, padding, dilation, compact_output, output_mask):
+    def _(grad, x, weight, in_keep, out_keep, scale, y_pre, x_c, stride, padding, dilation, compact_output,
+          output_mask):
         empty = x.new_empty((0,))
         return (torch.empty_like(x) if output_mask[0] else empty,
                 torch.empty_like(weight) if output_mask[1] else empty,

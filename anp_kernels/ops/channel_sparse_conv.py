@@ -167,10 +167,11 @@ def channel_sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         return channel_sparse_conv2d_reference(x, weight, bias, in_keep=in_keep, out_keep=out_keep, scale=scale,
                                                stride=stride, padding=padding, dilation=dilation,
                                                compact_output=compact_output)
-    # y_pre (the compact pre-scale output) is kept only when scale's gradient will be asked for
-    save_pre = scale is not None and scale.requires_grad and torch.is_grad_enabled()
+    # the forward keeps what the backward needs only when a gradient will be asked for
+    tensors = (x, weight, bias, scale)
+    for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     args = (x, weight, bias, in_idx, out_idx, scale, list(stride), list(padding), list(dilation), compact_output,
-            save_pre)
+            for_backward)
     if x.device.type == "cuda" and _backend.get_backend_override() == "auto" and not torch.compiler.is_compiling():
         sig = _signature(x, weight, in_idx.numel(), out_idx.numel(), stride, padding, dilation, compact_output,
                          scale is not None)

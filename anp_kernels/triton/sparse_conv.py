@@ -87,19 +87,21 @@ else:
     _launch_kernel = triton.autotune(configs=_CONFIGS, key=_KEY)(_sparse_conv_kernel)
 
 
-def forward(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, save_pre):
-    """(out, y_pre) with the same contract as anp_kernels::channel_sparse_conv2d."""
+def forward(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, for_backward):
+    """(out, y_pre, x_c) with the contract of anp_kernels::channel_sparse_conv2d; x_c is always
+    empty here (this kernel never makes a compact copy of x; the backward gathers it)."""
     n, _, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     kin, kout = in_keep.numel(), out_keep.numel()
     out = torch.zeros((n, kout if compact_output else c_out, ho, wo), device=x.device, dtype=x.dtype)
-    save_pre = save_pre and scale is not None
+    save_pre = for_backward and scale is not None
+    no_x_c = x.new_empty((0,))
     y_pre = torch.empty((n, kout, ho, wo) if save_pre else (0,), device=x.device, dtype=x.dtype)
     m = n * ho * wo
     if kout == 0 or m == 0:
-        return out, y_pre
+        return out, y_pre, no_x_c
     if kin == 0:  # nothing to convolve: the epilogue alone (bias, scale) on zeros
         in_keep = in_keep.new_zeros(1)
     scale_mode = 0 if scale is None else (1 if scale.dim() == 1 else 2)
@@ -119,4 +121,4 @@ def forward(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation
     else:
         grid = lambda cfg: (triton.cdiv(m, cfg["BM"]), triton.cdiv(kout, cfg["BN"]))  # noqa: E731
         _launch_kernel[grid](*args, **meta)
-    return out, y_pre
+    return out, y_pre, no_x_c

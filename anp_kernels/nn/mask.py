@@ -1,0 +1,111 @@
+"""BetaBernoulliMask: the learned per-unit pruning mask of ANP-VS (Beta-Bernoulli dropout)."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _rng, ops
+
+INIT_A_UC = -1.0  # softplus(-1) = 0.313: the original code's a (2.0 for its VGG conv masks)
+INIT_B_UC = 0.5413  # softplus(0.5413) = 1.0
+
+
+class BetaBernoulliMask(nn.Module):
+    """Per-unit mask z over dim 1, with keep probability pi ~ Kumaraswamy(a, b).
+
+    a = softplus(max(a_uc, -10)), b = softplus(clip(b_uc, -10, 50)), as in the ANP-VS code.
+    Training: a relaxed Bernoulli mask per example (one pi draw per unit, shared by the batch),
+    sampled inside the fused kernel. Eval: the deterministic E[pi], 0 where E[pi] <= threshold.
+    Prior Beta(alpha, 1): `kl()` is the closed-form KL summed over units.
+    """
+
+    def __init__(self, num_features: int, alpha: float = 1e-4, temperature: float = 0.1, threshold: float = 1e-3,
+                 init_a: float = INIT_A_UC, init_b: float = INIT_B_UC):
+        super().__init__()
+        if not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0 <= threshold < 1:
+            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+        self.num_features, self.alpha, self.temperature, self.threshold = num_features, alpha, temperature, threshold
+        self.a_uc = nn.Parameter(torch.full((num_features,), float(init_a)))
+        self.b_uc = nn.Parameter(torch.full((num_features,), float(init_b)))
+        self.generator: torch.Generator | None = None  # the seed source; None = torch's global RNG
+        self.paired = False  # batch = [clean; adversarial]: both halves share one mask sample
+        self._keep_cache: tuple | None = None
+
+    # ---- parameters
+    def a(self) -> torch.Tensor:
+        return F.softplus(self.a_uc.clamp(min=-10.0))
+
+    def b(self) -> torch.Tensor:
+        return F.softplus(self.b_uc.clamp(-10.0, 50.0))
+
+    def expected_keep(self) -> torch.Tensor:
+        return ops.expected_keep(self.a(), self.b())
+
+    def eval_scale(self) -> torch.Tensor:
+        """The test-time scale: E[pi] with values <= threshold set to 0."""
+        return ops.eval_mask(self.a(), self.b(), self.threshold)
+
+    def kl(self) -> torch.Tensor:
+        return ops.kl_kumaraswamy_beta(self.a(), self.b(), self.alpha)
+
+    def keep_index(self) -> torch.Tensor:
+        """Sorted int64 indices of the kept units (E[pi] > threshold); cached until a or b change."""
+        key = (self.a_uc._version, self.b_uc._version, self.a_uc.data_ptr(), self.b_uc.data_ptr())
+        if self._keep_cache is None or self._keep_cache[0] != key:
+            with torch.no_grad():
+                idx = (self.expected_keep() > self.threshold).nonzero().squeeze(1)
+            self._keep_cache = (key, idx)
+        return self._keep_cache[1]
+
+    def num_active(self) -> int:
+        return int(self.keep_index().numel())
+
+    # ---- sampling
+    def _seed(self) -> int:
+        return _rng.draw_seed(self.generator)
+
+    def sample(self, batch_size: int) -> torch.Tensor:
+        """A relaxed mask z [batch_size, C] (paired mode: one sample tiled over both halves)."""
+        if self.paired:
+            if batch_size % 2:
+                raise ValueError("paired masks need an even batch ([clean; adversarial])")
+            z = ops.sample_mask(self.a(), self.b(), batch_size // 2, self.temperature, seed=self._seed())
+            return torch.cat([z, z])
+        return ops.sample_mask(self.a(), self.b(), batch_size, self.temperature, seed=self._seed())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"mask over {self.num_features} units got input of shape {tuple(x.shape)}")
+        if not self.training:
+            return ops.channel_scale(x, self.eval_scale().to(x.device))
+        if self.paired:
+            return ops.channel_scale(x, self.sample(x.shape[0]))
+        return ops.masked_activation(x, self.a(), self.b(), self.temperature, training=True, seed=self._seed())
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, alpha={self.alpha}, temperature={self.temperature}, "
+                f"threshold={self.threshold}")
+
+
+@contextlib.contextmanager
+def paired_masks(model: nn.Module) -> Iterator[None]:
+    """Within the block, every mask treats its batch as [clean; adversarial] halves sharing one sample."""
+    found = [m for m in model.modules() if isinstance(m, BetaBernoulliMask)]
+    old = [m.paired for m in found]
+    for m in found:
+        m.paired = True
+    try:
+        yield
+    finally:
+        for m, p in zip(found, old):
+            m.paired = p
