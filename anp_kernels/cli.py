@@ -2,17 +2,50 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anp", description="Adversarial neural pruning (ANP-VS), fast and honest.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
     demo = sub.add_parser("demo", help="show what the library does, end to end, on the embedded digits data")
     demo.add_argument("--quick", action="store_true", help="a smaller run (for CI)")
     demo.add_argument("--out", default="anp_demo", help="report folder")
     demo.set_defaults(func=_demo)
     return parser
+
+
+def _add_train(sub) -> None:
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="adversarial training with ANP-VS or a baseline method")
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--data", default=d.data, help="digits | synthetic | mnist:PATH | cifar10:PATH")
+    p.add_argument("--method", default=d.method, help="standard | at | bp | anp | anp-vs | at-vs")
+    for name in ("epochs", "batch_size", "steps", "seed", "subset"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("lr", "mask_lr_factor", "eps", "step_size", "adv_weight", "beta", "lam", "alpha", "temperature",
+                 "threshold", "init_a"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--out", default=d.out, help="run folder: checkpoint.safetensors, metrics.jsonl")
+    p.add_argument("--init", default=None, help="warm start from a dense checkpoint")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    fields = TrainConfig.__dataclass_fields__
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    metrics = train(cfg, resume=args.resume, progress=not args.quiet)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "layer_sparsity"}))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -1,0 +1,68 @@
+"""PGD, device-resident and batched, against the deterministic (eval-mode) network."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("Linf", "L2")
+
+
+def _check_attack_inputs(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have the same length, got {x.shape[0]} and {y.shape[0]}")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError("inputs must lie in [0, 1] (normalise inside the model)")
+
+
+def _l2_project(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (delta.dim() - 1))
+    return delta * torch.clamp(eps / norms, max=1.0)
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
+        random_start: bool = True, norm: str = "Linf", generator: torch.Generator | None = None) -> torch.Tensor:
+    """Projected gradient descent on the cross-entropy; returns x_adv in [0, 1], ||x_adv - x|| <= eps.
+
+    The model runs in eval mode (ANP masks at their expected value, BN running stats, as the
+    paper generates its examples) and gets its previous mode back afterwards. Parameter
+    gradients are never touched.
+    """
+    _check_attack_inputs(x, y, eps, norm)
+    if steps < 0 or step_size < 0:
+        raise ValueError(f"steps and step_size must be >= 0, got {steps}, {step_size}")
+    was_training = model.training
+    model.eval()
+    try:
+        x = x.detach()
+        if random_start and eps > 0:
+            where = generator.device if generator is not None else x.device
+            if norm == "Linf":
+                delta = (torch.rand(x.shape, generator=generator, device=where).to(x.device) * 2 - 1) * eps
+            else:  # uniform direction, radius uniform in [0, eps]
+                direction = torch.randn(x.shape, generator=generator, device=where).to(x.device)
+                direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+                radius = torch.rand(x.shape[0], generator=generator, device=where).to(x.device) * eps
+                delta = direction * radius.view(-1, *[1] * (x.dim() - 1))
+            x_adv = (x + delta).clamp(0, 1)
+        else:
+            x_adv = x.clone()
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = F.cross_entropy(model(x_adv), y)
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            with torch.no_grad():
+                if norm == "Linf":
+                    x_adv = x_adv + step_size * grad.sign()
+                    x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
+                else:
+                    g = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+                    x_adv = x + _l2_project(x_adv + step_size * g - x, eps)
+                x_adv = x_adv.clamp(0, 1)
+        return x_adv.detach()
+    finally:
+        model.train(was_training)

@@ -1,0 +1,138 @@
+"""Datasets as tensors, inputs in [0, 1] (NCHW float32), labels int64. Nothing is downloaded.
+
+Specs: "digits" (scikit-learn's 8x8 digits, embedded), "mnist:PATH" (IDX files, gzipped or
+not; with only the t10k split present, its first 8,000 images train and the last 2,000
+test), "cifar10:PATH" (the python batches), "synthetic" (class templates plus noise).
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.x_train.shape[1:])
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"cannot read IDX file {path}: {exc}") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {body.size}")
+    return body.reshape(dims)
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (root / name).exists():
+            return root / name
+    return None
+
+
+def load_mnist(root: str | Path) -> Dataset:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MNIST folder {root} does not exist")
+    test_x, test_y = _find(root, "t10k-images-idx3-ubyte"), _find(root, "t10k-labels-idx1-ubyte")
+    train_x, train_y = _find(root, "train-images-idx3-ubyte"), _find(root, "train-labels-idx1-ubyte")
+    if test_x is None or test_y is None:
+        raise FileNotFoundError(f"no t10k-images-idx3-ubyte[.gz] / t10k-labels-idx1-ubyte[.gz] in {root}")
+    xt, yt = _read_idx(test_x), _read_idx(test_y)
+    if len(xt) != len(yt):
+        raise ValueError(f"MNIST test images ({len(xt)}) and labels ({len(yt)}) differ in count")
+    if train_x is not None and train_y is not None:
+        xs, ys = _read_idx(train_x), _read_idx(train_y)
+    else:  # only the test split (as in the shared data): first 8,000 train, last 2,000 test
+        xs, ys, xt, yt = xt[:8000], yt[:8000], xt[8000:], yt[8000:]
+    to_x = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1)  # noqa: E731
+    to_y = lambda a: torch.from_numpy(a.astype(np.int64))  # noqa: E731
+    return Dataset("mnist", to_x(xs), to_y(ys), to_x(xt), to_y(yt), 10)
+
+
+def load_cifar10(root: str | Path) -> Dataset:
+    root = Path(root)
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    files = [root / f"data_batch_{i}" for i in range(1, 6)]
+    missing = [f.name for f in files + [root / "test_batch"] if not f.exists()]
+    if missing:
+        raise FileNotFoundError(f"CIFAR-10 python batches missing in {root}: {missing}")
+
+    def read(path: Path):
+        try:  # the standard CIFAR-10 distribution format is a pickle of the user's own data
+            with open(path, "rb") as f:
+                d = pickle.load(f, encoding="bytes")
+            x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            return x, np.asarray(d[b"labels"], dtype=np.int64)
+        except Exception as exc:  # noqa: BLE001 - any failure means an unreadable batch
+            raise ValueError(f"cannot read CIFAR-10 batch {path}: {exc}") from exc
+
+    parts = [read(f) for f in files]
+    xs, ys = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    xt, yt = read(root / "test_batch")
+    to_x = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0)  # noqa: E731
+    return Dataset("cifar10", to_x(xs), torch.from_numpy(ys), to_x(xt), torch.from_numpy(yt), 10)
+
+
+def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.int64)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_test = int(len(x) * test_fraction)
+    test, train = perm[:n_test], perm[n_test:]
+    return Dataset("digits", x[train], y[train], x[test], y[test], 10)
+
+
+def load_synthetic(n_train: int = 1024, n_test: int = 256, num_classes: int = 10, size: int = 8,
+                   seed: int = 0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.rand(num_classes, 1, size, size, generator=g)
+
+    def draw(n):
+        y = torch.randint(0, num_classes, (n,), generator=g)
+        x = (templates[y] + 0.15 * torch.randn(n, 1, size, size, generator=g)).clamp(0, 1)
+        return x, y
+
+    (xs, ys), (xt, yt) = draw(n_train), draw(n_test)
+    return Dataset("synthetic", xs, ys, xt, yt, num_classes)
+
+
+def load(spec: str) -> Dataset:
+    """A dataset from its spec: digits | synthetic | mnist:PATH | cifar10:PATH."""
+    kind, _, path = spec.partition(":")
+    if kind == "digits" and not path:
+        return load_digits()
+    if kind == "synthetic" and not path:
+        return load_synthetic()
+    if kind in ("mnist", "cifar10"):
+        if not path:
+            raise ValueError(f"--data {kind}:PATH needs the folder holding the files")
+        return load_mnist(path) if kind == "mnist" else load_cifar10(path)
+    raise ValueError(f"unknown data spec {spec!r}; use digits, synthetic, mnist:PATH or cifar10:PATH")

@@ -1,0 +1,36 @@
+"""Plain PyTorch models of the ANP-VS and thin-ice papers; `anp_kernels.convert` adds the masks.
+
+Every model takes inputs in [0, 1] and normalises inside (a `Normalize` first layer).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from .common import Normalize
+from .lenet import lenet5_caffe, lenet_digits
+from .resnet import resnet18, wrn28_4
+from .vgg import vgg16, vgg_digits
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "lenet5_caffe": lenet5_caffe,
+    "vgg16": vgg16,
+    "resnet18": resnet18,
+    "wrn28_4": wrn28_4,
+    "lenet_digits": lenet_digits,
+    "vgg_digits": vgg_digits,
+}
+
+
+def build(name: str, num_classes: int = 10, in_channels: int | None = None) -> nn.Module:
+    """A model by name (see MODELS)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    kwargs = {"num_classes": num_classes}
+    if in_channels is not None:
+        kwargs["in_channels"] = in_channels
+    return MODELS[name](**kwargs)
+
+
+__all__ = ["MODELS", "build", "Normalize", *MODELS]
