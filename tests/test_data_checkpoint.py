@@ -1,0 +1,88 @@
+"""Data loaders and safetensors checkpoints."""
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from anp_kernels import data
+from anp_kernels.checkpoint import load_state, save_state
+
+
+def _write_idx(path, array, compress):
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    (gzip.open if compress else open)(path, "wb").write(payload)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_mnist_idx_loader(tmp_path, compress):
+    ext = ".gz" if compress else ""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("t10k", 10)):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte{ext}", rng.integers(0, 256, (n, 28, 28)), compress)
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte{ext}", rng.integers(0, 10, (n,)), compress)
+    ds = data.load(f"mnist:{tmp_path}")
+    assert ds.x_train.shape == (30, 1, 28, 28) and ds.x_test.shape == (10, 1, 28, 28)
+    assert ds.x_train.min() >= 0 and ds.x_train.max() <= 1 and ds.y_train.dtype == torch.int64
+
+
+def test_mnist_shared_test_split(mnist_dir):
+    ds = data.load(f"mnist:{mnist_dir}")
+    assert len(ds.x_train) == 8000 and len(ds.x_test) == 2000
+    assert torch.bincount(ds.y_train).min() > 600
+
+
+def test_corrupt_and_missing_data_give_clear_errors(tmp_path):
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 20)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="truncated|not an unsigned-byte IDX"):
+        data.load(f"mnist:{tmp_path}")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.load(f"mnist:{tmp_path / 'nope'}")
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 python batches missing"):
+        data.load(f"cifar10:{tmp_path}")
+    with pytest.raises(ValueError, match="unknown data spec"):
+        data.load("imagenet")
+    with pytest.raises(ValueError, match="needs the folder"):
+        data.load("mnist:")
+
+
+def test_cifar10_python_batches(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, 4))}
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump(batch, f)
+    ds = data.load(f"cifar10:{tmp_path}")
+    assert ds.x_train.shape == (20, 3, 32, 32) and ds.x_test.shape == (4, 3, 32, 32)
+
+
+def test_digits_and_synthetic():
+    ds = data.load("digits")
+    assert ds.input_shape == (1, 8, 8) and len(ds.x_train) + len(ds.x_test) == 1797
+    assert 0 <= ds.x_train.min() and ds.x_train.max() <= 1
+    syn = data.load("synthetic")
+    assert syn.num_classes == 10 and syn.x_test.shape[1:] == (1, 8, 8)
+
+
+def test_checkpoint_roundtrip_and_corruption(tmp_path):
+    state = {"model": {"w": torch.randn(3, 2), "b": torch.zeros(2)}, "epoch": 3, "rng": torch.get_rng_state(),
+             "groups": [{"lr": 0.1, "params": [0, 1]}], "name": "x", "none": None, "pair": (1, 2.5)}
+    path = tmp_path / "ck.safetensors"
+    save_state(path, state)
+    back = load_state(path)
+    assert torch.equal(back["model"]["w"], state["model"]["w"]) and back["epoch"] == 3
+    assert back["groups"] == state["groups"] and back["pair"] == (1, 2.5) and back["none"] is None
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="corrupt"):
+        load_state(path)
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError):
+        load_state(path)
+    with pytest.raises(FileNotFoundError):
+        load_state(tmp_path / "missing.safetensors")
