@@ -10,6 +10,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anp", description="Adversarial neural pruning (ANP-VS), fast and honest.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_eval(sub)
     demo = sub.add_parser("demo", help="show what the library does, end to end, on the embedded digits data")
     demo.add_argument("--quick", action="store_true", help="a smaller run (for CI)")
     demo.add_argument("--out", default="anp_demo", help="report folder")
@@ -45,6 +46,47 @@ def _train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     metrics = train(cfg, resume=args.resume, progress=not args.quiet)
     print(json.dumps({k: v for k, v in metrics.items() if k != "layer_sparsity"}))
+    return 0
+
+
+def _add_eval(sub) -> None:
+    e = sub.add_parser("eval", help="robust accuracy of a checkpoint: AutoAttack, PGD or FMN (resumable)")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", required=True)
+    e.add_argument("--attack", default="autoattack", help="autoattack | pgd | fmn")
+    e.add_argument("--eps", type=float, required=True)
+    e.add_argument("--norm", default="Linf")
+    e.add_argument("--version", default="standard", help="AutoAttack version: standard | plus")
+    e.add_argument("--steps", type=int, default=40, help="PGD steps (also the PGD cross-check) or FMN steps")
+    e.add_argument("--n", type=int, default=None, help="first N test samples")
+    e.add_argument("--batch-size", type=int, default=250)
+    e.add_argument("--out", default="anp_eval")
+    e.set_defaults(func=_eval)
+    t = sub.add_parser("thin-ice", help="which samples pruning flips, and their distance to the dense boundary")
+    t.add_argument("--dense", required=True)
+    t.add_argument("--pruned", required=True)
+    t.add_argument("--data", required=True)
+    t.add_argument("--norm", default="Linf")
+    t.add_argument("--steps", type=int, default=100, help="FMN steps")
+    t.add_argument("--n", type=int, default=None)
+    t.add_argument("--out", default="anp_thin_ice")
+    t.set_defaults(func=_thin_ice)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate.report import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, args.data, args.attack, args.eps, args.out, norm=args.norm,
+                                 n=args.n, version=args.version, steps=args.steps, batch_size=args.batch_size)
+    print((__import__("pathlib").Path(args.out) / "eval.md").read_text())
+    return 0 if report else 1
+
+
+def _thin_ice(args: argparse.Namespace) -> int:
+    from .evaluate.report import thin_ice_checkpoints
+
+    thin_ice_checkpoints(args.dense, args.pruned, args.data, args.out, norm=args.norm, n=args.n, steps=args.steps)
+    print((__import__("pathlib").Path(args.out) / "thin_ice.md").read_text())
     return 0
 
 

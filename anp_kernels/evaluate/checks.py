@@ -1,0 +1,68 @@
+"""Checks that run with every evaluation: a failed one is an error, never a silently inflated number."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class EvaluationError(ValueError):
+    """The evaluation set-up would give a wrong (usually inflated) robustness figure."""
+
+
+def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Validate model mode, data range, labels and outputs; returns what was checked."""
+    if model.training:
+        raise EvaluationError("the model is in train mode (dropout, BN batch statistics, sampled ANP masks): "
+                              "call model.eval() before evaluating robustness")
+    if x.shape[0] != y.shape[0]:
+        raise EvaluationError(f"x and y have different lengths: {x.shape[0]} and {y.shape[0]}")
+    if x.shape[0] == 0:
+        raise EvaluationError("no samples to evaluate")
+    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise EvaluationError(f"inputs must lie in [0, 1] (got [{float(x.min()):.3g}, {float(x.max()):.3g}]); "
+                              "put the normalisation inside the model")
+    if y.dtype != torch.int64:
+        raise EvaluationError(f"labels must be int64 class indices, got {y.dtype}")
+    probe = x[: min(len(x), 64)]
+    with torch.no_grad():
+        first, second = model(probe), model(probe)
+    if first.dim() != 2:
+        raise EvaluationError(f"the model must return [N, classes] logits, got shape {tuple(first.shape)}")
+    num_classes = first.shape[1]
+    if y.min() < 0 or y.max() >= num_classes:
+        raise EvaluationError(f"labels must be in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]")
+    if not torch.equal(first, second):
+        raise EvaluationError("the model is not deterministic (two forward passes differ): randomness hides "
+                              "gradients and inflates robustness; evaluate a deterministic model")
+    sums = first.sum(1)
+    if ((first >= 0) & (first <= 1)).all() and torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
+        raise EvaluationError("the model returns probabilities (rows are non-negative and sum to 1): "
+                              "attacks need logits, remove the final softmax")
+    if not torch.isfinite(first).all():
+        raise EvaluationError("the model returns NaN or inf logits")
+    return {"eval_mode": True, "deterministic": True, "inputs_in_unit_box": True, "logits": True,
+            "num_classes": num_classes}
+
+
+def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor, norm: str) -> torch.Tensor:
+    d = (x_adv - x).flatten(1)
+    if norm == "Linf":
+        return d.abs().max(1).values
+    if norm == "L2":
+        return d.norm(dim=1)
+    if norm == "L1":
+        return d.abs().sum(1)
+    raise ValueError(f"unknown norm {norm!r}")
+
+
+def check_perturbations(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str, tol: float = 1e-5) -> dict:
+    """Every returned example is finite, in [0, 1] and within eps (plus tol) of its input."""
+    if torch.isnan(x_adv).any():
+        raise EvaluationError("the attack returned NaN inputs")
+    norms = perturbation_norms(x, x_adv, norm)
+    worst = float(norms.max()) if len(norms) else 0.0
+    if worst > eps + tol:
+        raise EvaluationError(f"an adversarial example exceeds eps: {norm} norm {worst:.6g} > {eps} + {tol}")
+    if x_adv.min() < 0 or x_adv.max() > 1:
+        raise EvaluationError("an adversarial example leaves [0, 1]")
+    return {"max_perturbation": worst, "eps": eps, "tolerance": tol, "nan": False}
