@@ -1,0 +1,185 @@
+"""Honest evaluation: checks, AutoAttack, FMN, curves, thin ice, resumable chunks, CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from anp_kernels import models
+from anp_kernels.evaluate import (EvaluationError, autoattack, fmn, security_curve, thin_ice, vulnerability,
+                                  vulnerability_histogram)
+from anp_kernels.evaluate.resumable import run_chunks
+from anp_kernels.evaluate.robustness import pgd_examples, predictions
+from anp_kernels.nn import convert
+
+
+def _linear(seed=0, d=20, k=5):
+    torch.manual_seed(seed)
+    lin = nn.Linear(d, k)
+    with torch.no_grad():
+        lin.weight.mul_(3)
+    x = (0.5 + 0.02 * torch.randn(120, d)).clamp(0, 1)
+    return lin.eval(), x
+
+
+@pytest.mark.parametrize("norm,p", [("Linf", 1), ("L2", 2)])
+def test_fmn_finds_exact_distances_of_a_linear_classifier(norm, p):
+    lin, x = _linear()
+    logits = lin(x).detach()
+    y = logits.argmax(1)
+    gaps = logits.gather(1, y[:, None]) - logits
+    wdiff = (lin.weight[y][:, None, :] - lin.weight[None]).norm(p=p, dim=2).detach()
+    exact = (gaps / wdiff).scatter(1, y[:, None], float("inf")).min(1).values
+    found = fmn(lin, x, y, norm=norm, steps=100).distances
+    torch.testing.assert_close(found, exact, rtol=1e-3, atol=1e-6)
+
+
+def test_fmn_zero_for_misclassified_and_bounded_by_pgd():
+    model = models.lenet_digits().eval()
+    from anp_kernels import data
+
+    ds = data.load("digits")
+    x, y = ds.x_test[:40], ds.y_test[:40]
+    res = fmn(model, x, y, steps=50)
+    wrong = predictions(model, x) != y
+    assert (res.distances[wrong] == 0).all()
+    # a PGD example at eps that fools the model bounds the distance from above
+    x_pgd = pgd_examples(model, x, y, eps=0.3, step_size=0.05, steps=20)
+    fooled = (predictions(model, x_pgd) != y) & ~wrong
+    assert (res.distances[fooled] <= 0.3 + 1e-5).all()
+    # FMN's own examples are adversarial and exactly as far as reported
+    ok = torch.isfinite(res.distances) & (res.distances > 0)
+    assert (predictions(model, res.x_adv[ok]) != y[ok]).all()
+    norms = (res.x_adv[ok] - x[ok]).flatten(1).abs().max(1).values
+    torch.testing.assert_close(norms, res.distances[ok].float(), atol=1e-6, rtol=1e-5)
+
+
+def test_security_curve():
+    curve = security_curve(torch.tensor([0.0, 0.05, 0.15, float("inf")]), eps_max=0.3, points=4)
+    assert curve.robust_acc.tolist() == [0.75, 0.5, 0.25, 0.25]
+    with pytest.raises(ValueError):
+        security_curve(torch.tensor([-1.0]))
+
+
+def _digits_model():
+    torch.manual_seed(0)
+    from anp_kernels import data
+
+    ds = data.load("digits")
+    model = models.lenet_digits()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(ds.x_train), ds.y_train).backward()
+        opt.step()
+    return model.eval(), ds.x_test[:80], ds.y_test[:80]
+
+
+def test_autoattack_reports_checks_and_worst_case(tmp_path):
+    model, x, y = _digits_model()
+    res = autoattack(model, x, y, eps=0.05, version="standard", chunk=40, state_path=tmp_path / "s.safetensors",
+                     progress=False)
+    assert res.clean_acc > 0.8
+    assert res.robust_acc <= min(res.autoattack_robust_acc, res.pgd_robust_acc)
+    assert res.checks["autoattack_not_above_pgd"] in (True, False)
+    assert res.checks["perturbation"]["max_perturbation"] <= 0.05 + 1e-5
+    assert res.robust_flags.dtype == torch.bool and len(res.robust_flags) == 80
+    assert json.dumps(res.to_json())
+
+
+def test_bad_evaluation_setups_are_refused():
+    model, x, y = _digits_model()
+    model.train()
+    with pytest.raises(EvaluationError, match="train mode"):
+        autoattack(model, x, y, eps=0.05, progress=False)
+    model.eval()
+    with pytest.raises(EvaluationError, match=r"\[0, 1\]"):
+        autoattack(model, x * 2 - 0.5, y, eps=0.05, progress=False)
+    with pytest.raises(EvaluationError, match="labels must be in"):
+        autoattack(model, x, y + 10, eps=0.05, progress=False)
+    with pytest.raises(EvaluationError, match="different lengths"):
+        autoattack(model, x, y[:5], eps=0.05, progress=False)
+    soft = nn.Sequential(model, nn.Softmax(dim=1)).eval()
+    with pytest.raises(EvaluationError, match="probabilities"):
+        autoattack(soft, x, y, eps=0.05, progress=False)
+    noisy = nn.Sequential(model, nn.Dropout(0.5)).train()
+    noisy[0].eval()
+    noisy.training = False  # claims eval mode but the dropout inside is still sampling
+    with pytest.raises(EvaluationError, match="not deterministic"):
+        autoattack(noisy, x, y, eps=0.05, progress=False)
+
+
+def test_resumable_chunks_skip_finished_work(tmp_path):
+    calls = []
+
+    def work(s, e):
+        calls.append(s)
+        if len(calls) == 3 and not (tmp_path / "stop").exists():
+            (tmp_path / "stop").write_text("")
+            raise KeyboardInterrupt  # an interruption after two finished chunks
+        return {"v": torch.arange(s, e)}
+
+    path = tmp_path / "state.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        run_chunks(10, 3, work, path, {"a": 1}, "t", progress=False)
+    calls.clear()
+    out = run_chunks(10, 3, work, path, {"a": 1}, "t", progress=False)
+    assert calls == [6, 9] and out["v"].tolist() == list(range(10))
+    with pytest.raises(ValueError, match="another evaluation"):
+        run_chunks(10, 3, work, path, {"a": 2}, "t", progress=False)
+
+
+def test_thin_ice_statistics_on_constructed_populations(tmp_path):
+    model, x, y = _digits_model()
+    pred = predictions(model, x)
+    distances = torch.linspace(0.01, 1.0, len(x), dtype=torch.float64)
+    # "pruned" = dense but wrong on the 10 samples closest to the boundary that dense gets right
+    right = (pred == y).nonzero().squeeze(1)
+    flip = right[distances[right].argsort()[:10]]
+    correct_pruned = pred == y
+    correct_pruned[flip] = False
+    res = thin_ice(model, model, x, y, distances=distances, correct_pruned=correct_pruned)
+    assert res.populations["10"] == 10 and sum(res.populations.values()) == len(x)
+    assert res.auc_flip == pytest.approx(1.0) and res.p_flip < 1e-3
+    paths = res.write(tmp_path)
+    assert all(p.exists() for p in paths.values())
+    assert "10 vs 11" in paths["md"].read_text()
+    with pytest.raises(ValueError, match="one value per sample"):
+        thin_ice(model, model, x, y, distances=distances[:5])
+
+
+def test_vulnerability_and_histogram(tmp_path):
+    model = convert(models.lenet_digits()).eval()
+    with torch.no_grad():
+        next(iter(m for m in model.modules() if hasattr(m, "a_uc"))).a_uc[:4] = -9.0
+    x = torch.rand(16, 1, 8, 8)
+    v = vulnerability(model, x, (x + 0.05).clamp(0, 1))
+    assert v["network"] > 0 and set(v["layers"]) == {"1", "4", "8"}
+    assert (v["layers"]["1"][:4] == 0).all()  # pruned features have zero vulnerability
+    info = vulnerability_histogram(v["layers"], tmp_path / "h.png")
+    assert info["zero"] >= 4 and (tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_cli_eval_and_thin_ice(tmp_path, capsys):
+    from anp_kernels.cli import main
+    from anp_kernels.train import TrainConfig, train
+
+    train(TrainConfig(model="lenet_digits", data="digits", method="anp", epochs=1, steps=1, subset=200,
+                      out=str(tmp_path / "run")), progress=False)
+    ckpt = str(tmp_path / "run" / "checkpoint.safetensors")
+    assert main(["eval", ckpt, "--data", "digits", "--attack", "pgd", "--eps", "0.1", "--n", "50",
+                 "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["robust_acc"] <= report["clean_acc"] and "vulnerability" in report
+    assert main(["eval", ckpt, "--data", "digits", "--attack", "fmn", "--eps", "0.1", "--n", "30", "--steps", "10",
+                 "--out", str(tmp_path / "fm")]) == 0
+    assert (tmp_path / "fm" / "security_curve.png").exists()
+    assert main(["thin-ice", "--dense", ckpt, "--pruned", ckpt, "--data", "digits", "--n", "30", "--steps", "10",
+                 "--out", str(tmp_path / "ti")]) == 0
+    assert json.loads((tmp_path / "ti" / "thin_ice.json").read_text())["populations"]["10"]["count"] == 0
+    assert main(["eval", ckpt, "--data", "digits", "--attack", "cw", "--eps", "0.1", "--out", str(tmp_path)]) == 2
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["eval", str(bad), "--data", "digits", "--eps", "0.1", "--out", str(tmp_path)]) == 2
+    assert "corrupt" in capsys.readouterr().err
