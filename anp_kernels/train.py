@@ -101,6 +101,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise ValueError(f"checkpoint {path} does not match its architecture: {exc}") from exc
+    model.anp_arch = {k: state["arch"][k] for k in ("model", "num_classes", "in_channels")}
     return model.to(device).eval(), state
 
 
