@@ -33,6 +33,8 @@ def _add_train(sub) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--out", default=d.out, help="run folder: checkpoint.safetensors, metrics.jsonl")
     p.add_argument("--init", default=None, help="warm start from a dense checkpoint")
+    p.add_argument("--milestones", type=lambda v: [float(f) for f in v.split(",")], default=d.milestones,
+                   help="lr x0.1 at these fractions of the epochs, e.g. 0.5,0.75")
     p.add_argument("--device", default=d.device)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

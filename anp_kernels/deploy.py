@@ -44,12 +44,21 @@ class ConstantInputConv2d(nn.Module):
         super().__init__()
         self.conv = conv
         self.register_buffer("const_kernel", const_kernel.detach().clone())
+        self._cache: dict = {}  # input size -> the correction map (it does not depend on x)
+
+    def correction(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.shape[2], x.shape[3], x.device, x.dtype, self.const_kernel._version)
+        if key not in self._cache or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            c = self.conv
+            ones = x.new_ones(1, 1, x.shape[2], x.shape[3])
+            extra = F.conv2d(ones, self.const_kernel.to(x.dtype), None, c.stride, c.padding, c.dilation)
+            if torch.jit.is_tracing() or torch.compiler.is_compiling():
+                return extra
+            self._cache = {key: extra.detach()}
+        return self._cache[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.conv
-        ones = x.new_ones(1, 1, x.shape[2], x.shape[3])
-        extra = F.conv2d(ones, self.const_kernel.to(x.dtype), None, c.stride, c.padding, c.dilation)
-        return c(x) + extra
+        return self.conv(x) + self.correction(x)
 
 
 def fold_masks(model: nn.Module) -> tuple[nn.Module, dict[nn.Module, list[int]]]:
@@ -81,11 +90,14 @@ def _out_pruner(module: nn.Module):
     return tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
 
 
-def _plan(DG, pruned: dict) -> list[tuple[nn.Module, list[int]]]:
-    """Per masked layer, the pruned channels that can be removed (all coupled producers agree)."""
+def _plan(DG, pruned: dict, round_to: int = 1) -> list[tuple[nn.Module, list[int]]]:
+    """Per masked layer, the pruned channels that can be removed (all coupled producers agree),
+    leaving a width that is a multiple of round_to (kept pruned channels stay exact: zero weights)."""
     plans = []
     for module, idxs in pruned.items():
-        idxs = list(idxs)
+        width = module.weight.shape[0]
+        keep = -(-(width - len(idxs)) // round_to) * round_to
+        idxs = list(idxs)[: max(0, width - min(keep, width))]
         while idxs:
             group = DG.get_pruning_group(module, _out_pruner(module), idxs=idxs)
             bad = set()
@@ -97,6 +109,8 @@ def _plan(DG, pruned: dict) -> list[tuple[nn.Module, list[int]]]:
             if not bad:
                 break
             idxs = [i for i in idxs if i not in bad]
+            keep = -(-(width - len(idxs)) // round_to) * round_to
+            idxs = idxs[: max(0, width - min(keep, width))]
         if idxs and DG.check_pruning_group(group):
             plans.append((module, idxs))
     return plans
@@ -119,8 +133,14 @@ def _consumer_inputs(model: nn.Module, consumers: set, input_shape, device) -> l
     return seen
 
 
-def compact(model: nn.Module, input_shape: tuple) -> nn.Module:
-    """A plain model with the pruned channels physically removed (see the module docstring)."""
+def compact(model: nn.Module, input_shape: tuple, round_to: int = 8) -> nn.Module:
+    """A plain model with the pruned channels physically removed (see the module docstring).
+
+    round_to: leave every pruned layer a multiple of this many channels (oneDNN and cuDNN run
+    odd widths slowly); 1 removes every removable channel.
+    """
+    if not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be a positive int, got {round_to!r}")
     import torch_pruning as tp
 
     plain, pruned = fold_masks(model)
@@ -130,7 +150,7 @@ def compact(model: nn.Module, input_shape: tuple) -> nn.Module:
     device = next(plain.parameters()).device
     example = torch.rand(input_shape, device=device)
     DG = tp.DependencyGraph().build_dependency(plain, example_inputs=example)
-    plans = _plan(DG, pruned)
+    plans = _plan(DG, pruned, round_to)
     # consumers (layers reading removed channels) and which input indices they lose
     losses: dict[nn.Module, set] = {}
     for module, idxs in plans:

@@ -67,6 +67,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.subset is not None and self.subset < 1:
             raise ValueError(f"--subset must be >= 1, got {self.subset}")
+        if not all(0 < m <= 1 for m in self.milestones):
+            raise ValueError(f"--milestones must be fractions in (0, 1], got {self.milestones}")
         if not 0 <= self.threshold < 1:
             raise ValueError(f"--threshold must be in [0, 1), got {self.threshold}")
 

@@ -32,6 +32,8 @@ def main() -> None:
     p.add_argument("--runs", default="runs/mnist")
     p.add_argument("--beta", type=float, default=4.0)
     p.add_argument("--lam", type=float, default=1e-3)
+    p.add_argument("--anp-epochs", type=int, default=12)
+    p.add_argument("--anp-milestones", default="0.8,0.9", help="ANP-VS lr decay points (masks need time to prune)")
     args = p.parse_args()
     spec = f"mnist:{args.mnist}"
     runs = Path(args.runs)
@@ -41,10 +43,11 @@ def main() -> None:
     t0 = time.perf_counter()
     train(TrainConfig(method="standard", epochs=args.clean_epochs, out=str(runs / "clean"), **common), resume=True)
     clean_ckpt = str(runs / "clean" / "checkpoint.safetensors")
-    for method, extra in (("at", {}), ("anp-vs", {"beta": args.beta, "lam": args.lam})):
+    anp = {"beta": args.beta, "lam": args.lam, "epochs": args.anp_epochs,
+           "milestones": [float(f) for f in args.anp_milestones.split(",")]}
+    for method, extra in (("at", {"epochs": args.epochs}), ("anp-vs", anp)):
         start = time.perf_counter()
-        train(TrainConfig(method=method, epochs=args.epochs, out=str(runs / method), init=clean_ckpt, **common, **extra),
-              resume=True)
+        train(TrainConfig(method=method, out=str(runs / method), init=clean_ckpt, **common, **extra), resume=True)
         rows[method] = {"wall_seconds_this_run": time.perf_counter() - start}
     ds = data_mod.load(spec)
     x, y = ds.x_test, ds.y_test
@@ -64,8 +67,10 @@ def main() -> None:
         print(method, rows[method], flush=True)
     result = {"device": stamp("cpu"), "rows": rows, "total_seconds": time.perf_counter() - t0,
               "setup": "LeNet-5-Caffe, MNIST test split: first 8,000 train / last 2,000 test, eps 0.3; training "
-                       f"PGD-20 step 0.01; {args.clean_epochs} clean warm-start epochs; beta {args.beta}, "
-                       f"lambda {args.lam}; evaluation PGD-40 step 0.01 on all 2,000 test images"}
+                       f"PGD-20 step 0.01; {args.clean_epochs} clean warm-start epochs; Adam lr 1e-3 (masks 1e-2); "
+                       f"AT lr x0.1 at 50%/75% of {args.epochs} epochs; ANP-VS beta {args.beta}, lambda {args.lam}, "
+                       f"lr x0.1 at {args.anp_milestones} of {args.anp_epochs} epochs; evaluation PGD-40 step 0.01 "
+                       "on all 2,000 test images"}
     lines = [f"Device: {result['device']}", "", f"Setup: {result['setup']}", "",
              "| method | clean acc | PGD-40 acc | vulnerability | unit sparsity | epochs | train time (s) |",
              "|---|---:|---:|---:|---:|---:|---:|"]

@@ -1,0 +1,102 @@
+"""What a model costs: parameters, bytes, FLOPs, peak activation memory, latency; dense vs compact."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def count_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of one forward pass, counted by torch.utils.flop_counter (shapes, not zeros)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def peak_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Peak bytes allocated above the starting point during one no-grad forward pass."""
+    with torch.no_grad():
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            model(x)
+            torch.cuda.synchronize()
+            return int(torch.cuda.max_memory_allocated() - base)
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            model(x)
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def latencies(fns: dict[str, Callable[[], object]], device: torch.device, runs: int = 30,
+              warmup: int = 5) -> dict[str, float]:
+    """Median seconds per call of each function, timed in interleaved rounds (CUDA events on GPU)."""
+    with torch.no_grad():
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        _sync(device)
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(runs):
+            for name, fn in fns.items():
+                if device.type == "cuda":
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    fn()
+                    end.record()
+                    torch.cuda.synchronize(device)
+                    times[name].append(start.elapsed_time(end) / 1e3)
+                else:
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def report(model: nn.Module, input_shape: tuple, device: str | torch.device = "cpu", runs: int = 30) -> dict:
+    """Parameters, parameter bytes, FLOPs, peak activation memory and median latency of a forward pass."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    x = torch.rand(input_shape, device=device)
+    params = sum(p.numel() for p in model.parameters())
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"params": params, "param_bytes": param_bytes, "flops": count_flops(model, x),
+            "peak_activation_bytes": peak_activation_bytes(model, x),
+            "latency_s": latencies({"m": lambda: model(x)}, device, runs)["m"], "input_shape": list(input_shape),
+            "device": str(device)}
+
+
+def compare(dense: nn.Module, compact: nn.Module, input_shape: tuple, device: str | torch.device = "cpu",
+            runs: int = 30) -> dict:
+    """The paper's columns: memory % of dense, x FLOPs, and measured speedup next to the FLOP ratio.
+
+    Both latencies come from one interleaved run.
+    """
+    device = torch.device(device)
+    dense, compact = dense.to(device).eval(), compact.to(device).eval()
+    x = torch.rand(input_shape, device=device)
+    rd, rc = report(dense, input_shape, device, runs=3), report(compact, input_shape, device, runs=3)
+    lat = latencies({"dense": lambda: dense(x), "compact": lambda: compact(x)}, device, runs)
+    rd["latency_s"], rc["latency_s"] = lat["dense"], lat["compact"]
+    flop_ratio = rd["flops"] / max(rc["flops"], 1)
+    speedup = lat["dense"] / lat["compact"]
+    return {"dense": rd, "compact": rc, "memory_percent_of_dense": 100.0 * rc["param_bytes"] / rd["param_bytes"],
+            "flop_ratio": flop_ratio, "latency_speedup": speedup, "speedup_fraction_of_flop_ratio": speedup / flop_ratio,
+            "activation_memory_percent_of_dense": 100.0 * rc["peak_activation_bytes"] / max(rd["peak_activation_bytes"], 1)}
