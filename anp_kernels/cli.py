@@ -11,6 +11,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_eval(sub)
+    _add_deploy(sub)
     demo = sub.add_parser("demo", help="show what the library does, end to end, on the embedded digits data")
     demo.add_argument("--quick", action="store_true", help="a smaller run (for CI)")
     demo.add_argument("--out", default="anp_demo", help="report folder")
@@ -89,6 +90,37 @@ def _thin_ice(args: argparse.Namespace) -> int:
 
     thin_ice_checkpoints(args.dense, args.pruned, args.data, args.out, norm=args.norm, n=args.n, steps=args.steps)
     print((__import__("pathlib").Path(args.out) / "thin_ice.md").read_text())
+    return 0
+
+
+def _add_deploy(sub) -> None:
+    x = sub.add_parser("export", help="compact a trained checkpoint and save it (safetensors + JSON, ONNX)")
+    x.add_argument("checkpoint")
+    x.add_argument("--out", required=True)
+    x.add_argument("--onnx", action="store_true")
+    x.add_argument("--round-to", type=int, default=8, help="keep layer widths multiples of this")
+    x.set_defaults(func=_export)
+    b = sub.add_parser("bench", help="params, memory, FLOPs, latency: dense vs compact (or one model)")
+    b.add_argument("target", help="a training checkpoint, or a model name")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--batch", type=int, default=64)
+    b.add_argument("--runs", type=int, default=30)
+    b.add_argument("--out", default="anp_bench")
+    b.set_defaults(func=_bench)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .bench_cli import export
+
+    info = export(args.checkpoint, args.out, onnx=args.onnx, round_to=args.round_to)
+    print(json.dumps({k: v for k, v in info.items() if k != "layers"}, indent=2))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench_cli import bench, table
+
+    print(table(bench(args.target, args.device, args.batch, args.runs, args.out)))
     return 0
 
 

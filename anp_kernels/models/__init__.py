@@ -23,6 +23,18 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+INPUT_SIZE = {"lenet5_caffe": 28, "lenet_digits": 8, "vgg_digits": 8}  # others: 32 (CIFAR)
+
+
+def input_shape(name: str, in_channels: int | None = None, batch: int = 1) -> tuple:
+    """The input shape a model is built for, e.g. (1, 1, 28, 28) for LeNet-5."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    size = INPUT_SIZE.get(name, 32)
+    channels = in_channels if in_channels is not None else (3 if size == 32 else 1)
+    return (batch, channels, size, size)
+
+
 def build(name: str, num_classes: int = 10, in_channels: int | None = None) -> nn.Module:
     """A model by name (see MODELS)."""
     if name not in MODELS:
@@ -33,4 +45,4 @@ def build(name: str, num_classes: int = 10, in_channels: int | None = None) -> n
     return MODELS[name](**kwargs)
 
 
-__all__ = ["MODELS", "build", "Normalize", *MODELS]
+__all__ = ["MODELS", "build", "input_shape", "Normalize", *MODELS]

@@ -1,0 +1,125 @@
+"""Compaction, safe save/load, ONNX, profiling, and the export/bench commands."""
+import json
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from anp_kernels import deploy, models, profile
+from anp_kernels.nn import convert, masks
+
+
+def _pruned(name, fraction=0.6, seed=0):
+    torch.manual_seed(seed)
+    model = convert(models.build(name)).eval()
+    model.anp_arch = {"model": name, "num_classes": 10, "in_channels": models.input_shape(name)[1]}
+    for m in model.modules():  # BN(0) != 0, so pruned channels feed constants downstream
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.bias.data.uniform_(-0.5, 0.5)
+    for mask in masks(model).values():
+        with torch.no_grad():
+            mask.a_uc[torch.randperm(mask.num_features)[: int(fraction * mask.num_features)]] = -9.0
+    return model
+
+
+@pytest.mark.parametrize("name", ["lenet5_caffe", "vgg16", "resnet18", "wrn28_4"])
+def test_compact_matches_the_masked_model(name):
+    model = _pruned(name)
+    shape = models.input_shape(name)
+    compact = deploy.compact(model, shape)
+    assert not any(hasattr(m, "mask") for m in compact.modules())
+    x = torch.rand(6, *shape[1:])
+    with torch.no_grad():
+        ref, out = model(x), compact(x)
+    assert (ref - out).abs().max() <= 1e-4
+    assert torch.equal(ref.argmax(1), out.argmax(1))
+    assert sum(p.numel() for p in compact.parameters()) < 0.7 * sum(p.numel() for p in model.parameters())
+    widths = [m.out_channels for m in compact.modules() if isinstance(m, nn.Conv2d) and m.out_channels != 10]
+    assert all(w % 8 == 0 for w in widths if w not in (64, 128, 256, 512)) or name == "lenet5_caffe"
+
+
+def test_round_to_one_removes_every_pruned_channel_of_a_sequential_net():
+    model = _pruned("lenet5_caffe", 0.5)
+    compact = deploy.compact(model, (1, 1, 28, 28), round_to=1)
+    assert [m.out_channels for m in compact.modules() if isinstance(m, nn.Conv2d)] == [10, 25]
+    with pytest.raises(ValueError, match="round_to"):
+        deploy.compact(model, (1, 1, 28, 28), round_to=0)
+
+
+def test_save_load_without_pickle(tmp_path, monkeypatch):
+    compact = deploy.compact(_pruned("vgg16"), (1, 3, 32, 32))
+    path = deploy.save(compact, tmp_path)
+    assert json.loads(path.with_suffix(".json").read_text())["model"] == "vgg16"
+
+    def no_pickle(*a, **k):
+        raise AssertionError("pickle used")
+
+    monkeypatch.setattr(pickle, "load", no_pickle)
+    monkeypatch.setattr(pickle, "loads", no_pickle)
+    monkeypatch.setattr(torch, "load", no_pickle)
+    loaded = deploy.load(path)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), compact(x))
+
+
+def test_corrupt_or_mismatched_files_are_refused(tmp_path):
+    compact = deploy.compact(_pruned("lenet5_caffe"), (1, 1, 28, 28))
+    path = deploy.save(compact, tmp_path)
+    raw = path.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(raw[:100])
+    with pytest.raises(ValueError, match="corrupt"):
+        deploy.load(tmp_path / "trunc.safetensors")
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    desc = json.loads(path.with_suffix(".json").read_text())
+    desc["layers"]["1"]["out"] += 1
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={"anp_arch": json.dumps(desc)})
+    with pytest.raises(ValueError, match="do not match"):
+        deploy.load(tmp_path / "bad.safetensors")
+    save_file(tensors, str(tmp_path / "nometa.safetensors"))
+    with pytest.raises(ValueError, match="no anp_kernels architecture"):
+        deploy.load(tmp_path / "nometa.safetensors")
+    with pytest.raises(FileNotFoundError):
+        deploy.load(tmp_path / "missing.safetensors")
+
+
+def test_onnx_export(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    compact = deploy.compact(_pruned("vgg16"), (1, 3, 32, 32))
+    path = deploy.export_onnx(compact, tmp_path / "m.onnx", (1, 3, 32, 32))
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def test_profile_counts_flops_and_compares():
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1))
+    rep = profile.report(conv, (2, 3, 10, 10), runs=2)
+    assert rep["flops"] == 2 * 2 * 8 * 3 * 9 * 100  # 2 * MACs, as torch.utils.flop_counter counts
+    assert rep["params"] == 8 * 3 * 9 + 8 and rep["param_bytes"] == 4 * rep["params"]
+    assert rep["peak_activation_bytes"] >= 2 * 8 * 100 * 4 and rep["latency_s"] > 0
+    model = _pruned("lenet5_caffe")
+    cmp = profile.compare(models.lenet5_caffe(), deploy.compact(model, (1, 1, 28, 28)), (8, 1, 28, 28), runs=3)
+    assert cmp["flop_ratio"] > 1.5 and cmp["memory_percent_of_dense"] < 60
+
+
+def test_train_export_load_round_trip_on_mnist(tmp_path, mnist_dir, capsys):
+    from anp_kernels import data
+    from anp_kernels.cli import main
+    from anp_kernels.train import load_model
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "lenet5_caffe", "--data", f"mnist:{mnist_dir}", "--method", "anp-vs",
+                 "--epochs", "1", "--steps", "2", "--subset", "512", "--out", str(run), "--quiet"]) == 0
+    assert main(["export", str(run / "checkpoint.safetensors"), "--out", str(tmp_path / "exp"), "--onnx"]) == 0
+    assert main(["bench", str(run / "checkpoint.safetensors"), "--runs", "3", "--out", str(tmp_path / "b")]) == 0
+    assert "compact" in capsys.readouterr().out and (tmp_path / "b" / "channels_kept.png").exists()
+    masked, _ = load_model(run / "checkpoint.safetensors")
+    loaded = deploy.load(tmp_path / "exp" / "model.safetensors")
+    x = data.load(f"mnist:{mnist_dir}").x_test[:500]
+    with torch.no_grad():
+        assert torch.equal(masked(x).argmax(1), loaded(x).argmax(1))
+        assert (masked(x) - loaded(x)).abs().max() <= 1e-4
