@@ -1,11 +1,28 @@
 """PGD, device-resident and batched, against the deterministic (eval-mode) network."""
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 NORMS = ("Linf", "L2")
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters temporarily without requires_grad: attacks need input gradients only (and the
+    masked layers then reuse their cached test-time scale)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def _check_attack_inputs(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str) -> None:
@@ -38,31 +55,35 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
     was_training = model.training
     model.eval()
     try:
-        x = x.detach()
-        if random_start and eps > 0:
-            where = generator.device if generator is not None else x.device
-            if norm == "Linf":
-                delta = (torch.rand(x.shape, generator=generator, device=where).to(x.device) * 2 - 1) * eps
-            else:  # uniform direction, radius uniform in [0, eps]
-                direction = torch.randn(x.shape, generator=generator, device=where).to(x.device)
-                direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-                radius = torch.rand(x.shape[0], generator=generator, device=where).to(x.device) * eps
-                delta = direction * radius.view(-1, *[1] * (x.dim() - 1))
-            x_adv = (x + delta).clamp(0, 1)
-        else:
-            x_adv = x.clone()
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            loss = F.cross_entropy(model(x_adv), y)
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            with torch.no_grad():
-                if norm == "Linf":
-                    x_adv = x_adv + step_size * grad.sign()
-                    x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
-                else:
-                    g = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-                    x_adv = x + _l2_project(x_adv + step_size * g - x, eps)
-                x_adv = x_adv.clamp(0, 1)
-        return x_adv.detach()
+        with frozen(model):
+            return _pgd(model, x.detach(), y, eps, step_size, steps, random_start, norm, generator)
     finally:
         model.train(was_training)
+
+
+def _pgd(model, x, y, eps, step_size, steps, random_start, norm, generator) -> torch.Tensor:
+    if random_start and eps > 0:
+        where = generator.device if generator is not None else x.device
+        if norm == "Linf":
+            delta = (torch.rand(x.shape, generator=generator, device=where).to(x.device) * 2 - 1) * eps
+        else:  # uniform direction, radius uniform in [0, eps]
+            direction = torch.randn(x.shape, generator=generator, device=where).to(x.device)
+            direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+            radius = torch.rand(x.shape[0], generator=generator, device=where).to(x.device) * eps
+            delta = direction * radius.view(-1, *[1] * (x.dim() - 1))
+        x_adv = (x + delta).clamp(0, 1)
+    else:
+        x_adv = x.clone()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = F.cross_entropy(model(x_adv), y)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        with torch.no_grad():
+            if norm == "Linf":
+                x_adv = x_adv + step_size * grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
+            else:
+                g = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+                x_adv = x + _l2_project(x_adv + step_size * g - x, eps)
+            x_adv = x_adv.clamp(0, 1)
+    return x_adv.detach()

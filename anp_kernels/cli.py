@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="show what the library does, end to end, on the embedded digits data")
     demo.add_argument("--quick", action="store_true", help="a smaller run (for CI)")
     demo.add_argument("--out", default="anp_demo", help="report folder")
+    demo.add_argument("--data", default="digits", help="digits (default) | mnist:PATH | cifar10:PATH | synthetic")
     demo.set_defaults(func=_demo)
     return parser
 
@@ -127,7 +128,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(quick=args.quick, out=args.out)
+    return run_demo(quick=args.quick, out=args.out, data=args.data)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,7 +96,8 @@ def _plan(DG, pruned: dict, round_to: int = 1) -> list[tuple[nn.Module, list[int
     plans = []
     for module, idxs in pruned.items():
         width = module.weight.shape[0]
-        keep = -(-(width - len(idxs)) // round_to) * round_to
+        # never remove every channel: a fully pruned layer keeps one block of zero channels
+        keep = max(-(-(width - len(idxs)) // round_to) * round_to, round_to)
         idxs = list(idxs)[: max(0, width - min(keep, width))]
         while idxs:
             group = DG.get_pruning_group(module, _out_pruner(module), idxs=idxs)
@@ -109,7 +110,7 @@ def _plan(DG, pruned: dict, round_to: int = 1) -> list[tuple[nn.Module, list[int
             if not bad:
                 break
             idxs = [i for i in idxs if i not in bad]
-            keep = -(-(width - len(idxs)) // round_to) * round_to
+            keep = max(-(-(width - len(idxs)) // round_to) * round_to, round_to)
             idxs = idxs[: max(0, width - min(keep, width))]
         if idxs and DG.check_pruning_group(group):
             plans.append((module, idxs))

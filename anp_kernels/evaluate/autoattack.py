@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..attacks import frozen
 from .checks import EvaluationError, check_inputs, check_perturbations
 from .resumable import run_chunks
 from .robustness import pgd_examples, predictions
@@ -64,7 +65,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     def work(start: int, end: int) -> dict:
         xs, ys = x[start:end].to(device), y[start:end].to(device)
         attack = _fresh_autoattack(model, eps, norm, version, seed + start, device)
-        x_aa, _ = attack.run_standard_evaluation(xs, ys, batch_size=batch_size)
+        with frozen(model):
+            x_aa, _ = attack.run_standard_evaluation(xs, ys, batch_size=batch_size)
         x_pgd = pgd_examples(model, xs, ys, eps, step, pgd_steps, batch_size=batch_size, seed=seed + start)
         return {"clean": predictions(model, xs) == ys, "aa": predictions(model, x_aa) == ys,
                 "pgd": predictions(model, x_pgd) == ys, "x_aa": x_aa, "x_pgd": x_pgd}

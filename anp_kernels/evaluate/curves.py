@@ -29,20 +29,26 @@ class SecurityCurve:
         return {"eps": self.eps.tolist(), "robust_acc": self.robust_acc.tolist()}
 
     def plot(self, path: str | Path, label: str = "model", mark_eps: float | None = None) -> Path:
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot(self.eps, self.robust_acc, label=label)
-        if mark_eps is not None:
-            ax.axvline(mark_eps, color="grey", linestyle=":", label=f"eps = {mark_eps:g}")
-        ax.set_xlabel("perturbation size eps")
-        ax.set_ylabel("robust accuracy")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return Path(path)
+        return plot_curves({label: self}, path, mark_eps)
+
+
+def plot_curves(curves: dict, path: str | Path, mark_eps: float | None = None) -> Path:
+    """Security curves of several models on one figure."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, curve in curves.items():
+        ax.plot(curve.eps, curve.robust_acc, label=label)
+    if mark_eps is not None:
+        ax.axvline(mark_eps, color="grey", linestyle=":", label=f"eps = {mark_eps:g}")
+    ax.set_xlabel("perturbation size eps")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
 
 
 def security_curve(distances: torch.Tensor, eps_max: float | None = None, points: int = 101) -> SecurityCurve:

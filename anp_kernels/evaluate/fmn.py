@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..attacks import frozen
 from .checks import perturbation_norms
 
 DUAL = {"Linf": 1, "L2": 2}
@@ -104,7 +105,8 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "Linf", 
             xb, yb = x[i:i + batch_size].detach(), y[i:i + batch_size]
             with torch.no_grad():
                 wrong = model(xb).argmax(1) != yb
-            d, adv = _fmn_batch(model, xb, yb, norm, steps, alpha_init, alpha_final, gamma_init, gamma_final)
+            with frozen(model):
+                d, adv = _fmn_batch(model, xb, yb, norm, steps, alpha_init, alpha_final, gamma_init, gamma_final)
             dists.append(torch.where(wrong, torch.zeros_like(d), d))
             advs.append(torch.where(wrong.view(-1, *[1] * (x.dim() - 1)), xb, adv))
     finally:

@@ -40,6 +40,7 @@ class BetaBernoulliMask(nn.Module):
         self.generator: torch.Generator | None = None  # the seed source; None = torch's global RNG
         self.paired = False  # batch = [clean; adversarial]: both halves share one mask sample
         self._keep_cache: tuple | None = None
+        self._scale_cache: tuple | None = None
 
     # ---- parameters
     def a(self) -> torch.Tensor:
@@ -52,8 +53,18 @@ class BetaBernoulliMask(nn.Module):
         return ops.expected_keep(self.a(), self.b())
 
     def eval_scale(self) -> torch.Tensor:
-        """The test-time scale: E[pi] with values <= threshold set to 0."""
-        return ops.eval_mask(self.a(), self.b(), self.threshold)
+        """The test-time scale: E[pi] with values <= threshold set to 0.
+
+        Cached per parameter version when no gradient to a, b is wanted (attacks call the eval
+        network thousands of times; see `frozen`).
+        """
+        if torch.is_grad_enabled() and (self.a_uc.requires_grad or self.b_uc.requires_grad):
+            return ops.eval_mask(self.a(), self.b(), self.threshold)
+        key = (self.a_uc._version, self.b_uc._version, self.a_uc.data_ptr(), self.b_uc.data_ptr(), self.threshold)
+        if self._scale_cache is None or self._scale_cache[0] != key:
+            with torch.no_grad():
+                self._scale_cache = (key, ops.eval_mask(self.a(), self.b(), self.threshold))
+        return self._scale_cache[1]
 
     def kl(self) -> torch.Tensor:
         return ops.kl_kumaraswamy_beta(self.a(), self.b(), self.alpha)
