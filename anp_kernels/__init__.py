@@ -2,6 +2,9 @@
 from . import ops
 from ._backend import BackendUnavailableError, backend, set_backend, use_backend
 from ._rng import mask_noise
+from .losses import ANPVSLoss
+from .nn import convert, masks, parameter_groups, sparsity
 
 __version__ = "0.1.0"
-__all__ = ["ops", "backend", "set_backend", "use_backend", "BackendUnavailableError", "mask_noise", "__version__"]
+__all__ = ["ops", "backend", "set_backend", "use_backend", "BackendUnavailableError", "mask_noise", "ANPVSLoss",
+           "convert", "masks", "sparsity", "parameter_groups", "__version__"]
