@@ -78,13 +78,14 @@ def _digits_model():
 
 def test_autoattack_reports_checks_and_worst_case(tmp_path):
     model, x, y = _digits_model()
-    res = autoattack(model, x, y, eps=0.05, version="standard", chunk=40, state_path=tmp_path / "s.safetensors",
+    x, y = x[:24], y[:24]
+    res = autoattack(model, x, y, eps=0.1, version="standard", chunk=12, state_path=tmp_path / "s.safetensors",
                      progress=False)
-    assert res.clean_acc > 0.8
+    assert res.clean_acc > 0.7
     assert res.robust_acc <= min(res.autoattack_robust_acc, res.pgd_robust_acc)
     assert res.checks["autoattack_not_above_pgd"] in (True, False)
-    assert res.checks["perturbation"]["max_perturbation"] <= 0.05 + 1e-5
-    assert res.robust_flags.dtype == torch.bool and len(res.robust_flags) == 80
+    assert res.checks["perturbation"]["max_perturbation"] <= 0.1 + 1e-5
+    assert res.robust_flags.dtype == torch.bool and len(res.robust_flags) == 24
     assert json.dumps(res.to_json())
 
 
