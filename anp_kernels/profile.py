@@ -1,6 +1,7 @@
 """What a model costs: parameters, bytes, FLOPs, peak activation memory, latency; dense vs compact."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from typing import Callable
@@ -22,20 +23,20 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def peak_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """Peak bytes allocated above the starting point during one no-grad forward pass."""
-    with torch.no_grad():
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            model(x)
-            torch.cuda.synchronize()
-            return int(torch.cuda.max_memory_allocated() - base)
-        from torch.profiler import ProfilerActivity, profile
+def peak_bytes(fn: Callable[[], object], device: str | torch.device) -> int:
+    """Peak bytes allocated above the starting point while fn runs (CUDA stats, or the CPU
+    profiler's allocation events replayed in time order)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - base)
+    from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            model(x)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())
     current = peak = 0
@@ -45,10 +46,18 @@ def peak_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return peak
 
 
-def latencies(fns: dict[str, Callable[[], object]], device: torch.device, runs: int = 30,
-              warmup: int = 5) -> dict[str, float]:
-    """Median seconds per call of each function, timed in interleaved rounds (CUDA events on GPU)."""
+def peak_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Peak bytes allocated above the starting point during one no-grad forward pass."""
     with torch.no_grad():
+        return peak_bytes(lambda: model(x), x.device)
+
+
+def latencies(fns: dict[str, Callable[[], object]], device: str | torch.device, runs: int = 30,
+              warmup: int = 5, no_grad: bool = True) -> dict[str, float]:
+    """Median seconds per call of each function, timed in interleaved rounds (A, B, A, B, ...: drift
+    on a shared machine hits all alike; CUDA events on GPU)."""
+    device = torch.device(device)
+    with torch.no_grad() if no_grad else contextlib.nullcontext():
         for fn in fns.values():
             for _ in range(warmup):
                 fn()
