@@ -1,9 +1,9 @@
 """ANPConv2d / ANPLinear: a conv or linear layer with a BetaBernoulliMask on its output units.
 
-Placed as in ANP-VS: conv -> mask -> (BN -> ReLU, which stay in the model). In eval mode,
-and in training once units are pruned (E[pi] <= threshold), the layer computes only the
-kept outputs (channel_sparse_conv2d with the mask fused into the epilogue); pruned
-outputs are exact zeros.
+Placed as in ANP-VS: conv -> mask -> (BN -> ReLU, which stay in the model). Once units are
+pruned (E[pi] <= threshold), in eval mode and in training alike, the layer computes only the
+kept outputs (channel_sparse_conv2d with the mask fused into the epilogue); pruned outputs are
+exact zeros. While nothing is pruned, it runs the dense layer and the fused mask op.
 """
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ class ANPConv2d(_ANPLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.layer
-        if self.training and self.mask.num_active() == conv.out_channels:
-            return self.mask(conv(x))  # nothing pruned yet: conv, then the fused sampled mask
+        if self.mask.num_active() == conv.out_channels:
+            return self.mask(conv(x))  # nothing pruned: the dense conv, then the fused mask
         scale, kept = self._scale_and_kept(x.shape[0])
         return ops.channel_sparse_conv2d(x, conv.weight, conv.bias, out_keep=kept, scale=scale.to(x.dtype),
                                          stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
@@ -69,7 +69,7 @@ class ANPLinear(_ANPLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lin = self.layer
-        if self.training and self.mask.num_active() == lin.out_features:
+        if self.mask.num_active() == lin.out_features:
             return self.mask(lin(x))
         scale, kept = self._scale_and_kept(x.shape[0])
         bias = lin.bias.index_select(0, kept) if lin.bias is not None else None

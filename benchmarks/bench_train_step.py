@@ -1,0 +1,103 @@
+"""One ANP-VS training step (PGD-10 + objective + update) against one plain AT step, in one run.
+
+  at        dense LeNet-5: PGD-10, (CE(x) + 2 CE(x_adv)) / 3 over one [x; x_adv] pass, Adam step
+  anp-vs    the same network converted: PGD-10, ANPVSLoss (one paired pass, fused ops), Adam step
+  original  an eager re-implementation of the ANP-VS code's step: reference ops, separate clean and
+            adversarial train-mode passes (independent masks), two optimisers (masks: CE(x_adv) +
+            beta KL / N; weights: the full objective with VS), i.e. three train-mode forwards
+
+    python benchmarks/bench_train_step.py [--batch 64] [--rounds 15]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+import anp_kernels  # noqa: E402
+from anp_kernels import models, ops  # noqa: E402
+from anp_kernels.attacks import pgd  # noqa: E402
+from anp_kernels.nn import convert, mask_parameters, masks, parameter_groups, weight_parameters  # noqa: E402
+from _harness import interleaved_medians, stamp  # noqa: E402
+
+EPS, STEP, STEPS, BETA, LAM, N = 0.3, 0.03, 10, 4.0, 1e-3, 60000
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=15)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    x, y = torch.rand(args.batch, 1, 28, 28), torch.randint(0, 10, (args.batch,))
+
+    dense = models.lenet5_caffe()
+    opt_dense = torch.optim.Adam(dense.parameters(), 1e-3)
+    at_loss = anp_kernels.ANPVSLoss(dense, adv_weight=2.0)
+
+    def at_step():
+        x_adv = pgd(dense, x, y, EPS, STEP, STEPS)
+        parts = at_loss(x, x_adv, y)
+        opt_dense.zero_grad()
+        parts.total.backward()
+        opt_dense.step()
+
+    masked = convert(models.lenet5_caffe())
+    masked.load_state_dict(dense.state_dict(), strict=False)
+    opt_masked = torch.optim.Adam(parameter_groups(masked, 1e-3))
+    anp_loss = anp_kernels.ANPVSLoss(masked, beta=BETA, lam=LAM, num_train=N)
+
+    def anp_step():
+        x_adv = pgd(masked, x, y, EPS, STEP, STEPS)
+        parts = anp_loss(x, x_adv, y)
+        opt_masked.zero_grad()
+        parts.total.backward()
+        opt_masked.step()
+
+    orig = convert(models.lenet5_caffe())
+    opt_mask = torch.optim.Adam(mask_parameters(orig), 1e-2)
+    opt_w = torch.optim.Adam(weight_parameters(orig), 1e-3)
+    layers = [m for m in orig.modules() if isinstance(m, anp_kernels.nn.ANPConv2d | anp_kernels.nn.ANPLinear)]
+
+    def features(inp):
+        feats = []
+        hooks = [m.register_forward_hook(lambda _m, _i, o: feats.append(o)) for m in layers]
+        logits = orig(inp)
+        for h in hooks:
+            h.remove()
+        return logits, feats
+
+    def original_step():
+        with anp_kernels.use_backend("reference"):
+            x_adv = pgd(orig, x, y, EPS, STEP, STEPS)
+            kl = lambda: sum(m.kl() for m in masks(orig).values())  # noqa: E731
+            loss_mask = F.cross_entropy(orig(x_adv), y) + BETA * kl() / N
+            opt_mask.zero_grad()
+            loss_mask.backward()
+            opt_mask.step()
+            (lc, fc), (la, fa) = features(x), features(x_adv)
+            vs = torch.stack([(a - b).abs().mean() for a, b in zip(fc, fa)]).mean()
+            loss_w = (F.cross_entropy(lc, y) + 2 * F.cross_entropy(la, y)) / 3 + BETA * kl() / N + LAM * vs
+            opt_w.zero_grad()
+            loss_w.backward()
+            opt_w.step()
+
+    t = interleaved_medians({"at": at_step, "anp-vs": anp_step, "original": original_step}, "cpu",
+                            rounds=args.rounds, warmup=2)
+    lines = [f"Device: {stamp('cpu')}; LeNet-5, batch {args.batch}, PGD-{STEPS}", "",
+             "| step | ms | vs AT | vs original-code step |", "|---|---:|---:|---:|"]
+    for name in ("at", "anp-vs", "original"):
+        lines.append(f"| {name} | {t[name] * 1e3:.1f} | {t[name] / t['at']:.2f}x | {t[name] / t['original']:.2f}x |")
+    out = Path(__file__).parent / "results"
+    (out / "train_step_cpu.json").write_text(json.dumps({"device": stamp("cpu"), "seconds": t}, indent=2))
+    (out / "train_step_cpu.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
