@@ -66,13 +66,14 @@ def export(checkpoint: str, out: str, onnx: bool = False, round_to: int = 8) -> 
 
 
 def bench(target: str, device: str = "cpu", batch: int = 64, runs: int = 30, out: str = "anp_bench",
-          round_to: int = 8) -> dict:
+          round_to: int = 8, channels_last: bool = False) -> dict:
     """Dense (the unpruned architecture) vs compact for a checkpoint, or one model's report by name."""
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     if target in models.MODELS:
         shape = models.input_shape(target, batch=batch)
-        result = {"model": target, "report": profile.report(models.build(target), shape, device, runs)}
+        result = {"model": target,
+                  "report": profile.report(models.build(target), shape, device, runs, channels_last=channels_last)}
     else:
         from .train import load_model
 
@@ -83,7 +84,7 @@ def bench(target: str, device: str = "cpu", batch: int = 64, runs: int = 30, out
             else deploy.fold_masks(model)[0]
         dense = models.build(arch["model"], arch["num_classes"], arch["in_channels"])
         result = {"model": arch["model"], "checkpoint": target,
-                  "compare": profile.compare(dense, compact, shape, device, runs)}
+                  "compare": profile.compare(dense, compact, shape, device, runs, channels_last=channels_last)}
         channel_chart(dense, compact, out_dir / "channels_kept.png")
     (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
     return result

@@ -108,6 +108,7 @@ def _add_deploy(sub) -> None:
     b.add_argument("--batch", type=int, default=64)
     b.add_argument("--runs", type=int, default=30)
     b.add_argument("--out", default="anp_bench")
+    b.add_argument("--channels-last", action="store_true", help="run both models in NHWC (faster convs on CPU)")
     b.set_defaults(func=_bench)
 
 
@@ -122,7 +123,7 @@ def _export(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from .bench_cli import bench, table
 
-    print(table(bench(args.target, args.device, args.batch, args.runs, args.out)))
+    print(table(bench(args.target, args.device, args.batch, args.runs, args.out, channels_last=args.channels_last)))
     return 0
 
 

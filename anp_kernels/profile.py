@@ -79,29 +79,38 @@ def latencies(fns: dict[str, Callable[[], object]], device: str | torch.device, 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def report(model: nn.Module, input_shape: tuple, device: str | torch.device = "cpu", runs: int = 30) -> dict:
-    """Parameters, parameter bytes, FLOPs, peak activation memory and median latency of a forward pass."""
+def _prepare(model: nn.Module, input_shape: tuple, device: torch.device, channels_last: bool):
+    fmt = torch.channels_last if channels_last and len(input_shape) == 4 else torch.contiguous_format
+    return model.to(device).eval().to(memory_format=fmt), torch.rand(input_shape, device=device).to(memory_format=fmt)
+
+
+def report(model: nn.Module, input_shape: tuple, device: str | torch.device = "cpu", runs: int = 30,
+           channels_last: bool = False) -> dict:
+    """Parameters, parameter bytes, FLOPs, peak activation memory and median latency of a forward pass.
+
+    channels_last: run model and input in NHWC (what oneDNN and cuDNN prefer for convolutions).
+    """
     device = torch.device(device)
-    model = model.to(device).eval()
-    x = torch.rand(input_shape, device=device)
+    model, x = _prepare(model, input_shape, device, channels_last)
     params = sum(p.numel() for p in model.parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"params": params, "param_bytes": param_bytes, "flops": count_flops(model, x),
             "peak_activation_bytes": peak_activation_bytes(model, x),
             "latency_s": latencies({"m": lambda: model(x)}, device, runs)["m"], "input_shape": list(input_shape),
-            "device": str(device)}
+            "device": str(device), "channels_last": channels_last}
 
 
 def compare(dense: nn.Module, compact: nn.Module, input_shape: tuple, device: str | torch.device = "cpu",
-            runs: int = 30) -> dict:
+            runs: int = 30, channels_last: bool = False) -> dict:
     """The paper's columns: memory % of dense, x FLOPs, and measured speedup next to the FLOP ratio.
 
-    Both latencies come from one interleaved run.
+    Both latencies come from one interleaved run, both models in the same memory format.
     """
     device = torch.device(device)
-    dense, compact = dense.to(device).eval(), compact.to(device).eval()
-    x = torch.rand(input_shape, device=device)
-    rd, rc = report(dense, input_shape, device, runs=3), report(compact, input_shape, device, runs=3)
+    dense, x = _prepare(dense, input_shape, device, channels_last)
+    compact, _ = _prepare(compact, input_shape, device, channels_last)
+    rd = report(dense, input_shape, device, runs=3, channels_last=channels_last)
+    rc = report(compact, input_shape, device, runs=3, channels_last=channels_last)
     lat = latencies({"dense": lambda: dense(x), "compact": lambda: compact(x)}, device, runs)
     rd["latency_s"], rc["latency_s"] = lat["dense"], lat["compact"]
     flop_ratio = rd["flops"] / max(rc["flops"], 1)

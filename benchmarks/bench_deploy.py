@@ -46,18 +46,21 @@ def main() -> None:
         shape1 = models.input_shape(arch)
         compact = deploy.compact(masked, shape1)
         for batch in (64, 256):
-            cmp = profile.compare(models.build(arch), compact, (batch, *shape1[1:]), runs=args.runs)
-            rows.append({"model": name, "batch": batch, "unit_sparsity": sparsity(masked)["total"],
-                         **{k: v for k, v in cmp.items() if k not in ("dense", "compact")},
-                         "dense_ms": cmp["dense"]["latency_s"] * 1e3, "compact_ms": cmp["compact"]["latency_s"] * 1e3})
-            r = rows[-1]
-            print(f"{name} batch {batch}: {r['flop_ratio']:.2f}x FLOPs, {r['latency_speedup']:.2f}x latency "
-                  f"({r['speedup_fraction_of_flop_ratio']:.0%})", flush=True)
+            for layout in ("NCHW", "NHWC"):
+                cmp = profile.compare(models.build(arch), compact, (batch, *shape1[1:]), runs=args.runs,
+                                      channels_last=layout == "NHWC")
+                rows.append({"model": name, "batch": batch, "layout": layout, "unit_sparsity": sparsity(masked)["total"],
+                             **{k: v for k, v in cmp.items() if k not in ("dense", "compact")},
+                             "dense_ms": cmp["dense"]["latency_s"] * 1e3, "compact_ms": cmp["compact"]["latency_s"] * 1e3})
+                r = rows[-1]
+                print(f"{name} batch {batch} {layout}: {r['flop_ratio']:.2f}x FLOPs, {r['latency_speedup']:.2f}x latency "
+                      f"({r['speedup_fraction_of_flop_ratio']:.0%})", flush=True)
     lines = [f"Device: {stamp('cpu')}", "",
-             "| model | unit sparsity | batch | memory % of dense | x FLOPs | dense ms | compact ms | speedup | "
-             "speedup / FLOP ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | unit sparsity | batch | layout | memory % of dense | x FLOPs | dense ms | compact ms | speedup | "
+             "speedup / FLOP ratio |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['unit_sparsity']:.2%} | {r['batch']} | {r['memory_percent_of_dense']:.2f} | "
+        lines.append(f"| {r['model']} | {r['unit_sparsity']:.2%} | {r['batch']} | {r['layout']} | "
+                     f"{r['memory_percent_of_dense']:.2f} | "
                      f"{r['flop_ratio']:.2f} | {r['dense_ms']:.2f} | {r['compact_ms']:.2f} | "
                      f"{r['latency_speedup']:.2f}x | {r['speedup_fraction_of_flop_ratio']:.0%} |")
     out = Path(__file__).parent / "results"
