@@ -13,49 +13,13 @@
 #include <vector>
 
 #include "anp_common.h"
+#include "layout.h"
 #include "sparse_conv.h"
 
 namespace anp {
 namespace {
 
 using at::Tensor;
-
-struct Geometry {
-  int64_t N, C, S;
-  bool channels_last;
-};
-
-// True when the tensor is dense with the channel dim innermost (NHWC-like).
-bool is_channels_last_like(const Tensor& t) {
-  if (t.dim() < 3 || t.stride(1) != 1) return false;
-  std::vector<int64_t> perm{0};
-  for (int64_t d = 2; d < t.dim(); ++d) perm.push_back(d);
-  perm.push_back(1);
-  return t.permute(perm).is_contiguous();
-}
-
-// Picks a common layout for tensors of one shape; makes copies only for odd strides.
-Geometry geometry(std::vector<Tensor*> ts) {
-  const Tensor& t = *ts[0];
-  TORCH_CHECK(t.dim() >= 2, "anp_kernels: expected rank >= 2, got ", t.dim());
-  Geometry g{t.size(0), t.size(1), 1, false};
-  g.S = (g.N * g.C) == 0 ? 0 : t.numel() / (g.N * g.C);
-  bool all_contig = true, all_cl = true;
-  for (auto* p : ts) {
-    all_contig = all_contig && p->is_contiguous();
-    all_cl = all_cl && is_channels_last_like(*p);
-  }
-  if (all_contig) {
-    g.channels_last = g.S == 1;  // [N, C] rows of length 1 are better read as [N, 1, C]
-    return g;
-  }
-  if (all_cl) {
-    g.channels_last = true;
-    return g;
-  }
-  for (auto* p : ts) *p = p->contiguous();
-  return g;
-}
 
 template <typename T>
 inline float f32(T v) { return static_cast<float>(v); }
@@ -439,27 +403,13 @@ std::tuple<Tensor, Tensor, Tensor> channel_sparse_conv2d_cpu(const Tensor& x, co
                                                      at::IntArrayRef stride, at::IntArrayRef padding,
                                                      at::IntArrayRef dilation, bool compact_output,
                                                      bool for_backward) {
-  Tensor x_c;
-  Tensor y = compact_conv(x, weight, in_keep, out_keep, SparseConvArgs{stride, padding, dilation}, &x_c);
-  const bool has_bias = bias.has_value() && bias->defined(), has_scale = scale.has_value() && scale->defined();
-  const bool save_pre = for_backward && has_scale;
-  const bool keep_x_c = for_backward && in_keep.numel() < x.size(1) && in_keep.numel() > 0;
-  const int64_t N = y.size(0), K = y.size(1), P = y.size(2) * y.size(3), Cout = weight.size(0);
-  Tensor bias_c = has_bias ? bias->index_select(0, out_keep).to(at::kFloat).contiguous() : Tensor();
-  Tensor scale_c = has_scale ? scale->index_select(scale->dim() - 1, out_keep).to(at::kFloat).contiguous() : Tensor();
-  // compact without y_pre: the epilogue runs in place in y
-  Tensor out = compact_output ? (save_pre ? at::empty_like(y) : y)
-                              : at::zeros({N, Cout, y.size(2), y.size(3)}, y.options());
-  Tensor kept = out_keep.contiguous();
-  if (y.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "sparse_conv_epilogue", [&] {
-      sparse_conv_epilogue<scalar_t>(y.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                                     has_bias ? bias_c.data_ptr<float>() : nullptr,
-                                     has_scale ? scale_c.data_ptr<float>() : nullptr, has_scale && scale->dim() == 2,
-                                     kept.data_ptr<int64_t>(), N, K, P, Cout, compact_output, save_pre);
+  return sparse_conv_forward(x, weight, bias, in_keep, out_keep, scale, SparseConvArgs{stride, padding, dilation},
+                             compact_output, for_backward, [](const EpilogueArgs& e) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.y.scalar_type(), "sparse_conv_epilogue", [&] {
+      sparse_conv_epilogue<scalar_t>(e.y.data_ptr<scalar_t>(), e.out.data_ptr<scalar_t>(), e.bias, e.scale,
+                                     e.scale_batch, e.out_keep, e.N, e.K, e.P, e.Cout, e.compact, e.save_pre);
     });
-  }
-  return {out, save_pre ? y : at::empty({0}, y.options()), keep_x_c ? x_c : at::empty({0}, x.options())};
+  });
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> channel_sparse_conv2d_backward(

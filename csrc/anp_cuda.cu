@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "anp_common.h"
+#include "layout.h"
 #include "sparse_conv.h"
 
 namespace anp {
@@ -19,38 +20,6 @@ namespace {
 using at::Tensor;
 constexpr int kThreads = 256;
 constexpr int kTileS = 32;  // positions per block in channels-last kernels
-
-struct Geometry {
-  int64_t N, C, S;
-  bool channels_last;
-};
-
-bool is_channels_last_like(const Tensor& t) {
-  if (t.dim() < 3 || t.stride(1) != 1) return false;
-  std::vector<int64_t> perm{0};
-  for (int64_t d = 2; d < t.dim(); ++d) perm.push_back(d);
-  perm.push_back(1);
-  return t.permute(perm).is_contiguous();
-}
-
-Geometry geometry(std::vector<Tensor*> ts) {
-  const Tensor& t = *ts[0];
-  TORCH_CHECK(t.dim() >= 2, "anp_kernels: expected rank >= 2");
-  Geometry g{t.size(0), t.size(1), 1, false};
-  g.S = (g.N * g.C) == 0 ? 0 : t.numel() / (g.N * g.C);
-  bool all_contig = true, all_cl = true;
-  for (auto* p : ts) {
-    all_contig = all_contig && p->is_contiguous();
-    all_cl = all_cl && is_channels_last_like(*p);
-  }
-  if (all_contig) return g;
-  if (all_cl) {
-    g.channels_last = true;
-    return g;
-  }
-  for (auto* p : ts) *p = p->contiguous();
-  return g;
-}
 
 __device__ __forceinline__ float block_sum(float v) {
   __shared__ float warp_sums[kThreads / 32];
@@ -408,27 +377,15 @@ std::tuple<Tensor, Tensor, Tensor> channel_sparse_conv2d_cuda(const Tensor& x, c
                                                       at::IntArrayRef dilation, bool compact_output,
                                                       bool for_backward) {
   c10::cuda::CUDAGuard guard(x.device());
-  Tensor x_c;
-  Tensor y = compact_conv(x, weight, in_keep, out_keep, SparseConvArgs{stride, padding, dilation}, &x_c);
-  const bool has_bias = bias.has_value() && bias->defined(), has_scale = scale.has_value() && scale->defined();
-  const bool save_pre = for_backward && has_scale;
-  const bool keep_x_c = for_backward && in_keep.numel() < x.size(1) && in_keep.numel() > 0;
-  const int64_t N = y.size(0), K = y.size(1), P = y.size(2) * y.size(3), Cout = weight.size(0);
-  Tensor bias_c = has_bias ? bias->index_select(0, out_keep).to(at::kFloat).contiguous() : Tensor();
-  Tensor scale_c = has_scale ? scale->index_select(scale->dim() - 1, out_keep).to(at::kFloat).contiguous() : Tensor();
-  Tensor out = compact_output ? (save_pre ? at::empty_like(y) : y)
-                              : at::zeros({N, Cout, y.size(2), y.size(3)}, y.options());
-  Tensor kept = out_keep.contiguous();
-  if (y.numel() > 0 && (has_bias || has_scale || !compact_output)) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "sparse_conv_epilogue_cuda", [&] {
-      sparse_conv_epilogue<scalar_t><<<grid_for(y.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          y.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), has_bias ? bias_c.data_ptr<float>() : nullptr,
-          has_scale ? scale_c.data_ptr<float>() : nullptr, has_scale && scale->dim() == 2, kept.data_ptr<int64_t>(),
-          N, K, P, Cout, compact_output, save_pre);
+  return sparse_conv_forward(x, weight, bias, in_keep, out_keep, scale, SparseConvArgs{stride, padding, dilation},
+                             compact_output, for_backward, [](const EpilogueArgs& e) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.y.scalar_type(), "sparse_conv_epilogue_cuda", [&] {
+      sparse_conv_epilogue<scalar_t><<<grid_for(e.y.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          e.y.data_ptr<scalar_t>(), e.out.data_ptr<scalar_t>(), e.bias, e.scale, e.scale_batch, e.out_keep, e.N, e.K,
+          e.P, e.Cout, e.compact, e.save_pre);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  return {out, save_pre ? y : at::empty({0}, y.options()), keep_x_c ? x_c : at::empty({0}, x.options())};
+  });
 }
 
 }  // namespace

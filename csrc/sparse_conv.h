@@ -35,6 +35,47 @@ inline at::Tensor compact_conv(const at::Tensor& x, const at::Tensor& weight, co
   return at::conv2d(x_c, w_c, {}, a.stride, a.padding, a.dilation).contiguous();
 }
 
+// What a device's fused epilogue needs: y [N, K, P] the compact conv (gets + bias in place when
+// save_pre), out the compact or full output, bias/scale already gathered to the kept channels.
+struct EpilogueArgs {
+  at::Tensor y, out;
+  const float* bias;
+  const float* scale;
+  bool scale_batch;
+  const int64_t* out_keep;
+  int64_t N, K, P, Cout;
+  bool compact, save_pre;
+};
+
+// Forward of the channel-sparse conv: (out, y_pre, x_c). y_pre (the compact pre-scale output) and
+// x_c (the gathered input) are kept only when the backward will need them. `run_epilogue` is the
+// device's fused (acc + bias) * scale pass (a CPU loop or a CUDA kernel).
+template <typename RunEpilogue>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_conv_forward(
+    const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& in_keep,
+    const at::Tensor& out_keep, const c10::optional<at::Tensor>& scale, const SparseConvArgs& args,
+    bool compact_output, bool for_backward, RunEpilogue run_epilogue) {
+  at::Tensor x_c;
+  at::Tensor y = compact_conv(x, weight, in_keep, out_keep, args, &x_c);
+  const bool has_bias = bias.has_value() && bias->defined(), has_scale = scale.has_value() && scale->defined();
+  const bool save_pre = for_backward && has_scale;
+  const bool keep_x_c = for_backward && in_keep.numel() < x.size(1) && in_keep.numel() > 0;
+  const int64_t N = y.size(0), K = y.size(1), P = y.size(2) * y.size(3), Cout = weight.size(0);
+  at::Tensor bias_c = has_bias ? bias->index_select(0, out_keep).to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor scale_c =
+      has_scale ? scale->index_select(scale->dim() - 1, out_keep).to(at::kFloat).contiguous() : at::Tensor();
+  // compact without y_pre: the epilogue runs in place in y
+  at::Tensor out = compact_output ? (save_pre ? at::empty_like(y) : y)
+                                  : at::zeros({N, Cout, y.size(2), y.size(3)}, y.options());
+  at::Tensor kept = out_keep.contiguous();
+  if (y.numel() > 0 && (has_bias || has_scale || !compact_output)) {
+    run_epilogue(EpilogueArgs{y, out, has_bias ? bias_c.data_ptr<float>() : nullptr,
+                              has_scale ? scale_c.data_ptr<float>() : nullptr, has_scale && scale->dim() == 2,
+                              kept.data_ptr<int64_t>(), N, K, P, Cout, compact_output, save_pre});
+  }
+  return {out, save_pre ? y : at::empty({0}, y.options()), keep_x_c ? x_c : at::empty({0}, x.options())};
+}
+
 // Full-size gradients of the channel-sparse conv. mask = {x, weight, bias, scale}.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_conv_backward(
     const at::Tensor& grad_in, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& in_keep,
