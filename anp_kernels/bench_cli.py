@@ -23,11 +23,9 @@ def _layer_widths(model: nn.Module) -> dict[str, int]:
 
 
 def channel_chart(dense: nn.Module, compact: nn.Module, path: str | Path) -> Path:
-    import matplotlib
+    from .evaluate.curves import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     wd, wc = _layer_widths(dense), _layer_widths(compact)
     names = list(wd)
     fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(names)), 3.5))

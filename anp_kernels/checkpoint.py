@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 FORMAT = "anp_kernels.checkpoint/1"
@@ -68,19 +68,23 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
     atomic_save_file(tensors, path, {"format": FORMAT, "tree": json.dumps(tree)})
 
 
-def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load what save_state wrote; a corrupt, truncated or foreign file is a clear ValueError."""
+def read_safetensors(path: str | Path, device: str | torch.device = "cpu",
+                     what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file, without pickle; missing or corrupt is a clear error."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise FileNotFoundError(f"{what} {path} does not exist")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        tensors = load_file(str(path), device=str(device))
+        return load_file(str(path), device=str(device)), meta
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"checkpoint {path} is corrupt or not a safetensors file: {exc}") from exc
+        raise ValueError(f"{what} {path} is corrupt or not a safetensors file: {exc}") from exc
+
+
+def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load what save_state wrote; a corrupt, truncated or foreign file is a clear ValueError."""
+    tensors, meta = read_safetensors(path, device, what="checkpoint")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not an anp_kernels checkpoint (format {meta.get('format')!r})")
     try:

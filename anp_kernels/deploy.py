@@ -23,12 +23,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 from torch import nn
 
 from . import models
-from .checkpoint import atomic_save_file
+from .checkpoint import atomic_save_file, read_safetensors
 from .nn.layers import _ANPLayer
 
 FORMAT = "anp_kernels.compact/1"
@@ -274,14 +272,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path), device=str(device))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{path} is corrupt or not a safetensors file: {exc}") from exc
+    tensors, meta = read_safetensors(path, device, what="model file")
     try:
         desc = json.loads(meta["anp_arch"])
     except (KeyError, json.JSONDecodeError) as exc:

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .nn.convert import masks
-from .nn.layers import _ANPLayer
+from .nn.convert import latent_layers, masks
 from .nn.mask import paired_masks
 
 
@@ -50,15 +49,7 @@ class ANPVSLoss:
         self.masks = masks(model)
         if beta > 0 and not self.masks:
             raise ValueError("beta > 0 needs a model with masks: anp_kernels.convert(model) first")
-        self._latent = self._latent_layers(model)
-
-    @staticmethod
-    def _latent_layers(model: nn.Module) -> list[nn.Module]:
-        anp = [m for m in model.modules() if isinstance(m, _ANPLayer)]
-        if anp:
-            return anp
-        dense = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        return dense[:-1]  # all but the classifier
+        self._latent = [m for _, m in latent_layers(model)]
 
     def kl(self) -> torch.Tensor:
         if not self.masks:

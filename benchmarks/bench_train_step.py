@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 import anp_kernels  # noqa: E402
-from anp_kernels import models, ops  # noqa: E402
+from anp_kernels import models  # noqa: E402
 from anp_kernels.attacks import pgd  # noqa: E402
 from anp_kernels.nn import convert, mask_parameters, masks, parameter_groups, weight_parameters  # noqa: E402
 from _harness import interleaved_medians, stamp  # noqa: E402

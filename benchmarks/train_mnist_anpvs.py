@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from anp_kernels import data as data_mod  # noqa: E402

@@ -1,7 +1,6 @@
 """Honest evaluation: checks, AutoAttack, FMN, curves, thin ice, resumable chunks, CLI."""
 import json
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..attacks import frozen
 from .checks import EvaluationError, check_inputs, check_perturbations
-from .resumable import run_chunks
+from .resumable import model_fingerprint, run_chunks
 from .robustness import pgd_examples, predictions
 
 PLUS_SETTINGS = {"apgd-ce/apgd-dlr restarts": 5, "fab restarts": 5, "square queries": 5000,
@@ -71,7 +71,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
         return {"clean": predictions(model, xs) == ys, "aa": predictions(model, x_aa) == ys,
                 "pgd": predictions(model, x_pgd) == ys, "x_aa": x_aa, "x_pgd": x_pgd}
 
-    fingerprint = {**config, "model": _fingerprint(model), "data": float(x.double().sum()), "labels": int(y.sum())}
+    fingerprint = {**config, "model": model_fingerprint(model), "data": float(x.double().sum()), "labels": int(y.sum())}
     out = run_chunks(len(x), chunk, work, state_path, fingerprint, f"AutoAttack-{version}", progress)
     checks["perturbation"] = check_perturbations(x.cpu(), out["x_aa"], eps, norm)
     check_perturbations(x.cpu(), out["x_pgd"], eps, norm)
@@ -84,11 +84,6 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     x_adv = torch.where((~out["aa"]).view(-1, *[1] * (x.dim() - 1)), out["x_aa"], out["x_pgd"])
     return AttackResult(float(out["clean"].float().mean()), float(flags.float().mean()), flags, x_adv, config,
                         checks, pgd_robust_acc=pgd_acc, autoattack_robust_acc=aa_acc)
-
-
-def _fingerprint(model: nn.Module) -> float:
-    with torch.no_grad():
-        return float(sum(p.double().abs().sum() for p in model.parameters()))
 
 
 __all__ = ["AttackResult", "autoattack", "EvaluationError"]

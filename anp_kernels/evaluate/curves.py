@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,7 +35,7 @@ class SecurityCurve:
 
 def plot_curves(curves: dict, path: str | Path, mark_eps: float | None = None) -> Path:
     """Security curves of several models on one figure."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, curve in curves.items():
         ax.plot(curve.eps, curve.robust_acc, label=label)
@@ -73,7 +74,7 @@ def vulnerability_histogram(per_layer: dict, path: str | Path, bins: int = 30, t
     values = torch.cat([v.flatten() for v in per_layer.values()]).double().numpy() if per_layer else np.zeros(0)
     zeros = int((values == 0).sum())
     nonzero = values[values > 0]
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     if len(nonzero):
         ax.hist(nonzero, bins=bins, color="tab:blue", alpha=0.8, label=f"features > 0 ({len(nonzero)})")

@@ -36,7 +36,8 @@ class FMNResult:
                 "median": float(finite.median()) if len(finite) else None}
 
 
-def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_y - max_{j != y} z_j: positive when y wins, negative when the sample is misclassified."""
     true = logits.gather(1, y[:, None]).squeeze(1)
     other = logits.clone()
     other.scatter_(1, y[:, None], float("-inf"))
@@ -64,7 +65,7 @@ def _fmn_batch(model, x, y, norm, steps, alpha_init, alpha_final, gamma_init, ga
         alpha = alpha_final + (alpha_init - alpha_final) * cos
         gamma = gamma_final + (gamma_init - gamma_final) * cos
         x_adv = x + delta
-        loss = _margin(model(x_adv), y)
+        loss = logit_margin(model(x_adv), y)
         (grad,) = torch.autograd.grad(loss.sum(), delta)
         with torch.no_grad():
             d_norm = perturbation_norms(x, x_adv, norm)

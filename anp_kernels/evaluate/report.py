@@ -12,7 +12,7 @@ from .autoattack import autoattack
 from .checks import check_inputs, check_perturbations
 from .curves import security_curve, vulnerability_histogram
 from .fmn import fmn
-from .resumable import run_chunks
+from .resumable import model_fingerprint, run_chunks
 from .robustness import layer_vulnerability, network_vulnerability, pgd_examples, predictions
 from .thin_ice import thin_ice
 
@@ -27,14 +27,9 @@ def _test_split(spec: str, n: int | None):
     return x, y
 
 
-def _fingerprint(model) -> float:
-    with torch.no_grad():
-        return float(sum(p.double().abs().sum() for p in model.parameters()))
-
-
 def fmn_distances(model, x, y, norm: str, steps: int, state_path, chunk: int = 500, progress: bool = True):
     """FMN distances in resumable chunks (y: the labels to attack)."""
-    config = {"attack": "fmn", "norm": norm, "steps": steps, "model": _fingerprint(model),
+    config = {"attack": "fmn", "norm": norm, "steps": steps, "model": model_fingerprint(model),
               "data": float(x.double().sum()), "labels": int(y.sum())}
     out = run_chunks(len(x), chunk, lambda s, e: {"d": fmn(model, x[s:e], y[s:e], norm=norm, steps=steps).distances},
                      state_path, config, f"FMN-{steps}", progress)
@@ -66,7 +61,7 @@ def evaluate_checkpoint(checkpoint: str, data: str, attack: str, eps: float, out
     elif attack == "pgd":
         report["checks"] = check_inputs(model, x, y)
         step = eps / 4 if norm == "Linf" else eps / 8
-        config = {"attack": "pgd", "eps": eps, "norm": norm, "steps": steps, "model": _fingerprint(model),
+        config = {"attack": "pgd", "eps": eps, "norm": norm, "steps": steps, "model": model_fingerprint(model),
                   "data": float(x.double().sum())}
         res = run_chunks(len(x), chunk, lambda s, e: {"x": pgd_examples(model, x[s:e], y[s:e], eps, step, steps,
                                                                         seed=s)},

@@ -11,6 +11,12 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_state, save_state
 
 
+def model_fingerprint(model: torch.nn.Module) -> float:
+    """A number that changes when the weights do: part of a resumable run's config."""
+    with torch.no_grad():
+        return float(sum(p.double().abs().sum() for p in model.parameters()))
+
+
 def run_chunks(n: int, chunk: int, work: Callable[[int, int], dict[str, torch.Tensor]], state_path: str | Path | None,
                config: dict, desc: str, progress: bool = True) -> dict[str, torch.Tensor]:
     """Run work(start, end) over [0, n) in chunks; results (per-sample tensors) are concatenated.

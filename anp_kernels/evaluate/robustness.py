@@ -7,17 +7,7 @@ from tqdm.auto import tqdm
 
 from .. import ops
 from ..attacks import pgd
-from ..nn.layers import _ANPLayer
-
-
-def latent_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The latent features V is measured on: the masked layers' outputs, or for a dense model
-    the outputs of its Conv2d/Linear layers but the classifier (the same places)."""
-    anp = [(n, m) for n, m in model.named_modules() if isinstance(m, _ANPLayer)]
-    if anp:
-        return anp
-    dense = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    return dense[:-1]
+from ..nn.convert import latent_layers
 
 
 @torch.no_grad()

@@ -21,7 +21,8 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from .checks import check_inputs
-from .fmn import fmn
+from .curves import pyplot
+from .fmn import fmn, logit_margin
 
 POPULATIONS = ("11", "10", "01", "00")
 COLORS = {"11": "tab:green", "10": "tab:red", "01": "tab:blue", "00": "tab:grey"}
@@ -81,11 +82,7 @@ class ThinIceResult:
         return "\n".join(lines) + "\n"
 
     def plot(self, path: str | Path) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(5.5, 4))
         dist = np.where(np.isfinite(self.distance), self.distance, np.nan)
         for k in POPULATIONS:
@@ -149,9 +146,7 @@ def thin_ice(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, y: torch.Tens
     distances = torch.as_tensor(distances, dtype=torch.float64).cpu()
     if distances.shape != (len(x),):
         raise ValueError(f"distances must have one value per sample ({len(x)}), got {tuple(distances.shape)}")
-    true = logits_d.gather(1, y[:, None]).squeeze(1)
-    other = logits_d.clone().scatter_(1, y[:, None], float("-inf")).max(1).values
-    margin = (true - other).double().cpu().numpy()
+    margin = logit_margin(logits_d, y).double().cpu().numpy()
     population = np.array([f"{int(a)}{int(b)}" for a, b in zip(cd.cpu(), cp.cpu())])
     dist = distances.numpy()
     counts = {k: int((population == k).sum()) for k in POPULATIONS}

@@ -66,6 +66,16 @@ def sparsity(model: nn.Module) -> dict:
     return {"layers": layers, "units": total, "pruned": pruned, "total": pruned / total if total else 0.0}
 
 
+def latent_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The latent features VS and V are measured on: the masked layers' outputs, or for a dense
+    model the outputs of its Conv2d/Linear layers but the classifier (the same places)."""
+    anp = [(n, m) for n, m in model.named_modules() if isinstance(m, _ANPLayer)]
+    if anp:
+        return anp
+    dense = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return dense[:-1]
+
+
 def mask_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for m in masks(model).values() for p in m.parameters()]
 
