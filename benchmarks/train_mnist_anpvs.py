@@ -33,6 +33,8 @@ def main() -> None:
     p.add_argument("--lam", type=float, default=1e-3)
     p.add_argument("--anp-epochs", type=int, default=12)
     p.add_argument("--anp-milestones", default="0.8,0.9", help="ANP-VS lr decay points (masks need time to prune)")
+    p.add_argument("--mask-lr-factor", type=float, default=100.0,
+                   help="mask lr = factor x weight lr (the paper: 10 over 200 epochs of 60k; we train ~1.5k steps)")
     args = p.parse_args()
     spec = f"mnist:{args.mnist}"
     runs = Path(args.runs)
@@ -42,7 +44,7 @@ def main() -> None:
     t0 = time.perf_counter()
     train(TrainConfig(method="standard", epochs=args.clean_epochs, out=str(runs / "clean"), **common), resume=True)
     clean_ckpt = str(runs / "clean" / "checkpoint.safetensors")
-    anp = {"beta": args.beta, "lam": args.lam, "epochs": args.anp_epochs,
+    anp = {"beta": args.beta, "lam": args.lam, "epochs": args.anp_epochs, "mask_lr_factor": args.mask_lr_factor,
            "milestones": [float(f) for f in args.anp_milestones.split(",")]}
     for method, extra in (("at", {"epochs": args.epochs}), ("anp-vs", anp)):
         start = time.perf_counter()
@@ -66,7 +68,8 @@ def main() -> None:
         print(method, rows[method], flush=True)
     result = {"device": stamp("cpu"), "rows": rows, "total_seconds": time.perf_counter() - t0,
               "setup": "LeNet-5-Caffe, MNIST test split: first 8,000 train / last 2,000 test, eps 0.3; training "
-                       f"PGD-20 step 0.01; {args.clean_epochs} clean warm-start epochs; Adam lr 1e-3 (masks 1e-2); "
+                       f"PGD-20 step 0.01; {args.clean_epochs} clean warm-start epochs; Adam lr 1e-3 (ANP-VS masks "
+                       f"{1e-3 * args.mask_lr_factor:g}); "
                        f"AT lr x0.1 at 50%/75% of {args.epochs} epochs; ANP-VS beta {args.beta}, lambda {args.lam}, "
                        f"lr x0.1 at {args.anp_milestones} of {args.anp_epochs} epochs; evaluation PGD-40 step 0.01 "
                        "on all 2,000 test images"}

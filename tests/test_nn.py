@@ -69,6 +69,29 @@ def test_anp_conv_matches_conv_then_mask(training):
     assert conv.weight.grad is not None and layer.mask.a_uc.grad is not None
 
 
+@pytest.mark.parametrize("shape,frozen", [((2, 3, 8, 8), False), ((2, 3, 8, 8), True), ((1, 3, 2, 2), False)])
+def test_anp_conv_eval_without_pruning_matches_conv_then_scale(shape, frozen):
+    """Eval with nothing pruned folds the scale into the weights when that is cheaper (first two
+    shapes) or scales the output (last): same values and gradients as conv -> scale either way."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 6, 3, padding=1)
+    layer = ANPConv2d(conv).eval()
+    with torch.no_grad():
+        layer.mask.a_uc.uniform_(-1, 2)
+    assert layer.mask.num_active() == 6
+    layer.requires_grad_(not frozen)
+    x = torch.randn(*shape, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out = layer(x)
+    params = [conv.weight, conv.bias, layer.mask.a_uc, layer.mask.b_uc]
+    grads = torch.autograd.grad(out.square().sum(), [x] + ([] if frozen else params))
+    expected = conv(x_ref) * layer.mask.eval_scale().view(1, -1, 1, 1)
+    ref_grads = torch.autograd.grad(expected.square().sum(), [x_ref] + ([] if frozen else params))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("training", [False, True])
 def test_anp_linear_matches_linear_then_mask(training):
     lin = nn.Linear(5, 7)

@@ -3,7 +3,9 @@
 Placed as in ANP-VS: conv -> mask -> (BN -> ReLU, which stay in the model). Once units are
 pruned (E[pi] <= threshold), in eval mode and in training alike, the layer computes only the
 kept outputs (channel_sparse_conv2d with the mask fused into the epilogue); pruned outputs are
-exact zeros. While nothing is pruned, it runs the dense layer and the fused mask op.
+exact zeros. While nothing is pruned, training runs the dense layer and the fused mask op; eval
+folds the deterministic scale into the weights when they are smaller than the output (attacks
+run the eval network many times per step, so no extra pass over activations is paid there).
 """
 from __future__ import annotations
 
@@ -31,6 +33,13 @@ class _ANPLayer(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.layer.bias
 
+    def _fold_is_cheaper(self, x: torch.Tensor) -> bool:
+        """Scaling the weight costs weight.numel(); scaling the output about N*C_out*H*W/stride^2."""
+        if x.dim() != 4:
+            return False
+        stride = self.layer.stride[0] * self.layer.stride[1]
+        return self.weight.numel() * stride <= x.shape[0] * self.weight.shape[0] * x.shape[2] * x.shape[3]
+
     def _scale_and_kept(self, batch: int):
         kept = self.mask.keep_index().to(self.weight.device)
         if self.training:
@@ -53,6 +62,10 @@ class ANPConv2d(_ANPLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.layer
         if self.mask.num_active() == conv.out_channels:
+            if not self.training and self._fold_is_cheaper(x):
+                s = self.mask.eval_scale().to(device=x.device, dtype=conv.weight.dtype)
+                bias = conv.bias * s if conv.bias is not None else None
+                return conv._conv_forward(x, conv.weight * s.view(-1, 1, 1, 1), bias)
             return self.mask(conv(x))  # nothing pruned: the dense conv, then the fused mask
         scale, kept = self._scale_and_kept(x.shape[0])
         return ops.channel_sparse_conv2d(x, conv.weight, conv.bias, out_keep=kept, scale=scale.to(x.dtype),

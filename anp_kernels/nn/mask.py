@@ -98,7 +98,11 @@ class BetaBernoulliMask(nn.Module):
         if x.dim() < 2 or x.shape[1] != self.num_features:
             raise ValueError(f"mask over {self.num_features} units got input of shape {tuple(x.shape)}")
         if not self.training:
-            return ops.channel_scale(x, self.eval_scale().to(x.device))
+            scale = self.eval_scale().to(x.device)
+            if scale.requires_grad:  # gradients to a, b wanted: the fused op gives them in the same pass
+                return ops.channel_scale(x, scale)
+            # a constant per-channel scale (attacks, inference): one native broadcast multiply
+            return x * scale.to(x.dtype).view(-1, *([1] * (x.dim() - 2)))
         if self.paired:
             return ops.channel_scale(x, self.sample(x.shape[0]))
         return ops.masked_activation(x, self.a(), self.b(), self.temperature, training=True, seed=self._seed())
