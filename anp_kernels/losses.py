@@ -84,7 +84,7 @@ class ANPVSLoss:
             total = total + self.beta * kl / self.num_train
         vs = total.new_zeros(())
         if self.lam > 0:
-            vs = ops.vs_loss([(f[:n], f[n:]) for f in feats], reduction=self.vs_reduction)
+            vs = ops.vs_loss(feats, reduction=self.vs_reduction)  # each f is [clean; adversarial]
             total = total + self.lam * vs
         return LossParts(total, ce_clean, ce_adv, kl, vs, logits_clean, logits_adv)
 

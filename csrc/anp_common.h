@@ -19,6 +19,11 @@ constexpr uint32_t kStreamPi = 0;  // one keep-probability draw per channel
 constexpr uint32_t kStreamZ = 1;   // one relaxed-Bernoulli draw per (example, channel)
 constexpr float kLogitEps = 1e-20f;
 constexpr float kTiny = 1e-30f;
+// z = sigmoid(t) is set to exactly 0 for t < kFlushLogit (z < 1.1e-20): such a z contributes
+// nothing measurable, but x * z and the gradients through it would be subnormal floats, which
+// slow every later CPU op on the tensor several-fold (TensorFlow, the original code's framework,
+// flushes subnormals to zero; PyTorch does not).
+constexpr float kFlushLogit = -46.0f;
 
 ANP_HD uint32_t fmix32(uint32_t h) {
   h ^= h >> 16;
@@ -61,7 +66,7 @@ ANP_HD float logit_keep_prob(float a, float b, float u_pi) {
 // z = sigmoid((logit(u_z) + logit(pi)) / temperature)
 ANP_HD float relaxed_bernoulli(float logit_pi, float u_z, float temperature) {
   float t = (logf(u_z) - logf(1.0f - u_z) + logit_pi) / temperature;
-  return 1.0f / (1.0f + expf(-t));
+  return t < kFlushLogit ? 0.0f : 1.0f / (1.0f + expf(-t));
 }
 
 // d loss / da and d loss / db of one channel from g = d loss / d logit(pi) (summed over the batch).

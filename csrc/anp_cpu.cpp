@@ -86,7 +86,7 @@ void mask_row(float* z, const float* logit_pi, int64_t C, uint32_t base, StreamK
   for (int64_t c = 0; c < C; ++c) {
     const float u = uniform(kz, base + static_cast<uint32_t>(c));
     const float t = (fast_logf(u / (1.0f - u)) + logit_pi[c]) / T;
-    z[c] = 1.0f / (1.0f + fast_expf(-t));
+    z[c] = t < kFlushLogit ? 0.0f : 1.0f / (1.0f + fast_expf(-t));
   }
 }
 
@@ -173,7 +173,7 @@ std::tuple<Tensor, Tensor> channel_distortion_backward_cpu(const Tensor& grad_in
   Geometry g = geometry({&z, &w});
   TORCH_CHECK(grad_in.numel() == g.C, "anp_kernels: grad must have C elements");
   Tensor grad = grad_in.to(at::kFloat).contiguous();
-  Tensor gz = at::empty_like(z), gw = at::empty_like(w);
+  auto [gz, gw] = empty_pair_like(z, w);
   if (z.numel() == 0) return {gz, gw};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "channel_distortion_bwd_cpu", [&] {
     distortion_bwd_kernel<scalar_t>(grad.data_ptr<float>(), z.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),

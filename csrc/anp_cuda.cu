@@ -107,7 +107,7 @@ std::tuple<Tensor, Tensor> channel_distortion_backward_cuda(const Tensor& grad_i
   Tensor z = z_in, w = w_in;
   Geometry g = geometry({&z, &w});
   Tensor grad = grad_in.to(at::kFloat).contiguous();
-  Tensor gz = at::empty_like(z), gw = at::empty_like(w);
+  auto [gz, gw] = empty_pair_like(z, w);
   if (z.numel() == 0) return {gz, gw};
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "channel_distortion_bwd_cuda", [&] {

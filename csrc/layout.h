@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <utility>
 #include <vector>
 
 namespace anp {
@@ -43,6 +44,23 @@ inline Geometry geometry(std::vector<at::Tensor*> ts) {
   }
   for (auto* p : ts) *p = p->contiguous();
   return g;
+}
+
+// Outputs shaped like z and w for a kernel that writes both. When w continues z in memory (the
+// [clean; adversarial] halves of one batch), they are the two halves of one buffer, so the caller
+// can view the whole gradient without a copy (see ops.paired_channel_distortion).
+inline std::pair<at::Tensor, at::Tensor> empty_pair_like(const at::Tensor& z, const at::Tensor& w) {
+  const int64_t n = z.dim() > 0 ? z.size(0) : 0;
+  const bool adjacent = n > 0 && z.numel() > 0 && z.sizes() == w.sizes() && z.strides() == w.strides() &&
+                        z.is_non_overlapping_and_dense() && z.stride(0) * n == z.numel() &&
+                        z.storage().is_alias_of(w.storage()) &&
+                        static_cast<const char*>(w.const_data_ptr()) ==
+                            static_cast<const char*>(z.const_data_ptr()) + z.numel() * z.element_size();
+  if (!adjacent) return {at::empty_like(z), at::empty_like(w)};
+  std::vector<int64_t> sizes(z.sizes().begin(), z.sizes().end());
+  sizes[0] = 2 * n;
+  at::Tensor both = at::empty_strided(sizes, z.strides(), z.options());
+  return {both.narrow(0, 0, n), both.narrow(0, n, n)};
 }
 
 }  // namespace anp

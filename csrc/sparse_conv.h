@@ -11,7 +11,30 @@
 #include <tuple>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace anp {
+
+// A zero tensor of which only the kept channels will be written. On Linux CPU a large one is a
+// fresh anonymous mapping: the OS hands out zero pages on first touch, so the pruned channels are
+// never written by us (at::zeros would fault in and clear every page, then we would overwrite
+// the kept ones) and readers of them see the shared zero page. Small ones, other devices and
+// failed mappings take at::zeros.
+inline at::Tensor lazy_zeros(at::IntArrayRef sizes, const at::TensorOptions& options) {
+#if defined(__linux__)
+  const int64_t numel = c10::multiply_integers(sizes);
+  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
+  if (options.device().is_cpu() && bytes >= (size_t{1} << 20)) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED) {
+      return at::from_blob(p, sizes, [bytes](void* q) { munmap(q, bytes); }, options);
+    }
+  }
+#endif
+  return at::zeros(sizes, options);
+}
 
 struct SparseConvArgs {
   at::IntArrayRef stride, padding, dilation;
@@ -66,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_conv_forward(
       has_scale ? scale->index_select(scale->dim() - 1, out_keep).to(at::kFloat).contiguous() : at::Tensor();
   // compact without y_pre: the epilogue runs in place in y
   at::Tensor out = compact_output ? (save_pre ? at::empty_like(y) : y)
-                                  : at::zeros({N, Cout, y.size(2), y.size(3)}, y.options());
+                                  : lazy_zeros({N, Cout, y.size(2), y.size(3)}, y.options());
   at::Tensor kept = out_keep.contiguous();
   if (y.numel() > 0 && (has_bias || has_scale || !compact_output)) {
     run_epilogue(EpilogueArgs{y, out, has_bias ? bias_c.data_ptr<float>() : nullptr,
@@ -104,18 +127,19 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_conv_ba
     grad_bias.index_copy_(0, out_keep, g.sum({0, 2, 3}).to(weight.scalar_type()));
   }
   at::Tensor grad_x = at::empty({0}, x.options()), grad_w = at::empty({0}, weight.options());
-  if (mask[0]) grad_x = at::zeros_like(x, at::MemoryFormat::Contiguous);
+  const bool all_in = kin == x.size(1);
+  // all inputs kept: the compact input gradient is the full one (no zero fill, no copy)
+  if (mask[0] && !(all_in && kout > 0)) grad_x = lazy_zeros(x.sizes(), x.options());
   if (mask[1]) grad_w = at::zeros_like(weight, at::MemoryFormat::Contiguous);
   if ((mask[0] || mask[1]) && kin > 0 && kout > 0) {
     // x_c: the gathered input kept by the forward (empty: gather again, as the Triton path never makes it)
-    const bool all_in = kin == x.size(1);
     at::Tensor x_c = all_in ? x : (saved_x_c.numel() ? saved_x_c : x.index_select(1, in_keep));
     at::Tensor w_c = weight.index_select(0, out_keep);
     if (!all_in) w_c = w_c.index_select(1, in_keep);
     auto [gx_c, gw_c, gb_unused] = at::convolution_backward(
         g.contiguous(), x_c, w_c, c10::nullopt, a.stride, a.padding, a.dilation, false, {0, 0}, 1,
         {mask[0], mask[1], false});
-    if (mask[0]) grad_x.index_copy_(1, in_keep, gx_c);
+    if (mask[0]) grad_x = all_in ? gx_c : grad_x.index_copy_(1, in_keep, gx_c);
     if (mask[1]) grad_w.index_put_({out_keep.view({-1, 1}), in_keep.view({1, -1})}, gw_c);
   }
   return {grad_x, grad_w, grad_bias, grad_scale};

@@ -254,3 +254,17 @@ def test_bad_mask_input_is_named():
             for fn, exc, match in cases:
                 with pytest.raises(exc, match=match):
                     fn()
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_sampled_masks_hold_no_subnormal_values(backend):
+    """Tiny keep probabilities give z = 0 exactly, never a subnormal float (which would slow every
+    later CPU op on the masked tensor); the reference agrees."""
+    a = torch.tensor([1e-3, 0.05, 0.3, 2.0], device=DEVICE).repeat(64)
+    b = torch.ones_like(a)
+    with anp_kernels.use_backend(backend):
+        z = ops.sample_mask(a, b, 256, 0.1, seed=5)
+    reference = ops.sample_mask_reference(a, b, 256, 0.1, seed=5)
+    assert (z == 0).any() and (z > 0.5).any()
+    assert not ((z != 0) & (z.abs() < 1e-20)).any()
+    torch.testing.assert_close(z, reference, atol=1e-5, rtol=1e-4)

@@ -192,3 +192,26 @@ def test_scale_gradient_with_and_without_saved_output(backend):
     torch.testing.assert_close(out, plain)
     ref = ops.channel_sparse_conv2d_reference(x, weight, bias, compact_output=True, **kw)
     torch.testing.assert_close(gs, torch.autograd.grad(ref.sum(), kw["scale"])[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", fast_backends())
+def test_large_full_size_outputs_are_zero_outside_kept_channels_and_writable(backend):
+    """Tensors over 1 MiB take the lazily zeroed allocation on CPU: pruned channels must read as
+    exact zeros, and autograd must be able to accumulate into the gradient in place."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 64, 32, 32, generator=g).to(DEVICE).requires_grad_()
+    weight = (torch.randn(64, 64, 3, 3, generator=g) / 24).to(DEVICE).requires_grad_()
+    kw = dict(in_keep=torch.arange(0, 64, 7, device=DEVICE), out_keep=torch.arange(3, 64, 9, device=DEVICE),
+              padding=1)
+    expected = ops.channel_sparse_conv2d_reference(x, weight, **kw)
+    exp_gx, = torch.autograd.grad(expected.square().sum(), [x])
+    with anp_kernels.use_backend(backend):
+        for _ in range(2):  # the second backward accumulates into x.grad in place
+            out = ops.channel_sparse_conv2d(x, weight, **kw)
+            out.square().sum().backward()
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    pruned_out = torch.ones(64, dtype=torch.bool, device=DEVICE).index_fill_(0, kw["out_keep"], False)
+    assert (out[:, pruned_out] == 0).all()
+    torch.testing.assert_close(x.grad, 2 * exp_gx, atol=1e-4, rtol=1e-4)
+    pruned_in = torch.ones(64, dtype=torch.bool, device=DEVICE).index_fill_(0, kw["in_keep"], False)
+    assert (x.grad[:, pruned_in] == 0).all()

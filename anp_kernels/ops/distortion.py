@@ -45,6 +45,59 @@ def channel_distortion(z: torch.Tensor, z_adv: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class _PairedDistortion(torch.autograd.Function):
+    """channel_distortion of the halves of one [clean; adversarial] tensor, whose backward
+    returns one gradient for the whole tensor. Passing the two slices to the op instead makes
+    autograd zero-fill a full-size gradient per slice and then add them."""
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor, n: int, which: str) -> torch.Tensor:
+        ctx.save_for_backward(f)
+        ctx.n, ctx.which = n, which
+        return kernels(which).channel_distortion(f[:n], f[n:])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (f,) = ctx.saved_tensors
+        g_clean, g_adv = kernels(ctx.which).channel_distortion_backward(grad, f[:ctx.n], f[ctx.n:])
+        if not torch.compiler.is_compiling() and _halves_of_one_buffer(g_clean, g_adv):
+            # the C++/CUDA kernels wrote both halves into one buffer: view it whole, no copy
+            return g_clean.as_strided((2 * ctx.n, *g_clean.shape[1:]), g_clean.stride(),
+                                      g_clean.storage_offset()), None, None
+        return torch.cat([g_clean, g_adv]), None, None
+
+
+def _halves_of_one_buffer(first: torch.Tensor, second: torch.Tensor) -> bool:
+    n = first.shape[0]
+    return (n > 0 and first.shape == second.shape and first.stride() == second.stride()
+            and first.stride(0) * n == first.numel()
+            and (first.is_contiguous() or (first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last)))
+            and first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
+            and second.data_ptr() == first.data_ptr() + first.numel() * first.element_size())
+
+
+def paired_channel_distortion(features: torch.Tensor) -> torch.Tensor:
+    """channel_distortion(features[:n], features[n:]) for a [clean; adversarial] batch of 2n.
+
+    The same values and gradients, computed without slicing the gradient apart: what ANPVSLoss
+    uses on the features of its one forward pass over the concatenated batch.
+    """
+    _checks.tensor("features", features, min_rank=2)
+    if features.shape[0] % 2:
+        raise ValueError(f"features must hold [clean; adversarial] halves (even batch), got {features.shape[0]}")
+    n = features.shape[0] // 2
+    z, z_adv = features[:n], features[n:]
+    _validate(z, z_adv)
+    which = backend_for("channel_distortion", features)
+    if which == "reference" or features.dtype == torch.float64:
+        out = channel_distortion_reference(z, z_adv)
+    else:
+        out = _PairedDistortion.apply(features, n, which)
+    if out.device.type == "cpu":
+        _checks.finite("z or z_adv (their distortion)", out.detach())
+    return out
+
+
 def vulnerability(z: torch.Tensor, z_adv: torch.Tensor) -> torch.Tensor:
     """Mean distortion of each feature (channel): channel_distortion / (z.numel() / C)."""
     _validate(z, z_adv)
@@ -54,6 +107,9 @@ def vulnerability(z: torch.Tensor, z_adv: torch.Tensor) -> torch.Tensor:
 
 def vs_loss(pairs: Iterable[Sequence[torch.Tensor]], reduction: str = "mean") -> torch.Tensor:
     """Vulnerability-suppression loss over (clean, adversarial) feature pairs.
+
+    Each item is a (z, z_adv) pair or one tensor holding [clean; adversarial] along dim 0
+    (the features of a forward pass over the concatenated batch; cheaper in backward).
 
     reduction="mean" (default): mean over layers of each layer's mean |z - z_adv|,
         as the ANP-VS code computes it. It is the default because the published
@@ -65,10 +121,12 @@ def vs_loss(pairs: Iterable[Sequence[torch.Tensor]], reduction: str = "mean") ->
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     terms = []
     for i, pair in enumerate(pairs):
-        if len(pair) != 2:
-            raise ValueError(f"pairs[{i}] must be a (clean, adversarial) pair")
-        z, z_adv = pair
-        v = vulnerability(z, z_adv)
+        if isinstance(pair, torch.Tensor):  # one [clean; adversarial] tensor
+            v = paired_channel_distortion(pair) / max(pair.numel() // 2 // max(pair.shape[1], 1), 1)
+        elif len(pair) == 2:
+            v = vulnerability(*pair)
+        else:
+            raise ValueError(f"pairs[{i}] must be a (clean, adversarial) pair or one [clean; adversarial] tensor")
         terms.append(v.mean() if reduction == "mean" else v.sum())
     if not terms:
         raise ValueError("vs_loss needs at least one (clean, adversarial) feature pair")

@@ -13,6 +13,7 @@ from ._dispatch import backend_for, kernels
 
 LOGIT_EPS = 1e-20
 TINY = 1e-30
+FLUSH_LOGIT = -46.0  # z = sigmoid(t) below it (< 1.1e-20) is set to 0: subnormal floats slow CPU ops
 
 
 def _compute_dtype(a: torch.Tensor) -> torch.dtype:
@@ -31,7 +32,8 @@ def relaxed_mask_reference(a, b, u_pi, u_z, temperature: float) -> torch.Tensor:
     dt = _compute_dtype(a)
     a, b, u_pi, u_z = (t.to(dt) for t in (a, b, u_pi, u_z))
     t = (torch.log(u_z) - torch.log(1 - u_z) + logit_keep_prob(a, b, u_pi)) / temperature
-    return torch.sigmoid(t)
+    # z < 1.1e-20 is exactly 0: no subnormal products downstream (see FLUSH_LOGIT)
+    return torch.where(t < FLUSH_LOGIT, torch.zeros((), dtype=t.dtype, device=t.device), torch.sigmoid(t))
 
 
 def logit_pi_grads(a, b, u_pi, grad_logit_pi: torch.Tensor):

@@ -40,7 +40,7 @@ def relaxed_bernoulli(a, b, u_pi, u_z, temperature):
     pi = tl.exp(tl.log(om) / a)
     logit_pi = tl.log(pi + 1e-20) - tl.log(1.0 - pi + 1e-20)
     t = (tl.log(u_z) - tl.log(1.0 - u_z) + logit_pi) / temperature
-    return 1.0 / (1.0 + tl.exp(-t))
+    return tl.where(t < -46.0, 0.0, 1.0 / (1.0 + tl.exp(-t)))  # FLUSH_LOGIT: no subnormal z
 
 
 @triton.jit
