@@ -17,7 +17,7 @@
 
 namespace anp {
 
-// A zero tensor of which only the kept channels will be written. On Linux CPU a large one is a
+// A zero [N, C, ...] tensor of which only the kept channels will be written. On Linux CPU a large one is a
 // fresh anonymous mapping: the OS hands out zero pages on first touch, so the pruned channels are
 // never written by us (at::zeros would fault in and clear every page, then we would overwrite
 // the kept ones) and readers of them see the shared zero page. Small ones, other devices and
@@ -26,7 +26,11 @@ inline at::Tensor lazy_zeros(at::IntArrayRef sizes, const at::TensorOptions& opt
 #if defined(__linux__)
   const int64_t numel = c10::multiply_integers(sizes);
   const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
-  if (options.device().is_cpu() && bytes >= (size_t{1} << 20)) {
+  // only where one channel plane fills a page or more: smaller planes share pages with pruned
+  // ones, every page gets touched anyway, and a fresh mapping then only adds page faults
+  const int64_t planes = sizes.size() >= 2 ? sizes[0] * sizes[1] : 0;
+  const size_t plane_bytes = planes > 0 ? bytes / static_cast<size_t>(planes) : 0;
+  if (options.device().is_cpu() && bytes >= (size_t{1} << 20) && plane_bytes >= 4096) {
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p != MAP_FAILED) {
       return at::from_blob(p, sizes, [bytes](void* q) { munmap(q, bytes); }, options);
