@@ -6,12 +6,26 @@ on a shared machine hits all of them alike; the median of the rounds is reported
 from __future__ import annotations
 
 import datetime
+import json
 import platform
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from anp_kernels.profile import latencies, peak_bytes
+
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def write_results(name: str, data: object, markdown: str, out: str | Path = RESULTS_DIR) -> None:
+    """<out>/<name>.json (the raw figures) and <out>/<name>.md (the table); prints the table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2))
+    (out / f"{name}.md").write_text(markdown + "\n")
+    print(markdown)
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], device: str, rounds: int = 15,

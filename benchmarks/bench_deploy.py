@@ -9,7 +9,6 @@ uniformly over layers) on untrained weights: latency and FLOPs depend on shapes,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from anp_kernels import deploy, models, profile  # noqa: E402
 from anp_kernels.nn import convert, masks, sparsity  # noqa: E402
 from anp_kernels.train import load_model  # noqa: E402
-from _harness import stamp  # noqa: E402
+from _harness import stamp, write_results  # noqa: E402
 
 
 def vgg_at_paper_sparsity(fraction: float = 0.7653) -> torch.nn.Module:
@@ -63,11 +62,7 @@ def main() -> None:
                      f"{r['memory_percent_of_dense']:.2f} | "
                      f"{r['flop_ratio']:.2f} | {r['dense_ms']:.2f} | {r['compact_ms']:.2f} | "
                      f"{r['latency_speedup']:.2f}x | {r['speedup_fraction_of_flop_ratio']:.0%} |")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "deploy_cpu.json").write_text(json.dumps(rows, indent=2))
-    (out / "deploy_cpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("deploy_cpu", rows, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ memory. Per-network totals weight each shape by how many layers have it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import anp_kernels  # noqa: E402
 from anp_kernels import ops  # noqa: E402
-from _harness import interleaved_medians, peak_extra_bytes, stamp  # noqa: E402
+from _harness import interleaved_medians, peak_extra_bytes, stamp, write_results  # noqa: E402
 
 # (shape, number of masked layers with that feature shape)
 NETWORKS = {
@@ -113,12 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     nets = list(NETWORKS) if args.network == "all" else [args.network]
     result = run(args.device, args.rounds, nets)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"ops_{args.device}.json").write_text(json.dumps(result, indent=2))
-    md = to_markdown(result)
-    (out / f"ops_{args.device}.md").write_text(md + "\n")
-    print(md)
+    write_results(f"ops_{args.device}", result, to_markdown(result), args.out)
 
 
 if __name__ == "__main__":

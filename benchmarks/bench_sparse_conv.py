@@ -12,7 +12,6 @@ Speedup over (a) is set against the ideal FLOP ratio C_in*C_out / (kept_in*kept_
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from anp_kernels import ops  # noqa: E402
-from _harness import interleaved_medians, stamp  # noqa: E402
+from _harness import interleaved_medians, stamp, write_results  # noqa: E402
 
 # (name, C_in, C_out, H, kernel, stride, padding)
 VGG16 = [("vgg.conv1_2", 64, 64, 32, 3, 1, 1), ("vgg.conv2_1", 64, 128, 16, 3, 1, 1),
@@ -118,12 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     result = run(args.device, args.batch, args.rounds)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"sparse_conv_{args.device}.json").write_text(json.dumps(result, indent=2))
-    md = to_markdown(result)
-    (out / f"sparse_conv_{args.device}.md").write_text(md + "\n")
-    print(md)
+    write_results(f"sparse_conv_{args.device}", result, to_markdown(result), args.out)
 
 
 if __name__ == "__main__":

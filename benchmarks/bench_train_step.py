@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import anp_kernels  # noqa: E402
 from anp_kernels import models  # noqa: E402
 from anp_kernels.attacks import pgd  # noqa: E402
 from anp_kernels.nn import convert, mask_parameters, masks, parameter_groups, weight_parameters  # noqa: E402
-from _harness import interleaved_medians, stamp  # noqa: E402
+from _harness import interleaved_medians, stamp, write_results  # noqa: E402
 
 EPS, STEP, STEPS, BETA, LAM, N = 0.3, 0.03, 10, 4.0, 1e-3, 60000
 
@@ -36,28 +35,23 @@ def main() -> None:
     torch.manual_seed(0)
     x, y = torch.rand(args.batch, 1, 28, 28), torch.randint(0, 10, (args.batch,))
 
+    def training_step(model, loss, optimizer):
+        """PGD against the model, the objective over one [x; x_adv] pass, one optimiser step."""
+        def step():
+            x_adv = pgd(model, x, y, EPS, STEP, STEPS)
+            parts = loss(x, x_adv, y)
+            optimizer.zero_grad()
+            parts.total.backward()
+            optimizer.step()
+        return step
+
     dense = models.lenet5_caffe()
-    opt_dense = torch.optim.Adam(dense.parameters(), 1e-3)
-    at_loss = anp_kernels.ANPVSLoss(dense, adv_weight=2.0)
-
-    def at_step():
-        x_adv = pgd(dense, x, y, EPS, STEP, STEPS)
-        parts = at_loss(x, x_adv, y)
-        opt_dense.zero_grad()
-        parts.total.backward()
-        opt_dense.step()
-
+    at_step = training_step(dense, anp_kernels.ANPVSLoss(dense, adv_weight=2.0),
+                            torch.optim.Adam(dense.parameters(), 1e-3))
     masked = convert(models.lenet5_caffe())
     masked.load_state_dict(dense.state_dict(), strict=False)
-    opt_masked = torch.optim.Adam(parameter_groups(masked, 1e-3))
-    anp_loss = anp_kernels.ANPVSLoss(masked, beta=BETA, lam=LAM, num_train=N)
-
-    def anp_step():
-        x_adv = pgd(masked, x, y, EPS, STEP, STEPS)
-        parts = anp_loss(x, x_adv, y)
-        opt_masked.zero_grad()
-        parts.total.backward()
-        opt_masked.step()
+    anp_step = training_step(masked, anp_kernels.ANPVSLoss(masked, beta=BETA, lam=LAM, num_train=N),
+                             torch.optim.Adam(parameter_groups(masked, 1e-3)))
 
     orig = convert(models.lenet5_caffe())
     opt_mask = torch.optim.Adam(mask_parameters(orig), 1e-2)
@@ -93,10 +87,7 @@ def main() -> None:
              "| step | ms | vs AT | vs original-code step |", "|---|---:|---:|---:|"]
     for name in ("at", "anp-vs", "original"):
         lines.append(f"| {name} | {t[name] * 1e3:.1f} | {t[name] / t['at']:.2f}x | {t[name] / t['original']:.2f}x |")
-    out = Path(__file__).parent / "results"
-    (out / "train_step_cpu.json").write_text(json.dumps({"device": stamp("cpu"), "seconds": t}, indent=2))
-    (out / "train_step_cpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("train_step_cpu", {"device": stamp("cpu"), "seconds": t}, "\n".join(lines))
 
 
 if __name__ == "__main__":

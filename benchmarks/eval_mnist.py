@@ -9,7 +9,6 @@ images with FMN distances. Writes results/mnist_eval.{md,json} and the thin-ice 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from anp_kernels.evaluate import autoattack, fmn, thin_ice  # noqa: E402
 from anp_kernels.evaluate.robustness import predictions  # noqa: E402
 from anp_kernels.nn import sparsity  # noqa: E402
 from anp_kernels.train import load_model  # noqa: E402
-from _harness import stamp  # noqa: E402
+from _harness import stamp, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -72,9 +71,7 @@ def main() -> None:
     lines += ["", f"Thin ice on all {len(x)} held-out images (clean correctness; dense = AT, pruned = ANP-VS; "
                   f"FMN-{args.fmn_steps} Linf distances of the dense model to its decision boundary):", "",
               ice.markdown()]
-    (out / "mnist_eval.json").write_text(json.dumps(result, indent=2))
-    (out / "mnist_eval.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("mnist_eval", result, "\n".join(lines), out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from anp_kernels import data as data_mod  # noqa: E402
 from anp_kernels.evaluate import layer_vulnerability, network_vulnerability, pgd_examples, predictions  # noqa: E402
 from anp_kernels.nn import sparsity  # noqa: E402
 from anp_kernels.train import TrainConfig, load_model, train  # noqa: E402
-from _harness import stamp  # noqa: E402
+from _harness import stamp, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -79,11 +79,7 @@ def main() -> None:
     for m, r in rows.items():
         lines.append(f"| {m.upper()} | {r['clean_acc']:.4f} | {r['pgd40_acc']:.4f} | {r['vulnerability']:.4f} | "
                      f"{r['sparsity']:.2%} | {r['epochs']} | {r['train_seconds']:.0f} |")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "mnist_anpvs.json").write_text(json.dumps(result, indent=2))
-    (out / "mnist_anpvs.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("mnist_anpvs", result, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -33,13 +33,6 @@ class _ANPLayer(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.layer.bias
 
-    def _fold_is_cheaper(self, x: torch.Tensor) -> bool:
-        """Scaling the weight costs weight.numel(); scaling the output about N*C_out*H*W/stride^2."""
-        if x.dim() != 4:
-            return False
-        stride = self.layer.stride[0] * self.layer.stride[1]
-        return self.weight.numel() * stride <= x.shape[0] * self.weight.shape[0] * x.shape[2] * x.shape[3]
-
     def _scale_and_kept(self, batch: int):
         kept = self.mask.keep_index().to(self.weight.device)
         if self.training:
@@ -58,6 +51,13 @@ class ANPConv2d(_ANPLayer):
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError("ANPConv2d supports numeric zero padding only")
         super().__init__(conv, conv.out_channels, **mask_kwargs)
+
+    def _fold_is_cheaper(self, x: torch.Tensor) -> bool:
+        """Scaling the weight costs weight.numel(); scaling the output about N*C_out*H*W/stride^2."""
+        if x.dim() != 4:
+            return False
+        stride = self.layer.stride[0] * self.layer.stride[1]
+        return self.weight.numel() * stride <= x.shape[0] * self.weight.shape[0] * x.shape[2] * x.shape[3]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.layer

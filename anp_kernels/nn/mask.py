@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _rng, ops
+from ..ops.masked_activation import broadcast_over_channels
 
 INIT_A_UC = -1.0  # softplus(-1) = 0.313: the original code's a (2.0 for its VGG conv masks)
 INIT_B_UC = 0.5413  # softplus(0.5413) = 1.0
@@ -102,7 +103,7 @@ class BetaBernoulliMask(nn.Module):
             if scale.requires_grad:  # gradients to a, b wanted: the fused op gives them in the same pass
                 return ops.channel_scale(x, scale)
             # a constant per-channel scale (attacks, inference): one native broadcast multiply
-            return x * scale.to(x.dtype).view(-1, *([1] * (x.dim() - 2)))
+            return x * broadcast_over_channels(scale.to(x.dtype), x)
         if self.paired:
             return ops.channel_scale(x, self.sample(x.shape[0]))
         return ops.masked_activation(x, self.a(), self.b(), self.temperature, training=True, seed=self._seed())

@@ -34,15 +34,27 @@ def channel_distortion(z: torch.Tensor, z_adv: torch.Tensor) -> torch.Tensor:
     NaN/inf in z or z_adv is reported as a ValueError (checked on the [C] result,
     which is non-finite exactly when an input is, so it costs no extra pass).
     """
+    return _distortion(z, z_adv)
+
+
+def _distortion(z: torch.Tensor, z_adv: torch.Tensor, whole: torch.Tensor | None = None) -> torch.Tensor:
+    """channel_distortion; `whole` = torch.cat([z, z_adv]) when z and z_adv are its halves."""
     _validate(z, z_adv)
     which = backend_for("channel_distortion", z)
     if which == "reference":
         out = channel_distortion_reference(z, z_adv)
+    elif whole is not None:
+        out = _PairedDistortion.apply(whole, z.shape[0], which)
     else:
         out = kernels(which).channel_distortion(z, z_adv)
     if out.device.type == "cpu":
         _checks.finite("z or z_adv (their distortion)", out.detach())
     return out
+
+
+def _features_per_channel(z: torch.Tensor) -> int:
+    """How many values of z fall in each channel (at least 1): the divisor of vulnerability."""
+    return max(z.numel() // z.shape[1], 1) if z.shape[1] else 1
 
 
 class _PairedDistortion(torch.autograd.Function):
@@ -86,23 +98,13 @@ def paired_channel_distortion(features: torch.Tensor) -> torch.Tensor:
     if features.shape[0] % 2:
         raise ValueError(f"features must hold [clean; adversarial] halves (even batch), got {features.shape[0]}")
     n = features.shape[0] // 2
-    z, z_adv = features[:n], features[n:]
-    _validate(z, z_adv)
-    which = backend_for("channel_distortion", features)
-    if which == "reference" or features.dtype == torch.float64:
-        out = channel_distortion_reference(z, z_adv)
-    else:
-        out = _PairedDistortion.apply(features, n, which)
-    if out.device.type == "cpu":
-        _checks.finite("z or z_adv (their distortion)", out.detach())
-    return out
+    return _distortion(features[:n], features[n:], whole=features)
 
 
 def vulnerability(z: torch.Tensor, z_adv: torch.Tensor) -> torch.Tensor:
     """Mean distortion of each feature (channel): channel_distortion / (z.numel() / C)."""
     _validate(z, z_adv)
-    per_channel = z.numel() // z.shape[1] if z.shape[1] else 0
-    return channel_distortion(z, z_adv) / max(per_channel, 1)
+    return channel_distortion(z, z_adv) / _features_per_channel(z)
 
 
 def vs_loss(pairs: Iterable[Sequence[torch.Tensor]], reduction: str = "mean") -> torch.Tensor:
@@ -122,7 +124,7 @@ def vs_loss(pairs: Iterable[Sequence[torch.Tensor]], reduction: str = "mean") ->
     terms = []
     for i, pair in enumerate(pairs):
         if isinstance(pair, torch.Tensor):  # one [clean; adversarial] tensor
-            v = paired_channel_distortion(pair) / max(pair.numel() // 2 // max(pair.shape[1], 1), 1)
+            v = paired_channel_distortion(pair) / _features_per_channel(pair[: pair.shape[0] // 2])
         elif len(pair) == 2:
             v = vulnerability(*pair)
         else:

@@ -17,7 +17,7 @@ from .relaxed_mask import relaxed_mask_reference
 from .sample_mask import resolve_seed
 
 
-def _broadcast(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def broadcast_over_channels(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """[B, C] or [C] scale viewed to broadcast against x [B, C, ...]."""
     lead = z.shape if z.dim() == 2 else (1, z.shape[0])
     return z.reshape(*lead, *([1] * (x.dim() - 2)))
@@ -25,7 +25,7 @@ def _broadcast(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def channel_scale_reference(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return (x.to(dt) * _broadcast(z.to(dt), x)).to(x.dtype)
+    return (x.to(dt) * broadcast_over_channels(z.to(dt), x)).to(x.dtype)
 
 
 def masked_activation_reference(x, a, b, temperature: float, seed: int) -> torch.Tensor:
