@@ -53,9 +53,14 @@ def peak_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def latencies(fns: dict[str, Callable[[], object]], device: str | torch.device, runs: int = 30,
-              warmup: int = 5, no_grad: bool = True) -> dict[str, float]:
+              warmup: int = 5, no_grad: bool = True, min_round_s: float = 0.0) -> dict[str, float]:
     """Median seconds per call of each function, timed in interleaved rounds (A, B, A, B, ...: drift
-    on a shared machine hits all alike; CUDA events on GPU)."""
+    on a shared machine hits all alike; CUDA events on GPU).
+
+    min_round_s: within a round, call a function back to back until this much time has passed and
+    take the mean per call (blocked timing, as torch.utils.benchmark does), so that sub-millisecond
+    calls are not read off one cold call after a long neighbour.
+    """
     device = torch.device(device)
     with torch.no_grad() if no_grad else contextlib.nullcontext():
         for fn in fns.values():
@@ -65,18 +70,27 @@ def latencies(fns: dict[str, Callable[[], object]], device: str | torch.device, 
         times: dict[str, list[float]] = {k: [] for k in fns}
         for _ in range(runs):
             for name, fn in fns.items():
-                if device.type == "cuda":
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    fn()
-                    end.record()
-                    torch.cuda.synchronize(device)
-                    times[name].append(start.elapsed_time(end) / 1e3)
-                else:
-                    t0 = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - t0)
+                times[name].append(_timed_block(fn, device, min_round_s))
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _timed_block(fn: Callable[[], object], device: torch.device, min_s: float) -> float:
+    """Mean seconds per call over back-to-back calls lasting at least min_s (one call at least)."""
+    calls, elapsed = 0, 0.0
+    while calls == 0 or elapsed < min_s:
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            elapsed += start.elapsed_time(end) / 1e3
+        else:
+            t0 = time.perf_counter()
+            fn()
+            elapsed += time.perf_counter() - t0
+        calls += 1
+    return elapsed / calls
 
 
 def _prepare(model: nn.Module, input_shape: tuple, device: torch.device, channels_last: bool):

@@ -29,9 +29,10 @@ def write_results(name: str, data: object, markdown: str, out: str | Path = RESU
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], device: str, rounds: int = 15,
-                        warmup: int = 3) -> dict[str, float]:
-    """Median seconds per call of each candidate, measured in interleaved rounds (with autograd on)."""
-    return latencies(fns, device, runs=rounds, warmup=warmup, no_grad=False)
+                        warmup: int = 3, min_round_s: float = 0.0) -> dict[str, float]:
+    """Median seconds per call of each candidate, measured in interleaved rounds (with autograd on);
+    min_round_s > 0 times back-to-back calls for that long within each round (see profile.latencies)."""
+    return latencies(fns, device, runs=rounds, warmup=warmup, no_grad=False, min_round_s=min_round_s)
 
 
 def peak_extra_bytes(fn: Callable[[], object], device: str) -> int:

@@ -412,12 +412,45 @@ std::tuple<Tensor, Tensor, Tensor> channel_sparse_conv2d_cpu(const Tensor& x, co
   });
 }
 
+// dst[n, keep[c], p] = src[n, p, c]: a compact NHWC gradient written into the kept channels of a full
+// NCHW one, the transpose fused into the scatter (index_copy_ from NHWC strides is ~4x slower).
+template <typename scalar_t>
+void scatter_nhwc_into_nchw(const scalar_t* src, scalar_t* dst, const int64_t* keep, int64_t N, int64_t K, int64_t P,
+                            int64_t C) {
+  at::parallel_for(0, N * K, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / K, c = r % K;
+      const scalar_t* s = src + n * P * K + c;
+      scalar_t* d = dst + (n * C + keep[c]) * P;
+      for (int64_t p = 0; p < P; ++p) d[p] = s[p * K];
+    }
+  });
+}
+
+struct ScatterChannelsCpu {
+  void operator()(Tensor& dst, const Tensor& keep, const Tensor& src) const {
+    if (!dst.is_cpu() || !dst.is_contiguous() || !src.is_contiguous(at::MemoryFormat::ChannelsLast) ||
+        src.is_contiguous() || src.scalar_type() != dst.scalar_type()) {
+      dst.index_copy_(1, keep, src);
+      return;
+    }
+    const Tensor kept = keep.contiguous();
+    const int64_t P = src.size(2) * src.size(3);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "scatter_nhwc_into_nchw", [&] {
+      scatter_nhwc_into_nchw<scalar_t>(src.data_ptr<scalar_t>(), dst.data_ptr<scalar_t>(), kept.data_ptr<int64_t>(),
+                                       src.size(0), src.size(1), P, dst.size(1));
+    });
+  }
+};
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> channel_sparse_conv2d_backward(
     const Tensor& grad, const Tensor& x, const Tensor& weight, const Tensor& in_keep, const Tensor& out_keep,
     const c10::optional<Tensor>& scale, const Tensor& y_pre, const Tensor& x_c, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, bool compact_output, std::array<bool, 4> output_mask) {
+    at::IntArrayRef padding, at::IntArrayRef dilation, bool compact_output, std::array<bool, 4> output_mask,
+    bool channels_last) {
   return sparse_conv_backward(grad, x, weight, in_keep, out_keep, scale, y_pre, x_c,
-                              SparseConvArgs{stride, padding, dilation}, compact_output, output_mask);
+                              SparseConvArgs{stride, padding, dilation}, compact_output, output_mask, channels_last,
+                              ScatterChannelsCpu{});
 }
 
 }  // namespace
@@ -441,7 +474,7 @@ TORCH_LIBRARY(anp_kernels, m) {
   m.def(
       "channel_sparse_conv2d_backward(Tensor grad, Tensor x, Tensor weight, Tensor in_keep, Tensor out_keep,"
       " Tensor? scale, Tensor y_pre, Tensor x_c, int[2] stride, int[2] padding, int[2] dilation, bool compact_output,"
-      " bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+      " bool[4] output_mask, bool channels_last=False) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(anp_kernels, CompositeExplicitAutograd, m) {

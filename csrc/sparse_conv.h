@@ -103,11 +103,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_conv_forward(
   return {out, save_pre ? y : at::empty({0}, y.options()), keep_x_c ? x_c : at::empty({0}, x.options())};
 }
 
-// Full-size gradients of the channel-sparse conv. mask = {x, weight, bias, scale}.
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_conv_backward(
+// dst.index_copy_(1, keep, src): the default scatter of the compact input gradient into the full one.
+struct IndexCopyChannels {
+  void operator()(at::Tensor& dst, const at::Tensor& keep, const at::Tensor& src) const { dst.index_copy_(1, keep, src); }
+};
+
+// Full-size gradients of the channel-sparse conv. mask = {x, weight, bias, scale}. `scatter_channels`
+// writes the compact input gradient (NCHW or, with channels_last, NHWC) into the kept channels of
+// the full one (a device may fuse the relayout into it).
+template <typename ScatterChannels = IndexCopyChannels>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_conv_backward(
     const at::Tensor& grad_in, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& in_keep,
     const at::Tensor& out_keep, const c10::optional<at::Tensor>& scale, const at::Tensor& y_pre,
-    const at::Tensor& saved_x_c, const SparseConvArgs& a, bool compact_output, std::array<bool, 4> mask) {
+    const at::Tensor& saved_x_c, const SparseConvArgs& a, bool compact_output, std::array<bool, 4> mask,
+    bool channels_last = false, ScatterChannels scatter_channels = {}) {
   const int64_t kin = in_keep.numel(), kout = out_keep.numel();
   at::Tensor g = compact_output ? grad_in : grad_in.index_select(1, out_keep);
   at::Tensor grad_scale = at::empty({0}, x.options());
@@ -123,7 +132,13 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_conv_ba
     }
     at::Tensor s_c = s.index_select(s.dim() - 1, out_keep);
     s_c = s.dim() == 1 ? s_c.view({1, kout, 1, 1}) : s_c.view({s.size(0), kout, 1, 1});
-    g = g * s_c.to(g.scalar_type());
+    s_c = s_c.to(g.scalar_type());
+    if (channels_last) {  // scale and relayout in one pass
+      at::Tensor gs = at::empty(g.sizes(), g.options().memory_format(at::MemoryFormat::ChannelsLast));
+      g = at::mul_out(gs, g, s_c);
+    } else {
+      g = g * s_c;
+    }
   }
   at::Tensor grad_bias = at::empty({0}, x.options());
   if (mask[2]) {
@@ -140,10 +155,18 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_conv_ba
     at::Tensor x_c = all_in ? x : (saved_x_c.numel() ? saved_x_c : x.index_select(1, in_keep));
     at::Tensor w_c = weight.index_select(0, out_keep);
     if (!all_in) w_c = w_c.index_select(1, in_keep);
+    // channels_last: the compact backward in NHWC, which oneDNN runs several-fold faster than NCHW
+    // when few channels are kept (the caller measures which layout is faster for a shape)
+    const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
     auto [gx_c, gw_c, gb_unused] = at::convolution_backward(
-        g.contiguous(), x_c, w_c, c10::nullopt, a.stride, a.padding, a.dilation, false, {0, 0}, 1,
-        {mask[0], mask[1], false});
-    if (mask[0]) grad_x = all_in ? gx_c : grad_x.index_copy_(1, in_keep, gx_c);
+        g.contiguous(fmt), x_c.contiguous(fmt), w_c.contiguous(fmt), c10::nullopt, a.stride, a.padding, a.dilation,
+        false, {0, 0}, 1, {mask[0], mask[1], false});
+    if (mask[0]) {
+      if (all_in)
+        grad_x = gx_c.contiguous(x.suggest_memory_format());
+      else
+        scatter_channels(grad_x, in_keep, gx_c);
+    }
     if (mask[1]) grad_w.index_put_({out_keep.view({-1, 1}), in_keep.view({1, -1})}, gw_c);
   }
   return {grad_x, grad_w, grad_bias, grad_scale};

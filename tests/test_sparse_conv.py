@@ -215,3 +215,46 @@ def test_large_full_size_outputs_are_zero_outside_kept_channels_and_writable(bac
     torch.testing.assert_close(x.grad, 2 * exp_gx, atol=1e-4, rtol=1e-4)
     pruned_in = torch.ones(64, dtype=torch.bool, device=DEVICE).index_fill_(0, kw["in_keep"], False)
     assert (x.grad[:, pruned_in] == 0).all()
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("sparsity", SPARSITY)
+@pytest.mark.parametrize("geom", GEOMETRIES)
+def test_backward_in_either_layout_matches_reference(monkeypatch, layout, dtype, sparsity, geom):
+    """The backward measures NCHW against NHWC per shape; both must give the reference gradients."""
+    from anp_kernels.ops import _dispatch
+    if not fast_backends():
+        pytest.skip("no compiled backend here")
+    monkeypatch.setattr(_dispatch, "_backward_layout", lambda args: layout)
+    x, weight, bias, kw = _case(geom, sparsity, dtype, "sample", bias=True)
+    leaves = [t.requires_grad_() for t in (x, weight, bias, kw["scale"])]
+    expected = ops.channel_sparse_conv2d_reference(x, weight, bias, compact_output=True, **kw)
+    grad = torch.randn_like(expected)
+    exp_grads = torch.autograd.grad(expected, leaves, grad)
+    fp32 = [t.detach().float().requires_grad_() for t in leaves]
+    ref32 = ops.channel_sparse_conv2d_reference(*fp32[:3], compact_output=True,
+                                                **{**kw, "scale": fp32[3]})
+    ref32_grads = torch.autograd.grad(ref32, fp32, grad.float())
+    with anp_kernels.use_backend(fast_backends()[0]):
+        out = ops.channel_sparse_conv2d(x, weight, bias, compact_output=True, **kw)
+        grads = torch.autograd.grad(out, leaves, grad)
+    for got, want, want32 in zip(grads, exp_grads, ref32_grads):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        if dtype == torch.float32:
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        else:  # at most twice the low-precision reference's error, plus 1% of the gradient's scale
+            atol = 2 * (want.float() - want32).abs().max().item() + 1e-2 * want32.abs().max().item()
+            torch.testing.assert_close(got.float(), want32, atol=atol, rtol=0)
+
+
+def test_backward_layout_is_measured_once_and_logged():
+    if not fast_backends():
+        pytest.skip("no compiled backend here")
+    x, weight, bias, kw = _case(GEOMETRIES[0], 0.5, torch.float32, "channel", bias=True)
+    x.requires_grad_()
+    with anp_kernels.use_backend(fast_backends()[0]):
+        for _ in range(2):
+            torch.autograd.grad(ops.channel_sparse_conv2d(x, weight, bias, **kw).sum(), [x])
+    chosen = [v for k, v in ops.conv_dispatch_log()["backward"].items() if k[0] == tuple(x.shape)]
+    assert chosen and set(chosen) <= {"nchw", "nhwc"}

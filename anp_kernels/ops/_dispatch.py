@@ -11,6 +11,7 @@ import importlib
 import torch
 
 from .. import _backend, _rng
+from . import _timed_choice
 
 _registered: set = set()
 _namespaces: dict = {}
@@ -173,12 +174,26 @@ def register(ns: str) -> None:
         stride, padding, dilation, compact_output, has_bias, has_scale = ctx.conf
         need = ctx.needs_input_grad
         mask = [need[0], need[1], has_bias and need[2], has_scale and need[5]]
-        grads = sparse_conv_backward_op()(grad_out, x, weight, in_keep, out_keep, scale, y_pre, x_c, stride,
-                                          padding, dilation, compact_output, mask)
+        args = (grad_out, x, weight, in_keep, out_keep, scale, y_pre, x_c, stride, padding, dilation,
+                compact_output, mask)
+        grads = sparse_conv_backward_op()(*args, channels_last=_backward_layout(args) == "nhwc")
         gx, gw, gb, gs = (g if m else None for g, m in zip(grads, mask))
         return gx, gw, gb, None, None, gs, None, None, None, None, None
 
     torch.library.register_autograd(q("channel_sparse_conv2d"), conv_backward, setup_context=conv_setup)
+
+
+def _backward_layout(args) -> str:
+    """NCHW or NHWC for the compact conv backward: measured once per signature (see _timed_choice)."""
+    grad, x, weight, in_keep, out_keep, scale, _y, _xc, stride, padding, dilation, compact, mask = args
+    key = ("backward", tuple(x.shape), tuple(weight.shape), x.dtype, x.device.type, in_keep.shape[0],
+           out_keep.shape[0], tuple(stride), tuple(padding), tuple(dilation), compact, scale is not None,
+           tuple(mask), x.is_contiguous(memory_format=torch.channels_last))
+    if torch.compiler.is_compiling() or not (mask[0] or mask[1]) or in_keep.shape[0] * out_keep.shape[0] == 0:
+        return _timed_choice.known(key) or "nchw"
+    op = sparse_conv_backward_op()
+    return _timed_choice.fastest(key, {layout: (lambda cl=layout == "nhwc": op(*args, channels_last=cl))
+                                       for layout in ("nchw", "nhwc")}, x.device, repeats=2)
 
 
 def sparse_conv_backward_op():
@@ -192,7 +207,7 @@ def sparse_conv_backward_op():
 def _register_backward_fake() -> None:
     @torch.library.register_fake("anp_kernels::channel_sparse_conv2d_backward")
     def _(grad, x, weight, in_keep, out_keep, scale, y_pre, x_c, stride, padding, dilation, compact_output,
-          output_mask):
+          output_mask, channels_last=False):
         empty = x.new_empty((0,))
         return (torch.empty_like(x) if output_mask[0] else empty,
                 torch.empty_like(weight) if output_mask[1] else empty,

@@ -9,7 +9,9 @@ Pruned output channels are exact zeros (full output) or absent (compact_output=T
 Paths: `cpu`/`cuda` gather the kept channels once, run ATen's dense conv (oneDNN/cuDNN) on the
 compact tensors and fuse bias, scale and the scatter into one epilogue pass; `triton` is an
 implicit-GEMM kernel that gathers kept channels inside its loads (no compacted copy of x). On CUDA
-the op times both once per shape signature and keeps the faster (`conv_dispatch_log()` tells).
+the op times both once per shape signature and keeps the faster; the backward likewise times the
+compact conv backward in NCHW and NHWC once per signature (oneDNN runs few-channel convs several-fold
+faster in NHWC, but not every shape); `conv_dispatch_log()` tells what was chosen.
 groups=1 only: depthwise/grouped convs are not supported (use F.conv2d with zeroed channels).
 The backward of every path is the compact at::convolution_backward, scattered to full size.
 """
@@ -23,10 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import _backend
-from . import _checks
+from . import _checks, _timed_choice
 from ._dispatch import kernels
 
-_conv_choice: dict = {}
 _validated: dict = {}  # id(index tensor) -> (weakref, version, size): checked once per tensor state
 
 
@@ -128,30 +129,17 @@ def _signature(x, weight, kin, kout, stride, padding, dilation, compact, has_sca
 
 def _gpu_choice(args, sig) -> str:
     """Time the Triton and the gathered-cuDNN path once per signature; keep the faster."""
-    if sig in _conv_choice:
-        return _conv_choice[sig]
-    times = {}
-    for name in ("triton", "cuda"):
-        if _backend._missing(name, "cuda") is not None:
-            continue
-        fn = getattr(kernels(name), "channel_sparse_conv2d")
-        fn(*args)  # compile / autotune outside the timing
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        for _ in range(5):
-            fn(*args)
-        end.record()
-        torch.cuda.synchronize()
-        times[name] = start.elapsed_time(end)
-    choice = min(times, key=times.get) if times else "reference"
-    _conv_choice[sig] = choice
-    return choice
+    candidates = {name: (lambda fn=getattr(kernels(name), "channel_sparse_conv2d"): fn(*args))
+                  for name in ("triton", "cuda") if _backend._missing(name, "cuda") is None}
+    if not candidates:
+        return "reference"
+    return _timed_choice.fastest(("forward",) + sig, candidates, args[0].device, repeats=5)
 
 
 def conv_dispatch_log() -> dict:
-    """Which GPU path the op chose for each shape signature it has seen (measured)."""
-    return dict(_conv_choice)
+    """What the op measured and chose per shape signature: {"forward": {sig: "triton"|"cuda"}} (GPU
+    forward path) and {"backward": {sig: "nchw"|"nhwc"}} (layout of the compact conv backward)."""
+    return {"forward": _timed_choice.log("forward"), "backward": _timed_choice.log("backward")}
 
 
 def channel_sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
