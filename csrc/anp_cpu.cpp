@@ -412,6 +412,24 @@ std::tuple<Tensor, Tensor, Tensor> channel_sparse_conv2d_cpu(const Tensor& x, co
   });
 }
 
+// out[n, h, w, k] = src[n, idx[k], h, w] * scale[k] (or scale[n, k]); src of any strides, idx null =
+// identity: the gather, the NCHW -> NHWC relayout and the scale in one pass.
+template <typename scalar_t>
+void to_nhwc(const scalar_t* src, at::IntArrayRef st, const int64_t* idx, const float* scale, bool scale_batch,
+             scalar_t* out, int64_t N, int64_t K, int64_t H, int64_t W) {
+  at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / H, h = r % H;
+      scalar_t* o = out + r * W * K;
+      for (int64_t k = 0; k < K; ++k) {
+        const scalar_t* in = src + n * st[0] + (idx ? idx[k] : k) * st[1] + h * st[2];
+        const float f = scale ? scale[scale_batch ? n * K + k : k] : 1.f;
+        for (int64_t w = 0; w < W; ++w) o[w * K + k] = static_cast<scalar_t>(f32(in[w * st[3]]) * f);
+      }
+    }
+  });
+}
+
 // dst[n, keep[c], p] = src[n, p, c]: a compact NHWC gradient written into the kept channels of a full
 // NCHW one, the transpose fused into the scatter (index_copy_ from NHWC strides is ~4x slower).
 template <typename scalar_t>
@@ -427,11 +445,32 @@ void scatter_nhwc_into_nchw(const scalar_t* src, scalar_t* dst, const int64_t* k
   });
 }
 
-struct ScatterChannelsCpu {
-  void operator()(Tensor& dst, const Tensor& keep, const Tensor& src) const {
+// The backward's relayouts as single CPU passes (ATen's otherwise: other devices, mixed dtypes).
+struct CpuRelayout : AtenRelayout {
+  static Tensor nhwc(const Tensor& src, const Tensor& idx, const Tensor& scale, int64_t K) {
+    Tensor out = at::empty({src.size(0), K, src.size(2), src.size(3)},
+                           src.options().memory_format(at::MemoryFormat::ChannelsLast));
+    const Tensor s = scale.defined() ? scale.to(at::kFloat).contiguous() : Tensor();
+    const Tensor i = idx.defined() ? idx.contiguous() : Tensor();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "to_nhwc", [&] {
+      to_nhwc<scalar_t>(src.data_ptr<scalar_t>(), src.strides(), i.defined() ? i.data_ptr<int64_t>() : nullptr,
+                        s.defined() ? s.data_ptr<float>() : nullptr, s.defined() && s.size(0) > 1,
+                        out.data_ptr<scalar_t>(), src.size(0), K, src.size(2), src.size(3));
+    });
+    return out;
+  }
+  Tensor scaled_nhwc(const Tensor& g, const Tensor& scale) const {
+    if (!g.is_cpu()) return AtenRelayout::scaled_nhwc(g, scale);
+    return nhwc(g, Tensor(), scale, g.size(1));
+  }
+  Tensor gather_nhwc(const Tensor& x, const Tensor& keep, const Tensor& x_c) const {
+    if (!x.is_cpu()) return AtenRelayout::gather_nhwc(x, keep, x_c);
+    return x_c.defined() ? nhwc(x_c, Tensor(), Tensor(), x_c.size(1)) : nhwc(x, keep, Tensor(), keep.numel());
+  }
+  void scatter_channels(Tensor& dst, const Tensor& keep, const Tensor& src) const {
     if (!dst.is_cpu() || !dst.is_contiguous() || !src.is_contiguous(at::MemoryFormat::ChannelsLast) ||
         src.is_contiguous() || src.scalar_type() != dst.scalar_type()) {
-      dst.index_copy_(1, keep, src);
+      AtenRelayout::scatter_channels(dst, keep, src);
       return;
     }
     const Tensor kept = keep.contiguous();
@@ -450,7 +489,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> channel_sparse_conv2d_backward(
     bool channels_last) {
   return sparse_conv_backward(grad, x, weight, in_keep, out_keep, scale, y_pre, x_c,
                               SparseConvArgs{stride, padding, dilation}, compact_output, output_mask, channels_last,
-                              ScatterChannelsCpu{});
+                              CpuRelayout{});
 }
 
 }  // namespace

@@ -103,23 +103,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_conv_forward(
   return {out, save_pre ? y : at::empty({0}, y.options()), keep_x_c ? x_c : at::empty({0}, x.options())};
 }
 
-// dst.index_copy_(1, keep, src): the default scatter of the compact input gradient into the full one.
-struct IndexCopyChannels {
-  void operator()(at::Tensor& dst, const at::Tensor& keep, const at::Tensor& src) const { dst.index_copy_(1, keep, src); }
+// How the backward moves data between the user's NCHW tensors and the compact NHWC ones oneDNN /
+// cuDNN may prefer. These ATen versions work on every device; a device may fuse the relayouts
+// into single passes (the CPU build does).
+struct AtenRelayout {
+  // [N, K, Ho, Wo] NHWC of g * scale (scale: [1 or N, K, 1, 1], undefined = none)
+  at::Tensor scaled_nhwc(const at::Tensor& g, const at::Tensor& scale) const {
+    at::Tensor out = at::empty(g.sizes(), g.options().memory_format(at::MemoryFormat::ChannelsLast));
+    return scale.defined() ? at::mul_out(out, g, scale) : out.copy_(g);
+  }
+  // the kept input channels [N, K, H, W] in NHWC: from the saved compact x_c, or gathered from x
+  at::Tensor gather_nhwc(const at::Tensor& x, const at::Tensor& keep, const at::Tensor& x_c) const {
+    return (x_c.defined() ? x_c : x.index_select(1, keep)).contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  // dst[:, keep] = src (src compact, NCHW or NHWC)
+  void scatter_channels(at::Tensor& dst, const at::Tensor& keep, const at::Tensor& src) const {
+    dst.index_copy_(1, keep, src);
+  }
 };
 
-// Full-size gradients of the channel-sparse conv. mask = {x, weight, bias, scale}. `scatter_channels`
-// writes the compact input gradient (NCHW or, with channels_last, NHWC) into the kept channels of
-// the full one (a device may fuse the relayout into it).
-template <typename ScatterChannels = IndexCopyChannels>
+// Full-size gradients of the channel-sparse conv. mask = {x, weight, bias, scale}. channels_last:
+// run the compact conv backward in NHWC (oneDNN runs few-channel convs several-fold faster so; the
+// caller measures which layout wins for a shape), with the relayouts of `Relayout`.
+template <typename Relayout = AtenRelayout>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_conv_backward(
     const at::Tensor& grad_in, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& in_keep,
     const at::Tensor& out_keep, const c10::optional<at::Tensor>& scale, const at::Tensor& y_pre,
     const at::Tensor& saved_x_c, const SparseConvArgs& a, bool compact_output, std::array<bool, 4> mask,
-    bool channels_last = false, ScatterChannels scatter_channels = {}) {
+    bool channels_last = false, const Relayout& relayout = {}) {
   const int64_t kin = in_keep.numel(), kout = out_keep.numel();
   at::Tensor g = compact_output ? grad_in : grad_in.index_select(1, out_keep);
   at::Tensor grad_scale = at::empty({0}, x.options());
+  at::Tensor s_c;  // the kept scale as [1 or N, kout, 1, 1] in g's dtype
   if (scale.has_value() && scale->defined()) {
     const at::Tensor& s = *scale;
     if (mask[3]) {
@@ -130,42 +145,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_conv_backward(
       else
         grad_scale.index_copy_(1, out_keep, gs.to(s.scalar_type()));
     }
-    at::Tensor s_c = s.index_select(s.dim() - 1, out_keep);
-    s_c = s.dim() == 1 ? s_c.view({1, kout, 1, 1}) : s_c.view({s.size(0), kout, 1, 1});
-    s_c = s_c.to(g.scalar_type());
-    if (channels_last) {  // scale and relayout in one pass
-      at::Tensor gs = at::empty(g.sizes(), g.options().memory_format(at::MemoryFormat::ChannelsLast));
-      g = at::mul_out(gs, g, s_c);
-    } else {
-      g = g * s_c;
-    }
+    s_c = s.index_select(s.dim() - 1, out_keep);
+    s_c = (s.dim() == 1 ? s_c.view({1, kout, 1, 1}) : s_c.view({s.size(0), kout, 1, 1})).to(g.scalar_type());
   }
+  const bool conv_grads = (mask[0] || mask[1]) && kin > 0 && kout > 0;
+  at::Tensor g_conv;  // g * scale, in the layout of the compact conv backward
+  if (conv_grads && channels_last)
+    g_conv = relayout.scaled_nhwc(g, s_c);
+  else if (conv_grads || mask[2])
+    g_conv = s_c.defined() ? g * s_c : g;
   at::Tensor grad_bias = at::empty({0}, x.options());
   if (mask[2]) {
     grad_bias = at::zeros({weight.size(0)}, weight.options());
-    grad_bias.index_copy_(0, out_keep, g.sum({0, 2, 3}).to(weight.scalar_type()));
+    grad_bias.index_copy_(0, out_keep, g_conv.sum({0, 2, 3}).to(weight.scalar_type()));
   }
   at::Tensor grad_x = at::empty({0}, x.options()), grad_w = at::empty({0}, weight.options());
   const bool all_in = kin == x.size(1);
   // all inputs kept: the compact input gradient is the full one (no zero fill, no copy)
   if (mask[0] && !(all_in && kout > 0)) grad_x = lazy_zeros(x.sizes(), x.options());
   if (mask[1]) grad_w = at::zeros_like(weight, at::MemoryFormat::Contiguous);
-  if ((mask[0] || mask[1]) && kin > 0 && kout > 0) {
+  if (conv_grads) {
     // x_c: the gathered input kept by the forward (empty: gather again, as the Triton path never makes it)
-    at::Tensor x_c = all_in ? x : (saved_x_c.numel() ? saved_x_c : x.index_select(1, in_keep));
+    const at::Tensor saved = all_in ? x : (saved_x_c.numel() ? saved_x_c : at::Tensor());
     at::Tensor w_c = weight.index_select(0, out_keep);
     if (!all_in) w_c = w_c.index_select(1, in_keep);
-    // channels_last: the compact backward in NHWC, which oneDNN runs several-fold faster than NCHW
-    // when few channels are kept (the caller measures which layout is faster for a shape)
-    const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-    auto [gx_c, gw_c, gb_unused] = at::convolution_backward(
-        g.contiguous(fmt), x_c.contiguous(fmt), w_c.contiguous(fmt), c10::nullopt, a.stride, a.padding, a.dilation,
-        false, {0, 0}, 1, {mask[0], mask[1], false});
+    at::Tensor x_c;
+    if (channels_last) {
+      x_c = relayout.gather_nhwc(x, in_keep, saved);
+      w_c = w_c.contiguous(at::MemoryFormat::ChannelsLast);
+    } else {
+      x_c = saved.defined() ? saved : x.index_select(1, in_keep);
+      g_conv = g_conv.contiguous();
+    }
+    auto [gx_c, gw_c, gb_unused] = at::convolution_backward(g_conv, x_c, w_c, c10::nullopt, a.stride, a.padding,
+                                                            a.dilation, false, {0, 0}, 1, {mask[0], mask[1], false});
     if (mask[0]) {
       if (all_in)
         grad_x = gx_c.contiguous(x.suggest_memory_format());
       else
-        scatter_channels(grad_x, in_keep, gx_c);
+        relayout.scatter_channels(grad_x, in_keep, gx_c);
     }
     if (mask[1]) grad_w.index_put_({out_keep.view({-1, 1}), in_keep.view({1, -1})}, gw_c);
   }
