@@ -430,17 +430,19 @@ void to_nhwc(const scalar_t* src, at::IntArrayRef st, const int64_t* idx, const 
   });
 }
 
-// dst[n, keep[c], p] = src[n, p, c]: a compact NHWC gradient written into the kept channels of a full
-// NCHW one, the transpose fused into the scatter (index_copy_ from NHWC strides is ~4x slower).
+// dst[n, keep[c], h, w] = src[n, h, w, c]: a compact NHWC gradient written into the kept channels of a
+// full one (dst of any strides: NCHW, or every stride-th pixel of it), the transpose fused into the
+// scatter (index_copy_ from NHWC strides is ~4x slower).
 template <typename scalar_t>
-void scatter_nhwc_into_nchw(const scalar_t* src, scalar_t* dst, const int64_t* keep, int64_t N, int64_t K, int64_t P,
-                            int64_t C) {
+void scatter_nhwc(const scalar_t* src, scalar_t* dst, at::IntArrayRef ds, const int64_t* keep, int64_t N, int64_t K,
+                  int64_t H, int64_t W) {
   at::parallel_for(0, N * K, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / K, c = r % K;
-      const scalar_t* s = src + n * P * K + c;
-      scalar_t* d = dst + (n * C + keep[c]) * P;
-      for (int64_t p = 0; p < P; ++p) d[p] = s[p * K];
+      const scalar_t* s = src + n * H * W * K + c;
+      scalar_t* d = dst + n * ds[0] + keep[c] * ds[1];
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w) d[h * ds[2] + w * ds[3]] = s[(h * W + w) * K];
     }
   });
 }
@@ -468,16 +470,15 @@ struct CpuRelayout : AtenRelayout {
     return x_c.defined() ? nhwc(x_c, Tensor(), Tensor(), x_c.size(1)) : nhwc(x, keep, Tensor(), keep.numel());
   }
   void scatter_channels(Tensor& dst, const Tensor& keep, const Tensor& src) const {
-    if (!dst.is_cpu() || !dst.is_contiguous() || !src.is_contiguous(at::MemoryFormat::ChannelsLast) ||
-        src.is_contiguous() || src.scalar_type() != dst.scalar_type()) {
+    if (!dst.is_cpu() || !src.is_contiguous(at::MemoryFormat::ChannelsLast) || src.is_contiguous() ||
+        src.scalar_type() != dst.scalar_type()) {
       AtenRelayout::scatter_channels(dst, keep, src);
       return;
     }
     const Tensor kept = keep.contiguous();
-    const int64_t P = src.size(2) * src.size(3);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "scatter_nhwc_into_nchw", [&] {
-      scatter_nhwc_into_nchw<scalar_t>(src.data_ptr<scalar_t>(), dst.data_ptr<scalar_t>(), kept.data_ptr<int64_t>(),
-                                       src.size(0), src.size(1), P, dst.size(1));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "scatter_nhwc", [&] {
+      scatter_nhwc<scalar_t>(src.data_ptr<scalar_t>(), dst.data_ptr<scalar_t>(), dst.strides(),
+                             kept.data_ptr<int64_t>(), src.size(0), src.size(1), src.size(2), src.size(3));
     });
   }
 };

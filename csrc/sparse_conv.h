@@ -7,6 +7,7 @@
 // scattered into full-size gradients (zero outside the kept channels).
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/TensorIndexing.h>
 
 #include <tuple>
 #include <vector>
@@ -44,13 +45,42 @@ struct SparseConvArgs {
   at::IntArrayRef stride, padding, dilation;
 };
 
-// The compact conv without bias: [N, kept_out, Ho, Wo] (contiguous).
+// A strided 1x1 conv without padding reads only every stride-th pixel: the gather takes just those
+// (stride^2 fewer bytes gathered, kept and relaid out) and the conv runs with unit stride.
+inline bool subsamples(const at::Tensor& weight, const SparseConvArgs& a) {
+  return weight.size(2) == 1 && weight.size(3) == 1 && a.padding[0] == 0 && a.padding[1] == 0 &&
+         (a.stride[0] > 1 || a.stride[1] > 1);
+}
+
+// The pixels a subsampling conv reads (a view), or t itself.
+inline at::Tensor read_pixels(const at::Tensor& t, const at::Tensor& weight, const SparseConvArgs& a) {
+  if (!subsamples(weight, a)) return t;
+  return t.slice(2, 0, t.size(2), a.stride[0]).slice(3, 0, t.size(3), a.stride[1]);
+}
+
+inline const std::array<int64_t, 2> kUnit{1, 1}, kZero{0, 0};
+
+// t[:, keep], contiguous, for t = x or a strided view of it (index_select takes a ~30x slower path on
+// non-contiguous input; advanced indexing reads the view directly).
+inline at::Tensor gather_channels(const at::Tensor& t, const at::Tensor& keep) {
+  if (t.is_contiguous()) return t.index_select(1, keep);
+  return t.index({at::indexing::Slice(), keep}).contiguous();
+}
+
+// The conv arguments for the compact tensors: unit stride where the gather subsampled.
+inline SparseConvArgs compact_args(const at::Tensor& weight, const SparseConvArgs& a) {
+  return subsamples(weight, a) ? SparseConvArgs{kUnit, kZero, kUnit} : a;
+}
+
+// The compact conv without bias: [N, kept_out, Ho, Wo] (contiguous). *x_c_out: the gathered input
+// (subsampled for strided 1x1 convs), or a view of x when every input channel is kept.
 inline at::Tensor compact_conv(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& in_keep,
                                const at::Tensor& out_keep, const SparseConvArgs& a, at::Tensor* x_c_out = nullptr,
                                at::Tensor* w_c_out = nullptr) {
   const int64_t kin = in_keep.numel(), kout = out_keep.numel();
   const bool all_in = kin == x.size(1);
-  at::Tensor x_c = all_in ? x : x.index_select(1, in_keep);
+  const at::Tensor xs = read_pixels(x, weight, a);
+  at::Tensor x_c = all_in ? xs : gather_channels(xs, in_keep);
   at::Tensor w_c = weight.index_select(0, out_keep);
   if (!all_in) w_c = w_c.index_select(1, in_keep);
   if (x_c_out) *x_c_out = x_c;
@@ -59,7 +89,8 @@ inline at::Tensor compact_conv(const at::Tensor& x, const at::Tensor& weight, co
   const int64_t ho = (x.size(2) + 2 * a.padding[0] - a.dilation[0] * (kh - 1) - 1) / a.stride[0] + 1;
   const int64_t wo = (x.size(3) + 2 * a.padding[1] - a.dilation[1] * (kw - 1) - 1) / a.stride[1] + 1;
   if (kin == 0 || kout == 0) return at::zeros({x.size(0), kout, ho, wo}, x.options());
-  return at::conv2d(x_c, w_c, {}, a.stride, a.padding, a.dilation).contiguous();
+  const SparseConvArgs ca = compact_args(weight, a);
+  return at::conv2d(x_c, w_c, {}, ca.stride, ca.padding, ca.dilation).contiguous();
 }
 
 // What a device's fused epilogue needs: y [N, K, P] the compact conv (gets + bias in place when
@@ -114,7 +145,7 @@ struct AtenRelayout {
   }
   // the kept input channels [N, K, H, W] in NHWC: from the saved compact x_c, or gathered from x
   at::Tensor gather_nhwc(const at::Tensor& x, const at::Tensor& keep, const at::Tensor& x_c) const {
-    return (x_c.defined() ? x_c : x.index_select(1, keep)).contiguous(at::MemoryFormat::ChannelsLast);
+    return (x_c.defined() ? x_c : gather_channels(x, keep)).contiguous(at::MemoryFormat::ChannelsLast);
   }
   // dst[:, keep] = src (src compact, NCHW or NHWC)
   void scatter_channels(at::Tensor& dst, const at::Tensor& keep, const at::Tensor& src) const {
@@ -160,30 +191,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_conv_backward(
     grad_bias.index_copy_(0, out_keep, g_conv.sum({0, 2, 3}).to(weight.scalar_type()));
   }
   at::Tensor grad_x = at::empty({0}, x.options()), grad_w = at::empty({0}, weight.options());
-  const bool all_in = kin == x.size(1);
-  // all inputs kept: the compact input gradient is the full one (no zero fill, no copy)
-  if (mask[0] && !(all_in && kout > 0)) grad_x = lazy_zeros(x.sizes(), x.options());
+  const bool all_in = kin == x.size(1), sub = subsamples(weight, a);
+  const SparseConvArgs ca = compact_args(weight, a);
+  // all inputs kept, every pixel read: the compact input gradient is the full one (no zero fill, no copy)
+  const bool compact_is_full = all_in && !sub && kout > 0;
+  if (mask[0] && !compact_is_full) grad_x = lazy_zeros(x.sizes(), x.options());
   if (mask[1]) grad_w = at::zeros_like(weight, at::MemoryFormat::Contiguous);
   if (conv_grads) {
     // x_c: the gathered input kept by the forward (empty: gather again, as the Triton path never makes it)
-    const at::Tensor saved = all_in ? x : (saved_x_c.numel() ? saved_x_c : at::Tensor());
+    const at::Tensor xs = read_pixels(x, weight, a);
+    const at::Tensor saved = all_in ? xs : (saved_x_c.numel() ? saved_x_c : at::Tensor());
     at::Tensor w_c = weight.index_select(0, out_keep);
     if (!all_in) w_c = w_c.index_select(1, in_keep);
     at::Tensor x_c;
     if (channels_last) {
-      x_c = relayout.gather_nhwc(x, in_keep, saved);
+      x_c = relayout.gather_nhwc(xs, in_keep, saved);
       w_c = w_c.contiguous(at::MemoryFormat::ChannelsLast);
     } else {
-      x_c = saved.defined() ? saved : x.index_select(1, in_keep);
+      x_c = saved.defined() ? saved : gather_channels(xs, in_keep);
       g_conv = g_conv.contiguous();
     }
-    auto [gx_c, gw_c, gb_unused] = at::convolution_backward(g_conv, x_c, w_c, c10::nullopt, a.stride, a.padding,
-                                                            a.dilation, false, {0, 0}, 1, {mask[0], mask[1], false});
+    auto [gx_c, gw_c, gb_unused] = at::convolution_backward(g_conv, x_c, w_c, c10::nullopt, ca.stride, ca.padding,
+                                                            ca.dilation, false, {0, 0}, 1, {mask[0], mask[1], false});
     if (mask[0]) {
-      if (all_in)
+      if (compact_is_full) {
         grad_x = gx_c.contiguous(x.suggest_memory_format());
-      else
-        relayout.scatter_channels(grad_x, in_keep, gx_c);
+      } else {
+        at::Tensor dst = read_pixels(grad_x, weight, a);  // a view: writes land in grad_x
+        relayout.scatter_channels(dst, in_keep, gx_c);
+      }
     }
     if (mask[1]) grad_w.index_put_({out_keep.view({-1, 1}), in_keep.view({1, -1})}, gw_c);
   }

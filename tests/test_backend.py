@@ -89,6 +89,16 @@ def test_opcheck_cpp_ops():
         (k.masked_activation, (x, a, b, 0.1, 7)),
         (k.channel_scale, (x, torch.rand(4, requires_grad=True))),
     ]
+    xc = torch.randn(2, 6, 9, 8, requires_grad=True)
+    keep_in, keep_out = torch.tensor([0, 2, 5]), torch.tensor([1, 3])
+    for kernel, stride, padding in (((3, 3), [1, 1], [1, 1]), ((1, 1), [2, 2], [0, 0])):  # strided 1x1 subsamples
+        wc = torch.randn(4, 6, *kernel, requires_grad=True)
+        fwd = (xc, wc, None, keep_in, keep_out, torch.rand(4), stride, padding, [1, 1], True, True)
+        cases.append((k.channel_sparse_conv2d, fwd))
+        out, y_pre, x_c = (t.detach() for t in k.channel_sparse_conv2d(*fwd))
+        cases.append((k.channel_sparse_conv2d_backward,
+                      (torch.randn_like(out), xc.detach(), wc.detach(), keep_in, keep_out, fwd[5], y_pre, x_c, stride,
+                       padding, [1, 1], True, [True, True, False, True])))
     for op, args in cases:
         torch.library.opcheck(op, args)
 

@@ -14,6 +14,8 @@ GEOMETRIES = [
     (7, 5, 10, 9, 3, 5, 2, (1, 2), 1),
     (8, 8, 12, 12, 3, 3, 1, 2, 2),
     (40, 36, 6, 6, 3, 3, 1, 1, 1),
+    (8, 6, 9, 8, 1, 1, 2, 0, 1),  # strided 1x1: the gather subsamples
+    (6, 7, 10, 7, 1, 1, (2, 3), 0, 2),
 ]
 SPARSITY = [0.0, 0.5, 0.9]
 
@@ -160,9 +162,10 @@ def test_reference_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda x, w, b, s: ops.channel_sparse_conv2d(x, w, b, scale=s, **kw), leaves)
 
 
-def test_torch_compile_fullgraph_cpp_op():
+@pytest.mark.parametrize("geom", [GEOMETRIES[0], GEOMETRIES[6]])  # 3x3, strided 1x1 (subsampled x_c)
+def test_torch_compile_fullgraph_cpp_op(geom):
     torch._dynamo.reset()
-    x, weight, bias, kw = _case(GEOMETRIES[0], 0.5, torch.float32, "channel", bias=True)
+    x, weight, bias, kw = _case(geom, 0.5, torch.float32, "channel", bias=True)
     weight.requires_grad_()
     fn = lambda x, w: ops.channel_sparse_conv2d(x, w, bias, compact_output=True, **kw).relu().sum()  # noqa: E731
     eager = fn(x, weight)

@@ -161,7 +161,10 @@ def register(ns: str) -> None:
         out = x.new_empty((x.shape[0], kout if compact_output else weight.shape[0], ho, wo))
         y_pre = x.new_empty((x.shape[0], kout, ho, wo)) if scale is not None and for_backward else x.new_empty((0,))
         keep_x_c = ns == "anp_kernels" and for_backward and 0 < in_keep.shape[0] < x.shape[1]
-        x_c = x.new_empty((x.shape[0], in_keep.shape[0], x.shape[2], x.shape[3])) if keep_x_c else x.new_empty((0,))
+        # a strided 1x1 conv without padding gathers only the pixels it reads
+        sub = tuple(weight.shape[2:]) == (1, 1) and tuple(padding) == (0, 0) and max(stride) > 1
+        h, w = ((x.shape[2] - 1) // stride[0] + 1, (x.shape[3] - 1) // stride[1] + 1) if sub else x.shape[2:]
+        x_c = x.new_empty((x.shape[0], in_keep.shape[0], h, w)) if keep_x_c else x.new_empty((0,))
         return out, y_pre, x_c
 
     def conv_setup(ctx, inputs, output):
@@ -186,10 +189,12 @@ def register(ns: str) -> None:
 def _backward_layout(args) -> str:
     """NCHW or NHWC for the compact conv backward: measured once per signature (see _timed_choice)."""
     grad, x, weight, in_keep, out_keep, scale, _y, _xc, stride, padding, dilation, compact, mask = args
+    if not _timed_choice.can_measure(grad, x, weight, in_keep, out_keep):
+        return "nchw"  # tracing: the traced graph keeps one layout
     key = ("backward", tuple(x.shape), tuple(weight.shape), x.dtype, x.device.type, in_keep.shape[0],
            out_keep.shape[0], tuple(stride), tuple(padding), tuple(dilation), compact, scale is not None,
            tuple(mask), x.is_contiguous(memory_format=torch.channels_last))
-    if torch.compiler.is_compiling() or not (mask[0] or mask[1]) or in_keep.shape[0] * out_keep.shape[0] == 0:
+    if not (mask[0] or mask[1]) or in_keep.shape[0] * out_keep.shape[0] == 0:
         return _timed_choice.known(key) or "nchw"
     op = sparse_conv_backward_op()
     return _timed_choice.fastest(key, {layout: (lambda cl=layout == "nhwc": op(*args, channels_last=cl))

@@ -36,6 +36,16 @@ def fastest(key: tuple, candidates: dict[str, Callable[[], object]], device: tor
     return choice
 
 
+def can_measure(*tensors: torch.Tensor) -> bool:
+    """False while tracing (torch.compile, AOT/fake tensors, symbolic shapes): nothing real to time."""
+    if torch.compiler.is_compiling():
+        return False
+    for t in tensors:
+        if isinstance(t, torch._subclasses.FakeTensor) or not all(isinstance(d, int) for d in t.shape):
+            return False
+    return True
+
+
 def known(key: tuple) -> str | None:
     """The remembered choice for `key`, if measured already."""
     return _choices.get(key)

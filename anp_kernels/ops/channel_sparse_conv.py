@@ -160,7 +160,7 @@ def channel_sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     args = (x, weight, bias, in_idx, out_idx, scale, list(stride), list(padding), list(dilation), compact_output,
             for_backward)
-    if x.device.type == "cuda" and _backend.get_backend_override() == "auto" and not torch.compiler.is_compiling():
+    if x.device.type == "cuda" and _backend.get_backend_override() == "auto" and _timed_choice.can_measure(x, weight):
         sig = _signature(x, weight, in_idx.numel(), out_idx.numel(), stride, padding, dilation, compact_output,
                          scale is not None)
         which = _gpu_choice(args, sig)
