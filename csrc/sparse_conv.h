@@ -105,19 +105,23 @@ struct EpilogueArgs {
   bool compact, save_pre;
 };
 
-// Forward of the channel-sparse conv: (out, y_pre, x_c). y_pre (the compact pre-scale output) and
-// x_c (the gathered input) are kept only when the backward will need them. `run_epilogue` is the
+// What the forward keeps for the backward (the `save` bits): the gathered input x_c (for the weight
+// gradient) and the compact pre-scale output y_pre (for the scale gradient).
+constexpr int64_t kSaveInput = 1, kSavePre = 2;
+
+// Forward of the channel-sparse conv: (out, y_pre, x_c). y_pre and x_c are kept only as `save` asks
+// (the backward needs them only for the weight and the scale gradients). `run_epilogue` is the
 // device's fused (acc + bias) * scale pass (a CPU loop or a CUDA kernel).
 template <typename RunEpilogue>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_conv_forward(
     const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& in_keep,
     const at::Tensor& out_keep, const c10::optional<at::Tensor>& scale, const SparseConvArgs& args,
-    bool compact_output, bool for_backward, RunEpilogue run_epilogue) {
+    bool compact_output, int64_t save, RunEpilogue run_epilogue) {
   at::Tensor x_c;
   at::Tensor y = compact_conv(x, weight, in_keep, out_keep, args, &x_c);
   const bool has_bias = bias.has_value() && bias->defined(), has_scale = scale.has_value() && scale->defined();
-  const bool save_pre = for_backward && has_scale;
-  const bool keep_x_c = for_backward && in_keep.numel() < x.size(1) && in_keep.numel() > 0;
+  const bool save_pre = (save & kSavePre) && has_scale;
+  const bool keep_x_c = (save & kSaveInput) && in_keep.numel() < x.size(1) && in_keep.numel() > 0;
   const int64_t N = y.size(0), K = y.size(1), P = y.size(2) * y.size(3), Cout = weight.size(0);
   at::Tensor bias_c = has_bias ? bias->index_select(0, out_keep).to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor scale_c =

@@ -93,7 +93,7 @@ def test_opcheck_cpp_ops():
     keep_in, keep_out = torch.tensor([0, 2, 5]), torch.tensor([1, 3])
     for kernel, stride, padding in (((3, 3), [1, 1], [1, 1]), ((1, 1), [2, 2], [0, 0])):  # strided 1x1 subsamples
         wc = torch.randn(4, 6, *kernel, requires_grad=True)
-        fwd = (xc, wc, None, keep_in, keep_out, torch.rand(4), stride, padding, [1, 1], True, True)
+        fwd = (xc, wc, None, keep_in, keep_out, torch.rand(4), stride, padding, [1, 1], True, 3)  # save both
         cases.append((k.channel_sparse_conv2d, fwd))
         out, y_pre, x_c = (t.detach() for t in k.channel_sparse_conv2d(*fwd))
         cases.append((k.channel_sparse_conv2d_backward,

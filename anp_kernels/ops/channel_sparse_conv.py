@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from . import _checks, _timed_choice
-from ._dispatch import kernels
+from ._dispatch import SAVE_INPUT, SAVE_PRE, EagerSparseConv, kernels
 
 _validated: dict = {}  # id(index tensor) -> (weakref, version, size): checked once per tensor state
 
@@ -122,6 +122,14 @@ def channel_sparse_conv2d_reference(x, weight, bias=None, *, in_keep=None, out_k
     return y
 
 
+def _saves(x, weight, bias, scale) -> int:
+    """What the forward must keep for the gradients that will be asked for (SAVE_* bits)."""
+    if not torch.is_grad_enabled():
+        return 0
+    conv = any(t is not None and t.requires_grad for t in (x, weight, bias))
+    return (SAVE_INPUT if conv else 0) | (SAVE_PRE if scale is not None and scale.requires_grad else 0)
+
+
 def _signature(x, weight, kin, kout, stride, padding, dilation, compact, has_scale):
     return (tuple(x.shape), tuple(weight.shape), x.dtype, kin, kout, stride, padding, dilation, compact, has_scale,
             x.is_contiguous(memory_format=torch.channels_last))
@@ -155,11 +163,8 @@ def channel_sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         return channel_sparse_conv2d_reference(x, weight, bias, in_keep=in_keep, out_keep=out_keep, scale=scale,
                                                stride=stride, padding=padding, dilation=dilation,
                                                compact_output=compact_output)
-    # the forward keeps what the backward needs only when a gradient will be asked for
-    tensors = (x, weight, bias, scale)
-    for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     args = (x, weight, bias, in_idx, out_idx, scale, list(stride), list(padding), list(dilation), compact_output,
-            for_backward)
+            _saves(x, weight, bias, scale))
     if x.device.type == "cuda" and _backend.get_backend_override() == "auto" and _timed_choice.can_measure(x, weight):
         sig = _signature(x, weight, in_idx.numel(), out_idx.numel(), stride, padding, dilation, compact_output,
                          scale is not None)
@@ -168,4 +173,7 @@ def channel_sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
             return channel_sparse_conv2d_reference(x, weight, bias, in_keep=in_keep, out_keep=out_keep,
                                                    scale=scale, stride=stride, padding=padding, dilation=dilation,
                                                    compact_output=compact_output)
-    return kernels(which).channel_sparse_conv2d(*args)[0]
+    kernel = kernels(which).channel_sparse_conv2d
+    if args[-1] and not torch.compiler.is_compiling():  # eager training: the lighter autograd wrapper
+        return EagerSparseConv.apply(kernel.default if hasattr(kernel, "default") else kernel, *args)[0]
+    return kernel(*args)[0]
