@@ -233,7 +233,7 @@ def test_backward_in_either_layout_matches_reference(monkeypatch, layout, dtype,
     x, weight, bias, kw = _case(geom, sparsity, dtype, "sample", bias=True)
     leaves = [t.requires_grad_() for t in (x, weight, bias, kw["scale"])]
     expected = ops.channel_sparse_conv2d_reference(x, weight, bias, compact_output=True, **kw)
-    grad = torch.randn_like(expected)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1)).to(expected)
     exp_grads = torch.autograd.grad(expected, leaves, grad)
     fp32 = [t.detach().float().requires_grad_() for t in leaves]
     ref32 = ops.channel_sparse_conv2d_reference(*fp32[:3], compact_output=True,
@@ -246,8 +246,9 @@ def test_backward_in_either_layout_matches_reference(monkeypatch, layout, dtype,
         assert got.shape == want.shape and got.dtype == want.dtype
         if dtype == torch.float32:
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-        else:  # at most twice the low-precision reference's error, plus 1% of the gradient's scale
-            atol = 2 * (want.float() - want32).abs().max().item() + 1e-2 * want32.abs().max().item()
+        else:  # at most twice the low-precision reference's error, plus 1% of the gradient's scale and
+            # one bf16 ulp at 1 (sums that cancel to small values keep their terms' rounding error)
+            atol = 2 * (want.float() - want32).abs().max().item() + 1e-2 * want32.abs().max().item() + 2 ** -7
             torch.testing.assert_close(got.float(), want32, atol=atol, rtol=0)
 
 
