@@ -70,11 +70,15 @@ def _candidates(batch, cin, cout, h, k, stride, pad, sparsity, device, backward)
     return {"dense_masked": run(dense_masked), "eager_gather": run(eager_gather), "ours": run(ours)}, ideal
 
 
-def _backward_layout(batch, cin, cout, h, k, sparsity) -> str:
-    """The compact-backward layout the op measured and chose for this row ('' if none)."""
+def _chosen(batch, cin, cout, h, k, sparsity, backward) -> str:
+    """The forward path (and, with backward, the backward layout) the op measured and chose for this row."""
     kin, kout = (max(1, round(c * (1 - sparsity))) for c in (cin, cout))
-    return ",".join(sorted({v for key, v in ops.conv_dispatch_log()["backward"].items()
-                            if key[:2] == ((batch, cin, h, h), (cout, cin, k, k)) and key[4:6] == (kin, kout)}))
+    shapes = ((batch, cin, h, h), (cout, cin, k, k))
+    log = ops.conv_dispatch_log()
+    fwd = {v for key, v in log["forward"].items() if key[:2] == shapes and key[3:5] == (kin, kout)
+           and bool(key[-1]) == backward}
+    bwd = {v for key, v in log["backward"].items() if key[:2] == shapes and key[4:6] == (kin, kout)}
+    return " / ".join(",".join(sorted(c)) for c in ([fwd, bwd] if backward else [fwd]))
 
 
 def run(device: str, batch: int, rounds: int, min_round_s: float = 0.0, layers: list[str] | None = None,
@@ -92,7 +96,7 @@ def run(device: str, batch: int, rounds: int, min_round_s: float = 0.0, layers: 
                                  pass_="fwd+bwd" if backward else "fwd", seconds=t, ideal=ideal,
                                  speedup_vs_dense=speedup, speedup_vs_gather=t["eager_gather"] / t["ours"],
                                  fraction_of_ideal=speedup / ideal,
-                                 backward_layout=_backward_layout(batch, cin, cout, h, k, sparsity) if backward else ""))
+                                 chosen=_chosen(batch, cin, cout, h, k, sparsity, backward)))
                 r = rows[-1]
                 print(f"{name:16s} s={sparsity:.2f} {r['pass_']:8s} ours {t['ours'] * 1e3:8.2f} ms  "
                       f"vs dense {speedup:5.2f}x (ideal {ideal:5.1f}x, {r['fraction_of_ideal']:.0%})  "
@@ -105,7 +109,7 @@ def to_markdown(result: dict) -> str:
     lines = [f"Device: {result['device']}; batch {result['batch']}; "
              f"back-to-back calls per round: >= {result.get('min_round_ms', 0):g} ms", "",
              "| layer | C_in->C_out, HxW, k, s | sparsity | pass | ours ms | (a) dense ms | (b) gather ms | "
-             "vs (a) | ideal | % of ideal | vs (b) | bwd layout |",
+             "vs (a) | ideal | % of ideal | vs (b) | path (fwd / bwd layout) |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         b, cin, cout, h, k, s = r["shape"]
@@ -113,7 +117,7 @@ def to_markdown(result: dict) -> str:
         lines.append(f"| {r['layer']} | {cin}->{cout}, {h}x{h}, {k}x{k}, {s} | {r['sparsity']:.0%} | {r['pass_']} | "
                      f"{t['ours'] * 1e3:.2f} | {t['dense_masked'] * 1e3:.2f} | {t['eager_gather'] * 1e3:.2f} | "
                      f"{r['speedup_vs_dense']:.2f}x | {r['ideal']:.1f}x | {r['fraction_of_ideal']:.0%} | "
-                     f"{r['speedup_vs_gather']:.2f}x | {r.get('backward_layout', '')} |")
+                     f"{r['speedup_vs_gather']:.2f}x | {r.get('chosen', '')} |")
     lines += ["", "Summary (minimum over layers of % of ideal, and of the ratio vs (b)):", "",
               "| sparsity | pass | min % of ideal | median % of ideal | min vs (b) |", "|---:|---|---:|---:|---:|"]
     for sparsity in result.get("sparsities", SPARSITIES):

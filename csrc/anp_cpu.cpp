@@ -402,9 +402,9 @@ std::tuple<Tensor, Tensor, Tensor> channel_sparse_conv2d_cpu(const Tensor& x, co
                                                      const Tensor& out_keep, const c10::optional<Tensor>& scale,
                                                      at::IntArrayRef stride, at::IntArrayRef padding,
                                                      at::IntArrayRef dilation, bool compact_output,
-                                                     int64_t save) {
+                                                     int64_t flags) {
   return sparse_conv_forward(x, weight, bias, in_keep, out_keep, scale, SparseConvArgs{stride, padding, dilation},
-                             compact_output, save, [](const EpilogueArgs& e) {
+                             compact_output, flags, [](const EpilogueArgs& e) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.y.scalar_type(), "sparse_conv_epilogue", [&] {
       sparse_conv_epilogue<scalar_t>(e.y.data_ptr<scalar_t>(), e.out.data_ptr<scalar_t>(), e.bias, e.scale,
                                      e.scale_batch, e.out_keep, e.N, e.K, e.P, e.Cout, e.compact, e.save_pre);
@@ -467,6 +467,7 @@ struct CpuRelayout : AtenRelayout {
   }
   Tensor gather_nhwc(const Tensor& x, const Tensor& keep, const Tensor& x_c) const {
     if (!x.is_cpu()) return AtenRelayout::gather_nhwc(x, keep, x_c);
+    if (x_c.defined() && x_c.is_contiguous(at::MemoryFormat::ChannelsLast)) return x_c;  // an NHWC forward kept it
     return x_c.defined() ? nhwc(x_c, Tensor(), Tensor(), x_c.size(1)) : nhwc(x, keep, Tensor(), keep.numel());
   }
   void scatter_channels(Tensor& dst, const Tensor& keep, const Tensor& src) const {
@@ -509,7 +510,7 @@ TORCH_LIBRARY(anp_kernels, m) {
   m.def("channel_scale_backward(Tensor grad, Tensor x, Tensor z) -> (Tensor, Tensor)");
   m.def(
       "channel_sparse_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor in_keep, Tensor out_keep, Tensor? scale,"
-      " int[2] stride, int[2] padding, int[2] dilation, bool compact_output, int save)"
+      " int[2] stride, int[2] padding, int[2] dilation, bool compact_output, int flags)"
       " -> (Tensor, Tensor, Tensor)");
   m.def(
       "channel_sparse_conv2d_backward(Tensor grad, Tensor x, Tensor weight, Tensor in_keep, Tensor out_keep,"

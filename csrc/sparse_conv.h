@@ -75,12 +75,13 @@ inline SparseConvArgs compact_args(const at::Tensor& weight, const SparseConvArg
 // The compact conv without bias: [N, kept_out, Ho, Wo] (contiguous). *x_c_out: the gathered input
 // (subsampled for strided 1x1 convs), or a view of x when every input channel is kept.
 inline at::Tensor compact_conv(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& in_keep,
-                               const at::Tensor& out_keep, const SparseConvArgs& a, at::Tensor* x_c_out = nullptr,
-                               at::Tensor* w_c_out = nullptr) {
+                               const at::Tensor& out_keep, const SparseConvArgs& a, bool nhwc = false,
+                               at::Tensor* x_c_out = nullptr, at::Tensor* w_c_out = nullptr) {
   const int64_t kin = in_keep.numel(), kout = out_keep.numel();
   const bool all_in = kin == x.size(1);
   const at::Tensor xs = read_pixels(x, weight, a);
   at::Tensor x_c = all_in ? xs : gather_channels(xs, in_keep);
+  if (nhwc) x_c = x_c.contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor w_c = weight.index_select(0, out_keep);
   if (!all_in) w_c = w_c.index_select(1, in_keep);
   if (x_c_out) *x_c_out = x_c;
@@ -90,7 +91,8 @@ inline at::Tensor compact_conv(const at::Tensor& x, const at::Tensor& weight, co
   const int64_t wo = (x.size(3) + 2 * a.padding[1] - a.dilation[1] * (kw - 1) - 1) / a.stride[1] + 1;
   if (kin == 0 || kout == 0) return at::zeros({x.size(0), kout, ho, wo}, x.options());
   const SparseConvArgs ca = compact_args(weight, a);
-  return at::conv2d(x_c, w_c, {}, ca.stride, ca.padding, ca.dilation).contiguous();
+  if (nhwc) w_c = w_c.contiguous(at::MemoryFormat::ChannelsLast);
+  return at::conv2d(x_c, w_c, {}, ca.stride, ca.padding, ca.dilation).contiguous();  // NCHW for the epilogue
 }
 
 // What a device's fused epilogue needs: y [N, K, P] the compact conv (gets + bias in place when
@@ -105,23 +107,24 @@ struct EpilogueArgs {
   bool compact, save_pre;
 };
 
-// What the forward keeps for the backward (the `save` bits): the gathered input x_c (for the weight
-// gradient) and the compact pre-scale output y_pre (for the scale gradient).
-constexpr int64_t kSaveInput = 1, kSavePre = 2;
+// The forward's `flags`: what it keeps for the backward, the gathered input x_c (for the weight
+// gradient) and the compact pre-scale output y_pre (for the scale gradient); and kNhwc, run the
+// compact conv in NHWC (the caller measures which layout is faster for a shape).
+constexpr int64_t kSaveInput = 1, kSavePre = 2, kNhwc = 4;
 
-// Forward of the channel-sparse conv: (out, y_pre, x_c). y_pre and x_c are kept only as `save` asks
+// Forward of the channel-sparse conv: (out, y_pre, x_c). y_pre and x_c are kept only as `flags` asks
 // (the backward needs them only for the weight and the scale gradients). `run_epilogue` is the
 // device's fused (acc + bias) * scale pass (a CPU loop or a CUDA kernel).
 template <typename RunEpilogue>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_conv_forward(
     const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& in_keep,
     const at::Tensor& out_keep, const c10::optional<at::Tensor>& scale, const SparseConvArgs& args,
-    bool compact_output, int64_t save, RunEpilogue run_epilogue) {
+    bool compact_output, int64_t flags, RunEpilogue run_epilogue) {
   at::Tensor x_c;
-  at::Tensor y = compact_conv(x, weight, in_keep, out_keep, args, &x_c);
+  at::Tensor y = compact_conv(x, weight, in_keep, out_keep, args, flags & kNhwc, &x_c);
   const bool has_bias = bias.has_value() && bias->defined(), has_scale = scale.has_value() && scale->defined();
-  const bool save_pre = (save & kSavePre) && has_scale;
-  const bool keep_x_c = (save & kSaveInput) && in_keep.numel() < x.size(1) && in_keep.numel() > 0;
+  const bool save_pre = (flags & kSavePre) && has_scale;
+  const bool keep_x_c = (flags & kSaveInput) && in_keep.numel() < x.size(1) && in_keep.numel() > 0;
   const int64_t N = y.size(0), K = y.size(1), P = y.size(2) * y.size(3), Cout = weight.size(0);
   at::Tensor bias_c = has_bias ? bias->index_select(0, out_keep).to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor scale_c =
@@ -212,7 +215,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_conv_backward(
       x_c = relayout.gather_nhwc(xs, in_keep, saved);
       w_c = w_c.contiguous(at::MemoryFormat::ChannelsLast);
     } else {
-      x_c = saved.defined() ? saved : gather_channels(xs, in_keep);
+      x_c = (saved.defined() ? saved : gather_channels(xs, in_keep)).contiguous();
       g_conv = g_conv.contiguous();
     }
     auto [gx_c, gw_c, gb_unused] = at::convolution_backward(g_conv, x_c, w_c, c10::nullopt, ca.stride, ca.padding,

@@ -91,9 +91,11 @@ def test_opcheck_cpp_ops():
     ]
     xc = torch.randn(2, 6, 9, 8, requires_grad=True)
     keep_in, keep_out = torch.tensor([0, 2, 5]), torch.tensor([1, 3])
-    for kernel, stride, padding in (((3, 3), [1, 1], [1, 1]), ((1, 1), [2, 2], [0, 0])):  # strided 1x1 subsamples
+    # 3x3; strided 1x1 (subsampled x_c); flags 3 = keep x_c and y_pre, 7 = the same with an NHWC compact conv
+    for kernel, stride, padding, flags in (((3, 3), [1, 1], [1, 1], 3), ((1, 1), [2, 2], [0, 0], 3),
+                                           ((3, 3), [1, 1], [1, 1], 7)):
         wc = torch.randn(4, 6, *kernel, requires_grad=True)
-        fwd = (xc, wc, None, keep_in, keep_out, torch.rand(4), stride, padding, [1, 1], True, 3)  # save both
+        fwd = (xc, wc, None, keep_in, keep_out, torch.rand(4), stride, padding, [1, 1], True, flags)
         cases.append((k.channel_sparse_conv2d, fwd))
         out, y_pre, x_c = (t.detach() for t in k.channel_sparse_conv2d(*fwd))
         cases.append((k.channel_sparse_conv2d_backward,

@@ -220,16 +220,20 @@ def test_large_full_size_outputs_are_zero_outside_kept_channels_and_writable(bac
     assert (x.grad[:, pruned_in] == 0).all()
 
 
+@pytest.mark.parametrize("forward_layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("sparsity", SPARSITY)
 @pytest.mark.parametrize("geom", GEOMETRIES)
-def test_backward_in_either_layout_matches_reference(monkeypatch, layout, dtype, sparsity, geom):
-    """The backward measures NCHW against NHWC per shape; both must give the reference gradients."""
-    from anp_kernels.ops import _dispatch
+def test_either_layout_matches_reference(monkeypatch, forward_layout, layout, dtype, sparsity, geom):
+    """Forward and backward each measure NCHW against NHWC per shape; every pairing must give the
+    reference output and gradients."""
+    from anp_kernels.ops import _dispatch, channel_sparse_conv
     if not fast_backends():
         pytest.skip("no compiled backend here")
     monkeypatch.setattr(_dispatch, "_backward_layout", lambda args: layout)
+    monkeypatch.setattr(channel_sparse_conv, "_forward_choice",
+                        lambda which, args, sig: (which, forward_layout == "nhwc" and which != "triton"))
     x, weight, bias, kw = _case(geom, sparsity, dtype, "sample", bias=True)
     leaves = [t.requires_grad_() for t in (x, weight, bias, kw["scale"])]
     expected = ops.channel_sparse_conv2d_reference(x, weight, bias, compact_output=True, **kw)
@@ -242,6 +246,9 @@ def test_backward_in_either_layout_matches_reference(monkeypatch, layout, dtype,
     with anp_kernels.use_backend(fast_backends()[0]):
         out = ops.channel_sparse_conv2d(x, weight, bias, compact_output=True, **kw)
         grads = torch.autograd.grad(out, leaves, grad)
+    assert out.shape == expected.shape
+    if out.numel():
+        torch.testing.assert_close(out.float(), ref32.detach(), **_tolerance(out, expected, ref32.detach()))
     for got, want, want32 in zip(grads, exp_grads, ref32_grads):
         assert got.shape == want.shape and got.dtype == want.dtype
         if dtype == torch.float32:

@@ -13,9 +13,10 @@ import torch
 from .. import _backend, _rng
 from . import _timed_choice
 
-# channel_sparse_conv2d's `save` bits (csrc/sparse_conv.h kSaveInput, kSavePre): what the forward keeps
-# for the backward, the gathered input (weight gradient) and the pre-scale output (scale gradient)
-SAVE_INPUT, SAVE_PRE = 1, 2
+# channel_sparse_conv2d's `flags` (csrc/sparse_conv.h kSaveInput, kSavePre, kNhwc): what the forward
+# keeps for the backward, the gathered input (weight gradient) and the pre-scale output (scale
+# gradient); and whether the C++/CUDA path runs its compact conv in NHWC (Triton ignores it)
+SAVE_INPUT, SAVE_PRE, CONV_NHWC = 1, 2, 4
 
 _registered: set = set()
 _namespaces: dict = {}
@@ -158,17 +159,19 @@ def register(ns: str) -> None:
     # ---- channel_sparse_conv2d: returns (out, y_pre, x_c), the last two kept for the backward only:
     # y_pre = compact (acc + bias) when scaled, x_c = the gathered input (C++ path, some inputs pruned)
     @torch.library.register_fake(q("channel_sparse_conv2d"))
-    def _(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, save):
+    def _(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, flags):
         ho = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
         wo = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
         kout = out_keep.shape[0]
         out = x.new_empty((x.shape[0], kout if compact_output else weight.shape[0], ho, wo))
-        y_pre = x.new_empty((x.shape[0], kout, ho, wo)) if scale is not None and save & SAVE_PRE else x.new_empty((0,))
-        keep_x_c = ns == "anp_kernels" and bool(save & SAVE_INPUT) and 0 < in_keep.shape[0] < x.shape[1]
+        y_pre = x.new_empty((x.shape[0], kout, ho, wo)) if scale is not None and flags & SAVE_PRE else x.new_empty((0,))
+        keep_x_c = ns == "anp_kernels" and bool(flags & SAVE_INPUT) and 0 < in_keep.shape[0] < x.shape[1]
         # a strided 1x1 conv without padding gathers only the pixels it reads
         sub = tuple(weight.shape[2:]) == (1, 1) and tuple(padding) == (0, 0) and max(stride) > 1
         h, w = ((x.shape[2] - 1) // stride[0] + 1, (x.shape[3] - 1) // stride[1] + 1) if sub else x.shape[2:]
         x_c = x.new_empty((x.shape[0], in_keep.shape[0], h, w)) if keep_x_c else x.new_empty((0,))
+        if keep_x_c and flags & CONV_NHWC:
+            x_c = x_c.contiguous(memory_format=torch.channels_last)
         return out, y_pre, x_c
 
     def conv_setup(ctx, inputs, output):
@@ -182,7 +185,7 @@ def register(ns: str) -> None:
 
 def sparse_conv_setup(ctx, inputs, output) -> None:
     """What the sparse conv's backward keeps (shared by the custom-op autograd and the eager Function)."""
-    x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, _save = inputs
+    x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, _flags = inputs
     ctx.save_for_backward(x, weight, in_keep, out_keep, scale, output[1], output[2])
     ctx.conf = (stride, padding, dilation, compact_output, bias is not None, scale is not None)
     # y_pre and x_c are kept for the backward only: no gradient flows into them, and autograd must

@@ -9,8 +9,9 @@ Pruned output channels are exact zeros (full output) or absent (compact_output=T
 Paths: `cpu`/`cuda` gather the kept channels once, run ATen's dense conv (oneDNN/cuDNN) on the
 compact tensors and fuse bias, scale and the scatter into one epilogue pass; `triton` is an
 implicit-GEMM kernel that gathers kept channels inside its loads (no compacted copy of x). On CUDA
-the op times both once per shape signature and keeps the faster; the backward likewise times the
-compact conv backward in NCHW and NHWC once per signature (oneDNN runs few-channel convs several-fold
+the op times both once per shape signature and keeps the faster, and the gathered conv (CPU and CUDA)
+is timed in NCHW and in NHWC; the backward likewise times the compact conv backward in NCHW and NHWC
+once per signature (oneDNN runs few-channel convs several-fold
 faster in NHWC, but not every shape); `conv_dispatch_log()` tells what was chosen.
 groups=1 only: depthwise/grouped convs are not supported (use F.conv2d with zeroed channels).
 The backward of every path is the compact at::convolution_backward, scattered to full size.
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from . import _checks, _timed_choice
-from ._dispatch import SAVE_INPUT, SAVE_PRE, EagerSparseConv, kernels
+from ._dispatch import CONV_NHWC, SAVE_INPUT, SAVE_PRE, EagerSparseConv, kernels
 
 _validated: dict = {}  # id(index tensor) -> (weakref, version, size): checked once per tensor state
 
@@ -135,18 +136,37 @@ def _signature(x, weight, kin, kout, stride, padding, dilation, compact, has_sca
             x.is_contiguous(memory_format=torch.channels_last))
 
 
-def _gpu_choice(args, sig) -> str:
-    """Time the Triton and the gathered-cuDNN path once per signature; keep the faster."""
-    candidates = {name: (lambda fn=getattr(kernels(name), "channel_sparse_conv2d"): fn(*args))
-                  for name in ("triton", "cuda") if _backend._missing(name, "cuda") is None}
+def _forward_choice(which: str, args: tuple, sig: tuple) -> tuple[str, bool]:
+    """(backend, nhwc) of the fastest forward for this signature, measured once: on CUDA the Triton
+    kernel and the gathered cuDNN conv, on CPU the gathered oneDNN conv; the gathered convs each in
+    NCHW and NHWC (oneDNN runs some few-channel shapes 1.5x faster in NHWC, others slower)."""
+    x = args[0]
+    if _backend.get_backend_override() != "auto":
+        names = [which]
+    else:
+        names = ["triton", "cuda"] if x.device.type == "cuda" else ["cpu"]
+    candidates = {}
+    for name in names:
+        if name != which and _backend._missing(name, x.device.type) is not None:
+            continue
+        fn = kernels(name).channel_sparse_conv2d
+        candidates[name] = lambda fn=fn: fn(*args)
+        if name != "triton":
+            nhwc_args = args[:-1] + (args[-1] | CONV_NHWC,)
+            candidates[name + "-nhwc"] = lambda fn=fn, a=nhwc_args: fn(*a)
     if not candidates:
-        return "reference"
-    return _timed_choice.fastest(("forward",) + sig, candidates, args[0].device, repeats=5)
+        return "reference", False
+    if len(candidates) == 1:
+        return next(iter(candidates)), False
+    choice = _timed_choice.fastest(("forward",) + sig + (args[-1],), candidates, x.device,
+                                   repeats=5 if x.device.type == "cuda" else 3)
+    return choice.removesuffix("-nhwc"), choice.endswith("-nhwc")
 
 
 def conv_dispatch_log() -> dict:
-    """What the op measured and chose per shape signature: {"forward": {sig: "triton"|"cuda"}} (GPU
-    forward path) and {"backward": {sig: "nchw"|"nhwc"}} (layout of the compact conv backward)."""
+    """What the op measured and chose per shape signature: {"forward": {sig: "triton" | "cuda" |
+    "cuda-nhwc" | "cpu" | "cpu-nhwc"}} (forward path and layout of its compact conv) and
+    {"backward": {sig: "nchw" | "nhwc"}} (layout of the compact conv backward)."""
     return {"forward": _timed_choice.log("forward"), "backward": _timed_choice.log("backward")}
 
 
@@ -165,15 +185,17 @@ def channel_sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
                                                compact_output=compact_output)
     args = (x, weight, bias, in_idx, out_idx, scale, list(stride), list(padding), list(dilation), compact_output,
             _saves(x, weight, bias, scale))
-    if x.device.type == "cuda" and _backend.get_backend_override() == "auto" and _timed_choice.can_measure(x, weight):
+    if _timed_choice.can_measure(x, weight):
         sig = _signature(x, weight, in_idx.numel(), out_idx.numel(), stride, padding, dilation, compact_output,
                          scale is not None)
-        which = _gpu_choice(args, sig)
+        which, nhwc = _forward_choice(which, args, sig)
+        if nhwc:
+            args = args[:-1] + (args[-1] | CONV_NHWC,)
         if which == "reference":
             return channel_sparse_conv2d_reference(x, weight, bias, in_keep=in_keep, out_keep=out_keep,
                                                    scale=scale, stride=stride, padding=padding, dilation=dilation,
                                                    compact_output=compact_output)
     kernel = kernels(which).channel_sparse_conv2d
-    if args[-1] and not torch.compiler.is_compiling():  # eager training: the lighter autograd wrapper
+    if args[-1] & (SAVE_INPUT | SAVE_PRE) and not torch.compiler.is_compiling():  # eager training: lighter wrapper
         return EagerSparseConv.apply(kernel.default if hasattr(kernel, "default") else kernel, *args)[0]
     return kernel(*args)[0]
