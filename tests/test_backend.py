@@ -146,3 +146,21 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_timed_choice_keeps_the_default_unless_another_is_clearly_faster():
+    import time
+
+    from anp_kernels.ops import _timed_choice
+
+    def sleeper(seconds):
+        return lambda: time.sleep(seconds)
+
+    cpu = torch.device("cpu")
+    assert _timed_choice.fastest(("test", 1), {"a": sleeper(0.004), "b": sleeper(0.0)}, cpu) == "b"
+    assert _timed_choice.fastest(("test", 2), {"a": sleeper(0.0), "b": sleeper(0.004)}, cpu) == "a"
+    # equal candidates: the default stays
+    assert _timed_choice.fastest(("test", 3), {"a": sleeper(0.002), "b": sleeper(0.002)}, cpu) == "a"
+    assert _timed_choice.log("test") == {(1,): "b", (2,): "a", (3,): "a"}
+    # remembered: not measured again
+    assert _timed_choice.fastest(("test", 1), {"a": sleeper(0.0), "b": sleeper(0.004)}, cpu) == "b"

@@ -239,7 +239,7 @@ def _backward_layout(args) -> str:
         return _timed_choice.known(key) or "nchw"
     op = sparse_conv_backward_op()
     return _timed_choice.fastest(key, {layout: (lambda cl=layout == "nhwc": op(*args, channels_last=cl))
-                                       for layout in ("nchw", "nhwc")}, x.device, repeats=2)
+                                       for layout in ("nchw", "nhwc")}, x.device)
 
 
 def sparse_conv_backward_op():

@@ -158,8 +158,7 @@ def _forward_choice(which: str, args: tuple, sig: tuple) -> tuple[str, bool]:
         return "reference", False
     if len(candidates) == 1:
         return next(iter(candidates)), False
-    choice = _timed_choice.fastest(("forward",) + sig + (args[-1],), candidates, x.device,
-                                   repeats=5 if x.device.type == "cuda" else 3)
+    choice = _timed_choice.fastest(("forward",) + sig + (args[-1],), candidates, x.device)
     return choice.removesuffix("-nhwc"), choice.endswith("-nhwc")
 
 
