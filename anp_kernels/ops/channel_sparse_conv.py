@@ -8,11 +8,11 @@ Pruned output channels are exact zeros (full output) or absent (compact_output=T
 
 Paths: `cpu`/`cuda` gather the kept channels once, run ATen's dense conv (oneDNN/cuDNN) on the
 compact tensors and fuse bias, scale and the scatter into one epilogue pass; `triton` is an
-implicit-GEMM kernel that gathers kept channels inside its loads (no compacted copy of x). On CUDA
-the op times both once per shape signature and keeps the faster, and the gathered conv (CPU and CUDA)
-is timed in NCHW and in NHWC; the backward likewise times the compact conv backward in NCHW and NHWC
-once per signature (oneDNN runs few-channel convs several-fold
-faster in NHWC, but not every shape); `conv_dispatch_log()` tells what was chosen.
+implicit-GEMM kernel that gathers kept channels inside its loads (no compacted copy of x). Per shape
+signature the op times, once, the paths that can run a call (on CUDA Triton and the gathered cuDNN
+conv; the gathered conv in NCHW and in NHWC) and keeps the fastest; the backward likewise times the
+compact conv backward in NCHW and NHWC (oneDNN runs few-channel convs up to several-fold faster in
+NHWC, but not every shape). `conv_dispatch_log()` tells what was chosen.
 groups=1 only: depthwise/grouped convs are not supported (use F.conv2d with zeroed channels).
 The backward of every path is the compact at::convolution_backward, scattered to full size.
 """
