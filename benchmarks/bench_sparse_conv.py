@@ -72,7 +72,7 @@ def _candidates(batch, cin, cout, h, k, stride, pad, sparsity, device, backward)
 
 def _chosen(batch, cin, cout, h, k, sparsity, backward) -> str:
     """The forward path (and, with backward, the backward layout) the op measured and chose for this row."""
-    kin, kout = (max(1, round(c * (1 - sparsity))) for c in (cin, cout))
+    kin, kout = (-(-max(1, round(c * (1 - sparsity))) // 8) * 8 for c in (cin, cout))  # as the op buckets them
     shapes = ((batch, cin, h, h), (cout, cin, k, k))
     log = ops.conv_dispatch_log()
     fwd = {v for key, v in log["forward"].items() if key[:2] == shapes and key[3:5] == (kin, kout)

@@ -232,9 +232,10 @@ def _backward_layout(args) -> str:
     grad, x, weight, in_keep, out_keep, scale, _y, _xc, stride, padding, dilation, compact, mask = args
     if not _timed_choice.can_measure(grad, x, weight, in_keep, out_keep):
         return "nchw"  # tracing: the traced graph keeps one layout
-    key = ("backward", tuple(x.shape), tuple(weight.shape), x.dtype, x.device.type, in_keep.shape[0],
-           out_keep.shape[0], tuple(stride), tuple(padding), tuple(dilation), compact, scale is not None,
-           tuple(mask), x.is_contiguous(memory_format=torch.channels_last))
+    key = ("backward", tuple(x.shape), tuple(weight.shape), x.dtype, x.device.type,
+           _timed_choice.bucket(in_keep.shape[0]), _timed_choice.bucket(out_keep.shape[0]), tuple(stride),
+           tuple(padding), tuple(dilation), compact, scale is not None, tuple(mask),
+           x.is_contiguous(memory_format=torch.channels_last))
     if not (mask[0] or mask[1]) or in_keep.shape[0] * out_keep.shape[0] == 0:
         return _timed_choice.known(key) or "nchw"
     op = sparse_conv_backward_op()

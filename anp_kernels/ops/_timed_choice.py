@@ -44,6 +44,13 @@ def fastest(key: tuple, candidates: dict[str, Callable[[], object]], device: tor
     return choice
 
 
+def bucket(count: int) -> int:
+    """A kept-channel count rounded up to a multiple of 8: counts that differ by a few channels share
+    one measurement (while a network prunes, its counts change often; each new signature would
+    otherwise be timed again)."""
+    return -(-count // 8) * 8
+
+
 def can_measure(*tensors: torch.Tensor) -> bool:
     """False while tracing (torch.compile, AOT/fake tensors, symbolic shapes): nothing real to time."""
     if torch.compiler.is_compiling():

@@ -132,8 +132,8 @@ def _saves(x, weight, bias, scale) -> int:
 
 
 def _signature(x, weight, kin, kout, stride, padding, dilation, compact, has_scale):
-    return (tuple(x.shape), tuple(weight.shape), x.dtype, kin, kout, stride, padding, dilation, compact, has_scale,
-            x.is_contiguous(memory_format=torch.channels_last))
+    return (tuple(x.shape), tuple(weight.shape), x.dtype, _timed_choice.bucket(kin), _timed_choice.bucket(kout),
+            stride, padding, dilation, compact, has_scale, x.is_contiguous(memory_format=torch.channels_last))
 
 
 def _forward_choice(which: str, args: tuple, sig: tuple) -> tuple[str, bool]:
