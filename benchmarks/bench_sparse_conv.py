@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from anp_kernels import ops  # noqa: E402
+from anp_kernels.ops._timed_choice import bucket  # noqa: E402
 from _harness import interleaved_medians, stamp, write_results  # noqa: E402
 
 # (name, C_in, C_out, H, kernel, stride, padding)
@@ -67,12 +68,13 @@ def _candidates(batch, cin, cout, h, k, stride, pad, sparsity, device, backward)
         return lambda: torch.autograd.grad(fn().sum(), (x, w))
 
     ideal = cin * cout / (len(ik) * len(ok))
-    return {"dense_masked": run(dense_masked), "eager_gather": run(eager_gather), "ours": run(ours)}, ideal
+    fns = {"dense_masked": run(dense_masked), "eager_gather": run(eager_gather), "ours": run(ours)}
+    return fns, ideal, (len(ik), len(ok))
 
 
-def _chosen(batch, cin, cout, h, k, sparsity, backward) -> str:
+def _chosen(batch, cin, cout, h, k, kept, backward) -> str:
     """The forward path (and, with backward, the backward layout) the op measured and chose for this row."""
-    kin, kout = (-(-max(1, round(c * (1 - sparsity))) // 8) * 8 for c in (cin, cout))  # as the op buckets them
+    kin, kout = (bucket(c) for c in kept)  # the op keys its choices by bucketed kept counts
     shapes = ((batch, cin, h, h), (cout, cin, k, k))
     log = ops.conv_dispatch_log()
     fwd = {v for key, v in log["forward"].items() if key[:2] == shapes and key[3:5] == (kin, kout)
@@ -89,14 +91,14 @@ def run(device: str, batch: int, rounds: int, min_round_s: float = 0.0, layers: 
             continue
         for sparsity in sparsities:
             for backward in (False, True):
-                fns, ideal = _candidates(batch, cin, cout, h, k, stride, pad, sparsity, device, backward)
+                fns, ideal, kept = _candidates(batch, cin, cout, h, k, stride, pad, sparsity, device, backward)
                 t = interleaved_medians(fns, device, rounds=rounds, warmup=1, min_round_s=min_round_s)
                 speedup = t["dense_masked"] / t["ours"]
                 rows.append(dict(layer=name, shape=[batch, cin, cout, h, k, stride], sparsity=sparsity,
                                  pass_="fwd+bwd" if backward else "fwd", seconds=t, ideal=ideal,
                                  speedup_vs_dense=speedup, speedup_vs_gather=t["eager_gather"] / t["ours"],
                                  fraction_of_ideal=speedup / ideal,
-                                 chosen=_chosen(batch, cin, cout, h, k, sparsity, backward)))
+                                 chosen=_chosen(batch, cin, cout, h, k, kept, backward)))
                 r = rows[-1]
                 print(f"{name:16s} s={sparsity:.2f} {r['pass_']:8s} ours {t['ours'] * 1e3:8.2f} ms  "
                       f"vs dense {speedup:5.2f}x (ideal {ideal:5.1f}x, {r['fraction_of_ideal']:.0%})  "

@@ -67,6 +67,12 @@ inline at::Tensor gather_channels(const at::Tensor& t, const at::Tensor& keep) {
   return t.index({at::indexing::Slice(), keep}).contiguous();
 }
 
+// weight[out_keep][:, in_keep]: the compact [kept_out, kept_in, kh, kw] block.
+inline at::Tensor gather_weight(const at::Tensor& weight, const at::Tensor& in_keep, const at::Tensor& out_keep) {
+  at::Tensor w_c = weight.index_select(0, out_keep);
+  return in_keep.numel() == weight.size(1) ? w_c : w_c.index_select(1, in_keep);
+}
+
 // The conv arguments for the compact tensors: unit stride where the gather subsampled.
 inline SparseConvArgs compact_args(const at::Tensor& weight, const SparseConvArgs& a) {
   return subsamples(weight, a) ? SparseConvArgs{kUnit, kZero, kUnit} : a;
@@ -82,8 +88,7 @@ inline at::Tensor compact_conv(const at::Tensor& x, const at::Tensor& weight, co
   const at::Tensor xs = read_pixels(x, weight, a);
   at::Tensor x_c = all_in ? xs : gather_channels(xs, in_keep);
   if (nhwc) x_c = x_c.contiguous(at::MemoryFormat::ChannelsLast);
-  at::Tensor w_c = weight.index_select(0, out_keep);
-  if (!all_in) w_c = w_c.index_select(1, in_keep);
+  at::Tensor w_c = gather_weight(weight, in_keep, out_keep);
   if (x_c_out) *x_c_out = x_c;
   if (w_c_out) *w_c_out = w_c;
   const int64_t kh = weight.size(2), kw = weight.size(3);
@@ -208,8 +213,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_conv_backward(
     // x_c: the gathered input kept by the forward (empty: gather again, as the Triton path never makes it)
     const at::Tensor xs = read_pixels(x, weight, a);
     const at::Tensor saved = all_in ? xs : (saved_x_c.numel() ? saved_x_c : at::Tensor());
-    at::Tensor w_c = weight.index_select(0, out_keep);
-    if (!all_in) w_c = w_c.index_select(1, in_keep);
+    at::Tensor w_c = gather_weight(weight, in_keep, out_keep);
     at::Tensor x_c;
     if (channels_last) {
       x_c = relayout.gather_nhwc(xs, in_keep, saved);

@@ -61,11 +61,6 @@ def can_measure(*tensors: torch.Tensor) -> bool:
     return True
 
 
-def known(key: tuple) -> str | None:
-    """The remembered choice for `key`, if measured already."""
-    return _choices.get(key)
-
-
 def log(kind: str) -> dict:
     """{signature: choice} for the keys whose first element is `kind`."""
     return {k[1:]: v for k, v in _choices.items() if k[0] == kind}
