@@ -6,7 +6,8 @@ from torch import nn
 
 import anp_kernels
 from anp_kernels import models, ops
-from anp_kernels.nn import ANPConv2d, ANPLinear, BetaBernoulliMask, convert, masks, parameter_groups, sparsity
+from anp_kernels.nn import (ANPConv2d, ANPLinear, BetaBernoulliMask, convert, latent_layers, masks, parameter_groups,
+                            sparsity)
 
 
 def test_mask_parameters_follow_the_original_clamps():
@@ -93,38 +94,87 @@ def test_anp_conv_eval_without_pruning_matches_conv_then_scale(shape, frozen):
 
 
 @pytest.mark.parametrize("training", [False, True])
-def test_anp_linear_matches_linear_then_mask(training):
+def test_anp_linear_masks_its_inputs(training):
     lin = nn.Linear(5, 7)
     layer = ANPLinear(lin).train(training)
     with torch.no_grad():
-        layer.mask.a_uc[0] = -9.0
+        layer.mask.a_uc[0] = -9.0  # input 0 pruned: exact zero weight on it, in training too
     x = torch.randn(4, 5)
     layer.mask.generator = torch.Generator().manual_seed(1)
     out = layer(x)
     layer.mask.generator = torch.Generator().manual_seed(1)
-    scale = layer.mask.sample(4) if training else layer.mask.eval_scale()
-    expected = lin(x) * scale
-    expected[:, 0] = 0
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    scale = layer.mask.sample(4) if training else layer.mask.eval_scale().expand(4, 5)
+    scale = scale.clone()
+    scale[:, 0] = 0
+    torch.testing.assert_close(out, lin(x * scale), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"expects \[N, 5\] inputs"):
+        layer(torch.randn(4, 6))
 
 
-def test_convert_keeps_weights_and_skips_the_classifier():
+def test_lenet5_caffe_gets_the_original_masks():
+    """conv outputs (20, 50) and Linear inputs (800, 500): 1,370 units, all at a_uc = -1."""
     model = models.lenet5_caffe()
-    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    weights = [m.weight for m in convs]
+    weights = {n: m.weight for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     convert(model)
-    names = list(masks(model))
-    assert names == ["1", "4", "8"]  # conv1, conv2, fc1; fc2 (the classifier) stays dense
-    assert [model.get_submodule(n).weight for n in names] == weights[:3]
-    assert isinstance(model[10], nn.Linear)
+    found = masks(model)
+    assert {n: m.num_features for n, m in found.items()} == {"conv1": 20, "conv2": 50, "fc3": 800, "fc4": 500}
+    assert sparsity(model)["units"] == 1370
+    assert all(torch.all(m.a_uc == -1.0) for m in found.values())
+    assert all(model.get_submodule(n).weight is w for n, w in weights.items())  # weights kept, not copied
+    assert isinstance(model.conv1, ANPConv2d) and isinstance(model.fc4, ANPLinear)
+    assert [n for n, _ in latent_layers(model)] == ["relu1", "relu2", "relu3"]
     with pytest.raises(ValueError, match="already has ANP masks"):
         convert(model)
 
 
+def test_vgg16_gets_the_original_masks_init_dropout_and_features():
+    model = convert(models.vgg16())
+    found = masks(model)
+    convs = [n for n in found if n.startswith("features.")]
+    assert len(convs) == 13 and sum(found[n].num_features for n in convs) == 4224
+    assert [found[n].num_features for n in ("classifier.fc1", "classifier.fc2")] == [512, 512]
+    assert sparsity(model)["units"] == 5248
+    assert all(torch.all(found[n].a_uc == 2.0) for n in convs)  # the original's VGG conv-mask init
+    assert torch.all(found["classifier.fc1"].a_uc == -1.0) and torch.all(found["classifier.fc2"].a_uc == -1.0)
+    # the 0.5 dropouts before the masked FC inputs go (the original runs them only without masks)
+    assert isinstance(model.classifier.drop1, nn.Identity) and isinstance(model.classifier.drop2, nn.Identity)
+    kept = [m.p for m in model.features if isinstance(m, nn.Dropout)]
+    assert kept == [0.3, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4]  # block dropouts stay
+    assert isinstance(models.vgg16().classifier.bn, nn.BatchNorm1d)
+    latent = [n for n, _ in latent_layers(model)]
+    assert len(latent) == 15 and latent[-2:] == ["classifier.fc1", "classifier.relu"]
+
+
+def test_convert_init_and_latent_options():
+    model = convert(models.lenet_digits(), init_a={"conv": 1.5, "linear": 0.5}, latent=["conv2", "relu3"])
+    assert torch.all(model.conv1.mask.a_uc == 1.5) and torch.all(model.fc3.mask.a_uc == 0.5)
+    assert [n for n, _ in latent_layers(model)] == ["conv2", "relu3"]
+    with pytest.raises(ValueError, match="no module named"):
+        convert(models.lenet_digits(), latent=["nope"])
+    with pytest.raises(ValueError, match="init_a as a dict"):
+        convert(models.lenet_digits(), init_a={"dense": 1.0})
+
+
+def test_functional_activations_need_named_latent_modules():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4 * 36, 10)
+
+        def forward(self, x):
+            return self.fc(F.relu(self.conv(x)).flatten(1))
+
+    model = convert(Functional())
+    with pytest.raises(ValueError, match="functional activations"):
+        anp_kernels.ANPVSLoss(model, lam=1e-3)
+    anp_kernels.nn.set_latent(model, ["conv"])
+    assert anp_kernels.ANPVSLoss(model, lam=1e-3)._latent == [model.conv]
+
+
 def test_convert_include_exclude_and_sparsity():
-    model = convert(models.vgg16(), exclude=["features.0"])
-    assert "features.0" not in masks(model) and "features.3" in masks(model)
-    assert len(masks(model)) == 12 + 1  # 12 convs + the first FC
+    model = convert(models.vgg16(), exclude=["features.conv1"])
+    assert "features.conv1" not in masks(model) and "features.conv2" in masks(model)
+    assert len(masks(model)) == 12 + 2  # 12 convs + both FC inputs
     only = convert(models.resnet18(), include=["layer1.*"])
     assert set(masks(only)) == {"layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2"}
     with torch.no_grad():
@@ -136,13 +186,13 @@ def test_convert_include_exclude_and_sparsity():
         convert(models.lenet5_caffe(), include=["nothing*"])
 
 
-def test_parameter_groups_give_masks_ten_times_the_lr():
+def test_parameter_groups_follow_the_original_optimisers():
     model = convert(models.lenet_digits())
     groups = parameter_groups(model, lr=1e-3)
     assert [g["name"] for g in groups] == ["weights", "masks"]
-    assert groups[1]["lr"] == pytest.approx(1e-2)
-    n_mask = sum(p.numel() for p in groups[1]["params"])
-    assert n_mask == 2 * (16 + 32 + 64)
+    assert groups[1]["lr"] == pytest.approx(1e-2) and groups[1]["weight_decay"] == 0.0
+    assert groups[0]["weight_decay"] == 1e-4  # the original's 1e-4 * l2_loss on every weight
+    assert sum(p.numel() for p in groups[1]["params"]) == 2 * (16 + 32 + 128 + 64)
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))

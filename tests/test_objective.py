@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from anp_kernels import models, ops
 from anp_kernels.attacks import pgd
 from anp_kernels.losses import ANPVSLoss
-from anp_kernels.nn import convert, masks
+from anp_kernels.nn import convert, mask_parameters, masks, set_mask_generator, weight_parameters
 
 
 def _batch(n=8):
@@ -14,25 +14,109 @@ def _batch(n=8):
     return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
-def test_loss_formula_one_pass_equals_separate_passes_dense():
+def _relu_features(model, x):
+    """Logits and the outputs of every ReLU module: the post-activation latent features."""
+    feats = []
+    hooks = [m.register_forward_hook(lambda m, i, o: feats.append(o)) for m in model.modules()
+             if isinstance(m, torch.nn.ReLU)]
+    logits = model(x)
+    for h in hooks:
+        h.remove()
+    return logits, feats
+
+
+def test_dense_objective_matches_separate_passes_on_post_activation_features():
     model = models.lenet_digits()
     x, y = _batch()
     x_adv = (x + 0.05).clamp(0, 1)
-    loss = ANPVSLoss(model, beta=0.0, lam=0.5, adv_weight=2.0, num_train=100)
-    parts = loss(x, x_adv, y)
-    feats = {}
-    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))][:-1]
-    hooks = [m.register_forward_hook(lambda m, i, o: feats.setdefault(id(m), []).append(o)) for m in convs]
-    lc, la = model(x), model(x_adv)
-    for h in hooks:
-        h.remove()
-    vs = ops.vs_loss([tuple(feats[id(m)]) for m in convs])
+    parts = ANPVSLoss(model, lam=0.5, adv_weight=2.0, num_train=100)(x, x_adv, y)
+    (lc, fc), (la, fa) = _relu_features(model, x), _relu_features(model, x_adv)
+    assert len(fc) == 3  # relu1, relu2, relu3
+    vs = torch.stack([(a - b).abs().mean() for a, b in zip(fc, fa)]).mean()
     expected = (F.cross_entropy(lc, y) + 2 * F.cross_entropy(la, y)) / 3 + 0.5 * vs
-    torch.testing.assert_close(parts.total, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(parts.vs, vs, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(parts.total, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_loss_with_masks_shares_the_mask_between_halves_and_trains_every_layer():
+def _conv_bn_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3, padding=1), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(6 * 64, 10))
+
+
+@pytest.mark.parametrize("latent,invariant", [(None, True), (["0"], False)])
+def test_vs_is_invariant_to_rescaling_a_conv_ahead_of_train_mode_batchnorm(latent, invariant):
+    """Post-activation VS (after BN + ReLU) cannot be lowered by scaling the conv's weights, which
+    a train-mode BN undoes; VS on the conv's output (latent=["0"], the old placement) can."""
+    x, y = _batch(16)
+    x_adv = (x + 0.2 * torch.rand_like(x)).clamp(0, 1)
+
+    def vs_of(scale):
+        model = convert(_conv_bn_net(), latent=latent)
+        with torch.no_grad():
+            model[0].layer.weight.mul_(scale)
+            model[0].layer.bias.mul_(scale)
+        set_mask_generator(model, torch.Generator().manual_seed(0))
+        return ANPVSLoss(model, lam=1.0, num_train=100)(x, x_adv, y).vs
+
+    a, b = vs_of(1.0), vs_of(10.0)
+    assert a > 0
+    if invariant:
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+    else:
+        assert b > 5 * a
+
+
+def _reference_objectives(model, x, x_adv, y, seed_gen, beta, lam, n_train):
+    """The ANP-VS objectives in plain PyTorch, written out for lenet_digits: one mask sample per
+    layer (seeds drawn in layer order) shared by the clean and the adversarial pass."""
+    from anp_kernels import _rng
+    from anp_kernels.ops.sample_mask import sample_mask_reference
+
+    layers = [model.conv1, model.conv2, model.fc3, model.fc4]
+    z = [sample_mask_reference(m.mask.a(), m.mask.b(), len(x), 0.1, _rng.draw_seed(seed_gen)) for m in layers]
+
+    def forward(inp):
+        h = model.norm(inp)
+        f1 = torch.relu(F.conv2d(h, model.conv1.weight, model.conv1.bias, padding=1) * z[0][:, :, None, None])
+        h = F.max_pool2d(f1, 2)
+        f2 = torch.relu(F.conv2d(h, model.conv2.weight, model.conv2.bias, padding=1) * z[1][:, :, None, None])
+        h = F.max_pool2d(f2, 2).flatten(1)
+        f3 = torch.relu(F.linear(h * z[2], model.fc3.weight, model.fc3.bias))
+        return F.linear(f3 * z[3], model.fc4.weight, model.fc4.bias), [f1, f2, f3]
+
+    (lc, fc), (la, fa) = forward(x), forward(x_adv)
+    kl = sum(ops.kl_kumaraswamy_beta(m.mask.a(), m.mask.b(), 1e-4) for m in layers)
+    vs = torch.stack([(a - b).abs().mean() for a, b in zip(fc, fa)]).mean()
+    weights = (F.cross_entropy(lc, y) + 2 * F.cross_entropy(la, y)) / 3 + lam * vs
+    return weights, F.cross_entropy(la, y) + beta * kl / n_train
+
+
+def test_total_backward_gives_masks_and_weights_their_own_objectives():
+    """parts.total.backward(): masks get d(CE(x_adv) + beta KL / N), weights d((CE + 2 CE_adv)/3 + lam VS)."""
+    model = convert(models.lenet_digits())
+    x, y = _batch()
+    x_adv = (x + 0.1 * torch.rand_like(x)).clamp(0, 1)
+    set_mask_generator(model, torch.Generator().manual_seed(5))
+    parts = ANPVSLoss(model, beta=4.0, lam=0.5, num_train=100)(x, x_adv, y)
+    parts.total.backward()
+    weights_obj, mask_obj = _reference_objectives(model, x, x_adv, y, torch.Generator().manual_seed(5), 4.0, 0.5, 100)
+    torch.testing.assert_close(parts.weight_objective, weights_obj, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(parts.mask_objective, mask_obj, atol=1e-4, rtol=1e-5)
+    ref_w = torch.autograd.grad(weights_obj, weight_parameters(model), retain_graph=True, allow_unused=True)
+    ref_m = torch.autograd.grad(mask_obj, mask_parameters(model))
+    for p, g in zip(weight_parameters(model), ref_w):
+        torch.testing.assert_close(p.grad, torch.zeros_like(p) if g is None else g, atol=1e-6, rtol=1e-4)
+    for p, g in zip(mask_parameters(model), ref_m):
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-4)
+    # the VS and clean terms really move the masks under the joint objective: the split matters
+    model.zero_grad()
+    set_mask_generator(model, torch.Generator().manual_seed(5))
+    ANPVSLoss(model, beta=4.0, lam=0.5, num_train=100, mask_objective="joint")(x, x_adv, y).total.backward()
+    assert not all(torch.allclose(p.grad, g, atol=1e-6, rtol=1e-4) for p, g in zip(mask_parameters(model), ref_m))
+
+
+def test_loss_shares_the_mask_sample_and_trains_every_layer():
     model = convert(models.lenet_digits())
     x, y = _batch()
     loss = ANPVSLoss(model, beta=4.0, lam=1e-3, num_train=100)
@@ -42,10 +126,18 @@ def test_loss_with_masks_shares_the_mask_between_halves_and_trains_every_layer()
     kl = sum(m.kl() for m in masks(model).values())
     assert parts.kl.item() == pytest.approx(kl.item(), rel=1e-5)
     parts.total.backward()
-    for name, m in masks(model).items():  # the first layer's VS/mask terms get gradients too
+    for name, m in masks(model).items():
         assert m.a_uc.grad is not None and m.a_uc.grad.abs().sum() > 0, name
-    first = model.get_submodule("1").weight
-    assert first.grad is not None and first.grad.abs().sum() > 0
+    assert model.conv1.weight.grad.abs().sum() > 0  # the first layer's weights get VS gradients too
+
+
+def test_weight_decay_term():
+    model = models.lenet_digits()
+    x, y = _batch()
+    plain = ANPVSLoss(model)(x, (x + 0.1).clamp(0, 1), y)
+    decayed = ANPVSLoss(model, weight_decay=1e-2)(x, (x + 0.1).clamp(0, 1), y)
+    l2 = sum(p.square().sum() for p in model.parameters()) * 1e-2 / 2
+    torch.testing.assert_close(decayed.total - plain.total, l2, atol=1e-5, rtol=1e-4)
 
 
 def test_loss_rejects_bad_settings():
@@ -59,6 +151,8 @@ def test_loss_rejects_bad_settings():
     x, y = _batch()
     with pytest.raises(ValueError, match="same shape"):
         ANPVSLoss(model)(x, x[:4], y)
+    with pytest.raises(ValueError, match="mask_objective"):
+        ANPVSLoss(model, mask_objective="both")
 
 
 @pytest.mark.parametrize("norm", ["Linf", "L2"])

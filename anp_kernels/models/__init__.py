@@ -25,6 +25,14 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 INPUT_SIZE = {"lenet5_caffe": 28, "lenet_digits": 8, "vgg_digits": 8}  # others: 32 (CIFAR)
 
+# lr x0.1 at these fractions of training, as the ANP-VS code does (LeNet: 50%, 70%; VGG: 50%, 80%)
+MILESTONES = {"lenet5_caffe": [0.5, 0.7], "lenet_digits": [0.5, 0.7], "vgg16": [0.5, 0.8], "vgg_digits": [0.5, 0.8]}
+
+
+def milestones(name: str) -> list[float]:
+    """The default lr milestones (fractions of training) for a model; [0.5, 0.75] for the others."""
+    return list(MILESTONES.get(name, [0.5, 0.75]))
+
 
 def input_shape(name: str, in_channels: int | None = None, batch: int = 1) -> tuple:
     """The input shape a model is built for, e.g. (1, 1, 28, 28) for LeNet-5."""
@@ -45,4 +53,4 @@ def build(name: str, num_classes: int = 10, in_channels: int | None = None) -> n
     return MODELS[name](**kwargs)
 
 
-__all__ = ["MODELS", "build", "input_shape", "Normalize", *MODELS]
+__all__ = ["MODELS", "build", "input_shape", "milestones", "Normalize", *MODELS]

@@ -17,10 +17,11 @@ class BasicBlock(nn.Module):
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()  # modules, so VS finds the post-activation features
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        out = self.relu1(self.bn1(self.conv1(x)))
+        return self.relu2(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
 class ResNet18(nn.Module):
@@ -29,6 +30,7 @@ class ResNet18(nn.Module):
         self.normalize = norm_for(in_channels, CIFAR_NORM)
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU()
         layers, cin = [], 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
@@ -37,7 +39,7 @@ class ResNet18(nn.Module):
         self.linear = nn.Linear(512, num_classes)
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(self.normalize(x))))
+        out = self.relu(self.bn1(self.conv1(self.normalize(x))))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
@@ -52,11 +54,12 @@ class WideBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.shortcut = None if cin == cout and stride == 1 else nn.Conv2d(cin, cout, 1, stride, bias=False)
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
 
     def forward(self, x):
-        o = F.relu(self.bn1(x))
+        o = self.relu1(self.bn1(x))
         y = self.conv1(o)
-        y = self.conv2(F.relu(self.bn2(y)))
+        y = self.conv2(self.relu2(self.bn2(y)))
         return y + (x if self.shortcut is None else self.shortcut(o))
 
 
@@ -74,11 +77,12 @@ class WideResNet(nn.Module):
             cin = cout
         self.block1, self.block2, self.block3 = blocks
         self.bn = nn.BatchNorm2d(cin)
+        self.relu = nn.ReLU()
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x):
         out = self.block3(self.block2(self.block1(self.conv1(self.normalize(x)))))
-        return self.fc(F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1))
+        return self.fc(F.adaptive_avg_pool2d(self.relu(self.bn(out)), 1).flatten(1))
 
 
 def resnet18(num_classes: int = 10, in_channels: int = 3) -> ResNet18:

@@ -1,7 +1,9 @@
-"""Masked layers and model conversion for ANP-VS."""
-from .convert import convert, latent_layers, mask_parameters, masks, parameter_groups, set_mask_generator, sparsity, weight_parameters
-from .layers import ANPConv2d, ANPLinear
-from .mask import BetaBernoulliMask, paired_masks
+"""Masks, masked layers and model conversion for ANP-VS."""
+from .convert import (ACTIVATIONS, convert, latent_layers, mask_parameters, masks, parameter_groups, require_latent,
+                      set_latent, set_mask_generator, sparsity, weight_parameters)
+from .layers import ANPConv2d, ANPLayer, ANPLinear
+from .mask import BetaBernoulliMask, shared_mask_sample
 
-__all__ = ["BetaBernoulliMask", "ANPConv2d", "ANPLinear", "convert", "masks", "sparsity", "mask_parameters",
-           "weight_parameters", "parameter_groups", "latent_layers", "paired_masks", "set_mask_generator"]
+__all__ = ["BetaBernoulliMask", "ANPLayer", "ANPConv2d", "ANPLinear", "ACTIVATIONS", "convert", "masks", "sparsity",
+           "mask_parameters", "weight_parameters", "parameter_groups", "latent_layers", "require_latent",
+           "set_latent", "shared_mask_sample", "set_mask_generator"]

@@ -1,57 +1,121 @@
-"""Turn a plain PyTorch model into an ANP model, and read its masks back."""
+"""Turn a plain PyTorch model into an ANP model, and read its masks and latent features back."""
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
-from .layers import ANPConv2d, ANPLinear, _ANPLayer
-from .mask import BetaBernoulliMask
+from .layers import ANPConv2d, ANPLayer, ANPLinear
+from .mask import INIT_A_UC, BetaBernoulliMask
+
+# modules whose outputs are post-activation latent features (what VS and vulnerability measure)
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+               nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Tanh, nn.Sigmoid, nn.Softplus)
 
 
 def _matches(name: str, patterns: Iterable[str] | None) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns or ())
 
 
-def convert(model: nn.Module, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
-            **mask_kwargs) -> nn.Module:
-    """Wrap every Conv2d/Linear (by default all but the classifier, the last Linear) with a mask.
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
-    include / exclude: fnmatch patterns over module names (e.g. "features.*", "fc2"); include
-    overrides the default choice, exclude wins over both. Weights are kept (the layers are
-    wrapped, not copied). mask_kwargs go to BetaBernoulliMask (alpha, temperature, threshold,
-    init_a, init_b). Returns the same model object, modified in place.
-    """
-    if any(isinstance(m, (_ANPLayer, BetaBernoulliMask)) for m in model.modules()):
-        raise ValueError("this model already has ANP masks: convert() it once only")
-    named = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    if not named:
-        raise ValueError("no nn.Conv2d or nn.Linear layer to mask in this model")
-    linears = [n for n, m in named if isinstance(m, nn.Linear)]
-    classifier = linears[-1] if linears else None
+
+def _init_a_for(model: nn.Module, init_a) -> Callable[[nn.Module], float]:
+    """a_uc initial value per wrapped layer: a number, {"conv": .., "linear": ..}, or None for the
+    model's own default (`anp_mask_init_a`, e.g. VGG-16's 2.0 on conv masks) and else -1.0."""
+    rule = init_a if init_a is not None else getattr(model, "anp_mask_init_a", INIT_A_UC)
+    if isinstance(rule, dict):
+        unknown = set(rule) - {"conv", "linear"}
+        if unknown:
+            raise ValueError(f"init_a as a dict takes the keys 'conv' and 'linear', got {sorted(unknown)}")
+        return lambda m: float(rule.get("conv" if isinstance(m, nn.Conv2d) else "linear", INIT_A_UC))
+    if isinstance(rule, bool) or not isinstance(rule, (int, float)):
+        raise TypeError(f"init_a must be a number or a dict, got {type(rule).__name__}")
+    return lambda m: float(rule)
+
+
+def _chosen_layers(model: nn.Module, include, exclude) -> list[str]:
     chosen = []
-    for name, module in named:
-        wanted = _matches(name, include) if include is not None else name != classifier
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        wanted = _matches(name, include) if include is not None else True
         if wanted and not _matches(name, exclude):
             if isinstance(module, nn.Conv2d) and module.groups != 1:
                 continue  # depthwise / grouped convs are left dense
             chosen.append(name)
+    return chosen
+
+
+def _drop_dropout_before_masked_inputs(model: nn.Module) -> None:
+    """In every nn.Sequential, a Dropout directly before an ANPLinear becomes Identity: the mask is
+    that layer's input dropout (the ANP-VS code runs its 0.5 FC dropout only without masks)."""
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for here, nxt in zip(names, names[1:]):
+            if isinstance(seq._modules[here], nn.Dropout) and isinstance(seq._modules[nxt], ANPLinear):
+                seq._modules[here] = nn.Identity()
+
+
+def set_latent(model: nn.Module, names: Iterable[str]) -> None:
+    """Name the modules whose outputs are the latent features of VS (for models that use
+    functional activations, or to measure elsewhere than after every activation module)."""
+    names = list(names)
+    missing = [n for n in names if not _has_module(model, n)]
+    if missing or not names:
+        raise ValueError(f"latent: no module named {missing} in this model" if missing
+                         else "latent: give at least one module name")
+    model.anp_latent = names
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
+
+
+def convert(model: nn.Module, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
+            latent: Iterable[str] | None = None, init_a: float | dict | None = None, **mask_kwargs) -> nn.Module:
+    """Give the model ANP-VS masks where the original code places them: every Conv2d (groups=1) is
+    masked on its output channels, every Linear on its input features (the classifier's included).
+
+    include / exclude: fnmatch patterns over module names (e.g. "features.*", "fc2"); include
+    replaces the default choice (all), exclude wins over both. latent: names of the modules whose
+    outputs VS measures (default: every activation module, see `latent_layers`). init_a: the masks'
+    initial a_uc: a number, {"conv": .., "linear": ..}, or None for the model's default (VGG-16:
+    2.0 on conv masks) and -1.0 elsewhere. Other mask_kwargs go to BetaBernoulliMask (alpha,
+    temperature, threshold, init_b). Weights are kept (the layers are wrapped, not copied); a
+    Dropout directly before a masked Linear is removed. Returns the same model object, modified.
+    """
+    if any(isinstance(m, (ANPLayer, BetaBernoulliMask)) for m in model.modules()):
+        raise ValueError("this model already has ANP masks: convert() it once only")
+    if not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()):
+        raise ValueError("no nn.Conv2d or nn.Linear layer to mask in this model")
+    chosen = _chosen_layers(model, include, exclude)
     if not chosen:
         raise ValueError("convert(): include/exclude left no layer to mask")
+    init_for = _init_a_for(model, init_a)
+    if latent is not None:
+        set_latent(model, latent)
     for name in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         module = getattr(parent, child)
-        wrapper = ANPConv2d(module, **mask_kwargs) if isinstance(module, nn.Conv2d) else ANPLinear(module, **mask_kwargs)
+        kwargs = {**mask_kwargs, "init_a": init_for(module)}
+        wrapper = ANPConv2d(module, **kwargs) if isinstance(module, nn.Conv2d) else ANPLinear(module, **kwargs)
         setattr(parent, child, wrapper.to(next(module.parameters()).device))
+    _drop_dropout_before_masked_inputs(model)
     return model
 
 
 def masks(model: nn.Module) -> dict[str, BetaBernoulliMask]:
     """Every mask of the model by the name of the layer it masks."""
-    return {name: m.mask for name, m in model.named_modules() if isinstance(m, _ANPLayer)}
+    return {name: m.mask for name, m in model.named_modules() if isinstance(m, ANPLayer)}
 
 
 def sparsity(model: nn.Module) -> dict:
@@ -67,13 +131,29 @@ def sparsity(model: nn.Module) -> dict:
 
 
 def latent_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The latent features VS and V are measured on: the masked layers' outputs, or for a dense
-    model the outputs of its Conv2d/Linear layers but the classifier (the same places)."""
-    anp = [(n, m) for n, m in model.named_modules() if isinstance(m, _ANPLayer)]
-    if anp:
-        return anp
-    dense = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    return dense[:-1]
+    """The modules whose outputs are the latent features VS and vulnerability measure.
+
+    The names in `model.anp_latent` when set (`convert(latent=...)`, `set_latent`; VGG-16 sets the
+    original's list), else every activation module (ReLU, GELU, ...): the post-activation features,
+    after BatchNorm where the model has it, as the ANP-VS code measures them. A module called more
+    than once per forward contributes one feature per call. Empty when the model has none.
+    """
+    base = _unwrap(model)
+    names = getattr(base, "anp_latent", None)
+    if names is not None:
+        prefix = "module." if base is not model else ""
+        return [(prefix + n, base.get_submodule(n)) for n in names]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)]
+
+
+def require_latent(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """latent_layers(model), or a clear error when the model has no latent modules."""
+    found = latent_layers(model)
+    if not found:
+        raise ValueError("this model has no activation modules (it uses functional activations?): name the "
+                         "modules whose outputs are its latent features with convert(model, latent=[...]) or "
+                         "anp_kernels.nn.set_latent(model, [...])")
+    return found
 
 
 def mask_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -85,8 +165,12 @@ def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in ids]
 
 
-def parameter_groups(model: nn.Module, lr: float, mask_lr_factor: float = 10.0, weight_decay: float = 0.0) -> list[dict]:
-    """Optimiser groups: weights at lr, masks at mask_lr_factor * lr (the ANP-VS code uses 10x)."""
+def parameter_groups(model: nn.Module, lr: float, mask_lr_factor: float = 10.0,
+                     weight_decay: float = 1e-4) -> list[dict]:
+    """Optimiser groups as the ANP-VS code trains: weights at lr with an L2 penalty of
+    weight_decay (Adam's `weight_decay` adds weight_decay * w to the gradient, the gradient of the
+    original's 1e-4 * tf.nn.l2_loss), masks at mask_lr_factor * lr (the original: 10x) without it.
+    One Adam over both groups equals the original's two Adam optimisers (Adam is per-parameter)."""
     groups = [{"params": weight_parameters(model), "lr": lr, "weight_decay": weight_decay, "name": "weights"}]
     mask_params = mask_parameters(model)
     if mask_params:

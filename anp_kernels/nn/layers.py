@@ -1,11 +1,15 @@
-"""ANPConv2d / ANPLinear: a conv or linear layer with a BetaBernoulliMask on its output units.
+"""ANPConv2d / ANPLinear: a conv or linear layer with a BetaBernoulliMask, placed as ANP-VS places it.
 
-Placed as in ANP-VS: conv -> mask -> (BN -> ReLU, which stay in the model). Once units are
-pruned (E[pi] <= threshold), in eval mode and in training alike, the layer computes only the
-kept outputs (channel_sparse_conv2d with the mask fused into the epilogue); pruned outputs are
-exact zeros. While nothing is pruned, training runs the dense layer and the fused mask op; eval
-folds the deterministic scale into the weights when they are smaller than the output (attacks
-run the eval network many times per step, so no extra pass over activations is paid there).
+ANPConv2d masks the conv's *output* channels (conv -> mask -> BN -> ReLU, the BN and ReLU stay in
+the model); ANPLinear masks the linear layer's *input* features (mask -> linear), as the ANP-VS
+code masks the inputs of LeNet's and VGG's fully connected layers.
+
+Once units are pruned (E[pi] <= threshold), in eval mode and in training alike, the layer computes
+only the kept units (the conv: `channel_sparse_conv2d` with the mask fused into its epilogue; the
+linear: the kept input columns); pruned units are exact zeros. While nothing is pruned, training
+runs the dense layer and the fused mask op; a conv in eval mode folds the deterministic scale into
+its weights when they are smaller than its output (attacks run the eval network many times per
+step, so they pay no extra pass over activations).
 """
 from __future__ import annotations
 
@@ -17,8 +21,8 @@ from .. import ops
 from .mask import BetaBernoulliMask
 
 
-class _ANPLayer(nn.Module):
-    """Shared parts: the wrapped layer's weights and the mask on its outputs."""
+class ANPLayer(nn.Module):
+    """Shared parts: the wrapped layer (its weights, unchanged) and its mask."""
 
     def __init__(self, layer: nn.Module, num_units: int, **mask_kwargs):
         super().__init__()
@@ -33,14 +37,15 @@ class _ANPLayer(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.layer.bias
 
-    def _scale_and_kept(self, batch: int):
+    def _scale_and_kept(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scale ([B, C] sampled in training, [C] in eval) and the kept units' indices."""
         kept = self.mask.keep_index().to(self.weight.device)
         if self.training:
             return self.mask.sample(batch), kept
         return self.mask.eval_scale().to(self.weight.device), kept
 
 
-class ANPConv2d(_ANPLayer):
+class ANPConv2d(ANPLayer):
     """Conv2d whose output channels carry a Beta-Bernoulli mask (groups=1)."""
 
     def __init__(self, conv: nn.Conv2d, **mask_kwargs):
@@ -72,19 +77,21 @@ class ANPConv2d(_ANPLayer):
                                          stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
 
 
-class ANPLinear(_ANPLayer):
-    """Linear layer whose output units carry a Beta-Bernoulli mask."""
+class ANPLinear(ANPLayer):
+    """Linear layer whose input features carry a Beta-Bernoulli mask: linear(x * z)."""
 
     def __init__(self, linear: nn.Linear, **mask_kwargs):
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"ANPLinear wraps an nn.Linear, got {type(linear).__name__}")
-        super().__init__(linear, linear.out_features, **mask_kwargs)
+        super().__init__(linear, linear.in_features, **mask_kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lin = self.layer
-        if self.mask.num_active() == lin.out_features:
-            return self.mask(lin(x))
+        if x.dim() != 2 or x.shape[1] != lin.in_features:
+            raise ValueError(f"ANPLinear({lin.in_features} -> {lin.out_features}) expects [N, {lin.in_features}] "
+                             f"inputs, got shape {tuple(x.shape)}")
+        if self.mask.num_active() == lin.in_features:
+            return lin(self.mask(x))
         scale, kept = self._scale_and_kept(x.shape[0])
-        bias = lin.bias.index_select(0, kept) if lin.bias is not None else None
-        y = F.linear(x, lin.weight.index_select(0, kept), bias) * scale.index_select(-1, kept).to(x.dtype)
-        return y.new_zeros(*x.shape[:-1], lin.out_features).index_copy(-1, kept, y)
+        x_kept = x.index_select(1, kept) * scale.index_select(-1, kept).to(x.dtype)
+        return F.linear(x_kept, lin.weight.index_select(1, kept), lin.bias)

@@ -39,7 +39,7 @@ class BetaBernoulliMask(nn.Module):
         self.a_uc = nn.Parameter(torch.full((num_features,), float(init_a)))
         self.b_uc = nn.Parameter(torch.full((num_features,), float(init_b)))
         self.generator: torch.Generator | None = None  # the seed source; None = torch's global RNG
-        self.paired = False  # batch = [clean; adversarial]: both halves share one mask sample
+        self._shared: dict | None = None  # under shared_mask_sample: batch size -> the one sample of the step
         self._keep_cache: tuple | None = None
         self._scale_cache: tuple | None = None
 
@@ -87,13 +87,14 @@ class BetaBernoulliMask(nn.Module):
         return _rng.draw_seed(self.generator)
 
     def sample(self, batch_size: int) -> torch.Tensor:
-        """A relaxed mask z [batch_size, C] (paired mode: one sample tiled over both halves)."""
-        if self.paired:
-            if batch_size % 2:
-                raise ValueError("paired masks need an even batch ([clean; adversarial])")
-            z = ops.sample_mask(self.a(), self.b(), batch_size // 2, self.temperature, seed=self._seed())
-            return torch.cat([z, z])
-        return ops.sample_mask(self.a(), self.b(), batch_size, self.temperature, seed=self._seed())
+        """A relaxed mask z [batch_size, C]; under `shared_mask_sample` every pass of the block with
+        this batch size gets the same sample (the clean and adversarial passes of one step)."""
+        if self._shared is None:
+            return ops.sample_mask(self.a(), self.b(), batch_size, self.temperature, seed=self._seed())
+        if batch_size not in self._shared:
+            self._shared[batch_size] = ops.sample_mask(self.a(), self.b(), batch_size, self.temperature,
+                                                       seed=self._seed())
+        return self._shared[batch_size]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_features:
@@ -104,7 +105,7 @@ class BetaBernoulliMask(nn.Module):
                 return ops.channel_scale(x, scale)
             # a constant per-channel scale (attacks, inference): one native broadcast multiply
             return x * broadcast_over_channels(scale.to(x.dtype), x)
-        if self.paired:
+        if self._shared is not None:
             return ops.channel_scale(x, self.sample(x.shape[0]))
         return ops.masked_activation(x, self.a(), self.b(), self.temperature, training=True, seed=self._seed())
 
@@ -114,14 +115,17 @@ class BetaBernoulliMask(nn.Module):
 
 
 @contextlib.contextmanager
-def paired_masks(model: nn.Module) -> Iterator[None]:
-    """Within the block, every mask treats its batch as [clean; adversarial] halves sharing one sample."""
+def shared_mask_sample(model: nn.Module) -> Iterator[None]:
+    """Within the block, every training-mode pass of the model uses one mask sample per layer (per
+    batch size): the clean and the adversarial pass of a step see the same mask, so VS measures the
+    attack and not mask noise (the original code drew independent masks)."""
     found = [m for m in model.modules() if isinstance(m, BetaBernoulliMask)]
-    old = [m.paired for m in found]
+    if any(m._shared is not None for m in found):
+        raise RuntimeError("shared_mask_sample() blocks cannot be nested")
     for m in found:
-        m.paired = True
+        m._shared = {}
     try:
         yield
     finally:
-        for m, p in zip(found, old):
-            m.paired = p
+        for m in found:
+            m._shared = None
