@@ -1,9 +1,11 @@
-"""Training checkpoints in safetensors (no pickle), written atomically.
+"""Training checkpoints in safetensors (no pickle), written atomically, and the models they hold.
 
 Every tensor (model, optimiser state, RNG states) goes into the safetensors body; the
 structure that is not a tensor (optimiser param groups, scheduler state, epoch, config,
 metrics) goes as JSON into its metadata. A write goes to a temporary file first and is
 renamed into place, so an interrupted save never leaves a half-written checkpoint.
+Loading validates the metadata and checks every tensor shape against the architecture it
+describes (built on the meta device first) before any model memory is allocated.
 """
 from __future__ import annotations
 
@@ -16,14 +18,23 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 FORMAT = "anp_kernels.checkpoint/1"
+TMP_SUFFIX = ".tmp"
+MASK_KWARGS = {"alpha", "temperature", "threshold", "init_a", "init_b"}
+MAX_CLASSES = 100_000
+MAX_IN_CHANNELS = 64
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or model file that is corrupt, truncated, foreign or inconsistent."""
 
 
 def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
@@ -31,6 +42,27 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | Path, metadat
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file by rename, so readers never see half of it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temporaries(folder: str | Path, name: str) -> list[Path]:
+    """Delete temporary files an interrupted atomic write of `name` left in `folder`."""
+    stale = sorted(Path(folder).glob(f"{name}.*{TMP_SUFFIX}"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def _split_state(prefix: str, state: Any, tensors: dict) -> Any:
@@ -58,7 +90,9 @@ def _join_state(node: Any, tensors: dict) -> Any:
     if isinstance(node, dict) and "__list__" in node:
         items = [_join_state(v, tensors) for v in node["__list__"]]
         return tuple(items) if node.get("tuple") else items
-    return node
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return node
+    raise TypeError(f"unexpected {type(node).__name__} in the structure")
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
@@ -74,20 +108,107 @@ def read_safetensors(path: str | Path, device: str | torch.device = "cpu",
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} is not a file")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         return load_file(str(path), device=str(device)), meta
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{what} {path} is corrupt or not a safetensors file: {exc}") from exc
+        raise CheckpointError(f"{what} {path} is corrupt or not a safetensors file: {exc}") from exc
+
+
+def parse_json(text: str, what: str) -> Any:
+    """json.loads with every failure (syntax, absurd nesting) as one CheckpointError."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError, TypeError) as exc:
+        raise CheckpointError(f"{what}: malformed JSON ({type(exc).__name__})") from exc
 
 
 def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load what save_state wrote; a corrupt, truncated or foreign file is a clear ValueError."""
+    """Load what save_state wrote; a corrupt, truncated or foreign file is a clear CheckpointError."""
     tensors, meta = read_safetensors(path, device, what="checkpoint")
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an anp_kernels checkpoint (format {meta.get('format')!r})")
+        raise CheckpointError(f"{path} is not an anp_kernels checkpoint (format {meta.get('format')!r})")
+    tree = parse_json(meta.get("tree", ""), f"checkpoint {path}")
     try:
-        return _join_state(json.loads(meta["tree"]), tensors)
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"checkpoint {path} has a damaged structure: {exc}") from exc
+        state = _join_state(tree, tensors)
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        raise CheckpointError(f"checkpoint {path} has a damaged structure ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} has a damaged structure (not a dict)")
+    return state
+
+
+# ------------------------------------------------------------------ models in checkpoints
+def check_arch(arch: Any, where: str) -> dict:
+    """Validate a checkpoint's `arch` entry (types, known names, limits) before anything is built."""
+    from . import models
+
+    if not isinstance(arch, dict):
+        raise CheckpointError(f"{where}: 'arch' must be a dict, got {type(arch).__name__}")
+    name = arch.get("model")
+    if name not in models.MODELS:
+        raise CheckpointError(f"{where}: unknown model {name!r} (known: {sorted(models.MODELS)})")
+    for key, top in (("num_classes", MAX_CLASSES), ("in_channels", MAX_IN_CHANNELS)):
+        v = arch.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+            raise CheckpointError(f"{where}: {key} must be an int in [1, {top}], got {v!r}")
+    if not isinstance(arch.get("masked", False), bool):
+        raise CheckpointError(f"{where}: 'masked' must be true or false")
+    kwargs = arch.get("mask_kwargs", {})
+    if not isinstance(kwargs, dict) or not set(kwargs) <= MASK_KWARGS or not all(
+            v is None or isinstance(v, (int, float, dict)) and not isinstance(v, bool) for v in kwargs.values()):
+        raise CheckpointError(f"{where}: mask_kwargs must map {sorted(MASK_KWARGS)} to numbers, got {kwargs!r}")
+    return arch
+
+
+def _construct(arch: dict) -> nn.Module:
+    from . import models
+    from .nn import convert
+
+    model = models.build(arch["model"], arch["num_classes"], arch["in_channels"])
+    if arch.get("masked"):
+        convert(model, **{k: v for k, v in arch.get("mask_kwargs", {}).items() if v is not None})
+    return model
+
+
+def check_tensors_fit(expected: dict[str, torch.Size], tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Every expected name present with its shape, nothing unexpected: a clear error otherwise."""
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    wrong = [f"{k}: file {tuple(tensors[k].shape)}, model {tuple(s)}" for k, s in expected.items()
+             if k in tensors and tuple(tensors[k].shape) != tuple(s)]
+    if missing or extra or wrong:
+        raise CheckpointError(f"{where}: the weights do not match the architecture it describes (missing "
+                              f"{missing[:5]}, unexpected {extra[:5]}, wrong shapes {wrong[:5]})")
+
+
+def build_model(arch: dict, tensors: dict[str, torch.Tensor] | None = None, where: str = "checkpoint") -> nn.Module:
+    """The model an `arch` entry describes (converted when it had masks), its weights loaded.
+
+    The architecture is first built on the meta device (no memory) and its state-dict shapes are
+    compared with `tensors`, so a file whose metadata claims a huge layer fails fast and cheaply.
+    """
+    check_arch(arch, where)
+    if tensors is not None and not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
+        raise CheckpointError(f"{where}: the model entry must map parameter names to tensors")
+    with torch.device("meta"):
+        skeleton = _construct(arch)
+    if tensors is not None:
+        check_tensors_fit({k: v.shape for k, v in skeleton.state_dict().items()}, tensors, where)
+    model = _construct(arch)
+    if tensors is not None:
+        model.load_state_dict(tensors)
+    return model
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Eval-mode model and checkpoint dict of an `anp train` checkpoint (safetensors, no pickle)."""
+    state = load_state(path, device="cpu")
+    if not isinstance(state.get("arch"), dict) or not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path} is not a training checkpoint of anp train")
+    model = build_model(state["arch"], state["model"], where=f"checkpoint {path}")
+    model.anp_arch = {k: state["arch"][k] for k in ("model", "num_classes", "in_channels")}
+    return model.to(device).eval(), state

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _floats(v: str) -> list[float]:
+    try:
+        return [float(f) for f in v.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {v!r}") from exc
+
+
 def _add_train(sub) -> None:
     from .train import TrainConfig
 
@@ -31,15 +39,20 @@ def _add_train(sub) -> None:
     p.add_argument("--method", default=d.method, help="standard | at | bp | anp | anp-vs | at-vs")
     for name in ("epochs", "batch_size", "steps", "seed", "subset"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "mask_lr_factor", "eps", "step_size", "adv_weight", "beta", "lam", "alpha", "temperature",
-                 "threshold", "init_a"):
+    for name in ("lr", "mask_lr_factor", "weight_decay", "eps", "step_size", "adv_weight", "beta", "lam", "alpha",
+                 "temperature", "threshold", "init_a"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--mask-objective", default=d.mask_objective,
+                   help="adversarial (the original: masks learn CE(x_adv) + beta KL / N) | joint")
     p.add_argument("--out", default=d.out, help="run folder: checkpoint.safetensors, metrics.jsonl")
     p.add_argument("--init", default=None, help="warm start from a dense checkpoint")
-    p.add_argument("--milestones", type=lambda v: [float(f) for f in v.split(",")], default=d.milestones,
-                   help="lr x0.1 at these fractions of the epochs, e.g. 0.5,0.75")
+    p.add_argument("--milestones", type=_floats, default=None,
+                   help="lr x0.1 at these fractions of training, e.g. 0.5,0.7 (default: the model's)")
     p.add_argument("--device", default=d.device)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.safetensors (same settings)")
+    p.add_argument("--resume-override", type=lambda v: tuple(f for f in v.split(",") if f), default=(),
+                   help="settings that may differ from the checkpoint's on --resume, e.g. epochs,lr")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -47,9 +60,10 @@ def _add_train(sub) -> None:
 def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
-    fields = TrainConfig.__dataclass_fields__
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    metrics = train(cfg, resume=args.resume, progress=not args.quiet)
+    names = {f for f in TrainConfig.__dataclass_fields__}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    metrics = train(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite,
+                    resume_override=args.resume_override)
     print(json.dumps({k: v for k, v in metrics.items() if k != "layer_sparsity"}))
     return 0
 
@@ -60,20 +74,24 @@ def _add_eval(sub) -> None:
     e.add_argument("--data", required=True)
     e.add_argument("--attack", default="autoattack", help="autoattack | pgd | fmn")
     e.add_argument("--eps", type=float, required=True)
-    e.add_argument("--norm", default="Linf")
+    e.add_argument("--norm", default="Linf", help="Linf | L2")
     e.add_argument("--version", default="standard", help="AutoAttack version: standard | plus")
     e.add_argument("--steps", type=int, default=40, help="PGD steps (also the PGD cross-check) or FMN steps")
     e.add_argument("--n", type=int, default=None, help="first N test samples")
     e.add_argument("--batch-size", type=int, default=250)
+    e.add_argument("--checkpoint-every", type=int, default=500, help="samples per resumable chunk")
+    e.add_argument("--fresh", action="store_true", help="move an existing evaluation state aside and start over")
     e.add_argument("--out", default="anp_eval")
     e.set_defaults(func=_eval)
     t = sub.add_parser("thin-ice", help="which samples pruning flips, and their distance to the dense boundary")
     t.add_argument("--dense", required=True)
     t.add_argument("--pruned", required=True)
     t.add_argument("--data", required=True)
-    t.add_argument("--norm", default="Linf")
+    t.add_argument("--norm", default="Linf", help="Linf | L2")
     t.add_argument("--steps", type=int, default=100, help="FMN steps")
     t.add_argument("--n", type=int, default=None)
+    t.add_argument("--checkpoint-every", type=int, default=500, help="samples per resumable chunk")
+    t.add_argument("--fresh", action="store_true", help="move an existing FMN state aside and start over")
     t.add_argument("--out", default="anp_thin_ice")
     t.set_defaults(func=_thin_ice)
 
@@ -82,7 +100,8 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluate.report import evaluate_checkpoint
 
     evaluate_checkpoint(args.checkpoint, args.data, args.attack, args.eps, args.out, norm=args.norm, n=args.n,
-                        version=args.version, steps=args.steps, batch_size=args.batch_size)
+                        version=args.version, steps=args.steps, batch_size=args.batch_size,
+                        chunk=args.checkpoint_every, fresh=args.fresh)
     print((Path(args.out) / "eval.md").read_text())
     return 0
 
@@ -90,7 +109,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _thin_ice(args: argparse.Namespace) -> int:
     from .evaluate.report import thin_ice_checkpoints
 
-    thin_ice_checkpoints(args.dense, args.pruned, args.data, args.out, norm=args.norm, n=args.n, steps=args.steps)
+    thin_ice_checkpoints(args.dense, args.pruned, args.data, args.out, norm=args.norm, n=args.n, steps=args.steps,
+                         chunk=args.checkpoint_every, fresh=args.fresh)
     print((Path(args.out) / "thin_ice.md").read_text())
     return 0
 
@@ -101,6 +121,8 @@ def _add_deploy(sub) -> None:
     x.add_argument("--out", required=True)
     x.add_argument("--onnx", action="store_true")
     x.add_argument("--round-to", type=int, default=8, help="keep layer widths multiples of this")
+    x.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the layer before it")
+    x.add_argument("--overwrite", action="store_true", help="replace files already in OUT")
     x.set_defaults(func=_export)
     b = sub.add_parser("bench", help="params, memory, FLOPs, latency: dense vs compact (or one model)")
     b.add_argument("target", help="a training checkpoint, or a model name")
@@ -109,13 +131,19 @@ def _add_deploy(sub) -> None:
     b.add_argument("--runs", type=int, default=30)
     b.add_argument("--out", default="anp_bench")
     b.add_argument("--channels-last", action="store_true", help="run both models in NHWC (faster convs on CPU)")
+    b.add_argument("--runtime", default="torch", help="torch | onnxruntime (both models exported to ONNX)")
+    b.add_argument("--round-to", type=int, default=8, help="keep compact layer widths multiples of this")
+    b.add_argument("--sweep", type=_floats, default=None,
+                   help="channel sparsities, e.g. 0,0.5,0.75,0.9: dense vs compact latency and FLOPs at each "
+                        "(random units pruned), with sweep.png")
     b.set_defaults(func=_bench)
 
 
 def _export(args: argparse.Namespace) -> int:
     from .bench_cli import export
 
-    info = export(args.checkpoint, args.out, onnx=args.onnx, round_to=args.round_to)
+    info = export(args.checkpoint, args.out, onnx=args.onnx, round_to=args.round_to, fold_bn=args.fold_bn,
+                  overwrite=args.overwrite)
     print(json.dumps({k: v for k, v in info.items() if k != "layers"}, indent=2))
     return 0
 
@@ -123,7 +151,8 @@ def _export(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from .bench_cli import bench, table
 
-    print(table(bench(args.target, args.device, args.batch, args.runs, args.out, channels_last=args.channels_last)))
+    print(table(bench(args.target, args.device, args.batch, args.runs, args.out, round_to=args.round_to,
+                      channels_last=args.channels_last, runtime=args.runtime, sweep=args.sweep)))
     return 0
 
 
@@ -134,11 +163,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; a user error (bad flag value, missing or bad file, unwritable folder, missing
+    extra) is one line on stderr and exit code 2. ANP_KERNELS_DEBUG=1 shows the traceback instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
+        if os.environ.get("ANP_KERNELS_DEBUG") == "1":
+            raise
         print(f"anp {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

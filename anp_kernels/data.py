@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._extras import require
+
 
 @dataclass
 class Dataset:
@@ -73,6 +75,37 @@ def load_mnist(root: str | Path) -> Dataset:
     return Dataset("mnist", to_x(xs), to_y(ys), to_x(xt), to_y(yt), 10)
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR-10 batch holds: dicts, lists, bytes, numbers and numpy arrays.
+    Any other global (os.system, builtins.eval, ...) is refused, so a crafted file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images [N, 3, 32, 32] uint8, labels [N] int64) of one CIFAR-10 python batch, safely."""
+    try:
+        with open(path, "rb") as f:
+            d = _BatchUnpickler(f, encoding="bytes").load()
+        if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+            raise ValueError("not a dict with b'data' and b'labels'")
+        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(d[b"labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, ValueError, TypeError, EOFError, OSError, AttributeError, KeyError,
+            IndexError, RecursionError) as exc:
+        raise ValueError(f"cannot read CIFAR-10 batch {path}: {exc}") from exc
+    if len(x) != len(y) or (len(y) and (y.min() < 0 or y.max() > 9)):
+        raise ValueError(f"CIFAR-10 batch {path}: {len(x)} images, {len(y)} labels in range [0, 9] expected")
+    return x, y
+
+
 def load_cifar10(root: str | Path) -> Dataset:
     root = Path(root)
     if (root / "cifar-10-batches-py").is_dir():
@@ -82,26 +115,15 @@ def load_cifar10(root: str | Path) -> Dataset:
     if missing:
         raise FileNotFoundError(f"CIFAR-10 python batches missing in {root}: {missing}")
 
-    def read(path: Path):
-        try:  # the standard CIFAR-10 distribution format is a pickle of the user's own data
-            with open(path, "rb") as f:
-                d = pickle.load(f, encoding="bytes")
-            x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            return x, np.asarray(d[b"labels"], dtype=np.int64)
-        except Exception as exc:  # noqa: BLE001 - any failure means an unreadable batch
-            raise ValueError(f"cannot read CIFAR-10 batch {path}: {exc}") from exc
-
-    parts = [read(f) for f in files]
+    parts = [read_cifar_batch(f) for f in files]
     xs, ys = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    xt, yt = read(root / "test_batch")
+    xt, yt = read_cifar_batch(root / "test_batch")
     to_x = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0)  # noqa: E731
     return Dataset("cifar10", to_x(xs), torch.from_numpy(ys), to_x(xt), torch.from_numpy(yt), 10)
 
 
 def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    from sklearn.datasets import load_digits as sk_digits
-
-    d = sk_digits()
+    d = require("sklearn.datasets", "eval").load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(d.target, dtype=torch.int64)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))

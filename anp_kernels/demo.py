@@ -23,7 +23,8 @@ from .evaluate import autoattack, fmn, security_curve, thin_ice, vulnerability, 
 from .evaluate.curves import plot_curves
 from .evaluate.robustness import predictions
 from .nn import sparsity
-from .train import TrainConfig, load_model, train
+from .checkpoint import load_model
+from .train import TrainConfig, train
 
 
 @dataclass

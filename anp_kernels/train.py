@@ -1,16 +1,23 @@
 """`anp train`: adversarial training with ANP-VS (or a baseline), resumable and distributed.
 
-Every random stream (data order, PGD starts, mask seeds, torch's global RNG) is a
-torch.Generator saved in the checkpoint, so `--resume` continues exactly where a run
-stopped. Under torchrun each rank trains on its shard with DistributedDataParallel and
-samples its own masks (seed + rank); rank 0 writes metrics and checkpoints.
+The defaults follow the ANP-VS code: Adam, weights at lr with an L2 penalty of 1e-4, masks at 10x
+lr, both lrs x0.1 at the model's milestones (LeNet 50%/70%, VGG 50%/80% of the iterations), masks
+trained on CE(x_adv) + beta KL / N and weights on (CE(x) + 2 CE(x_adv)) / 3 + lam VS.
+
+A run is bound to its settings: `--resume` continues a checkpoint only when data, method and every
+hyper-parameter match (or `resume_override` names what may change), a finished or started run is
+not overwritten without `overwrite`. Every random stream (data order, PGD starts, mask seeds,
+torch's global RNG) is a torch.Generator saved in the checkpoint, so a resumed run ends with the
+tensors of an uninterrupted one; metrics.jsonl is rewritten from the checkpoint's history, so it
+holds one line per finished epoch whatever was interrupted. Under torchrun each rank trains on its
+shard with DistributedDataParallel and samples its own masks (seed + rank); rank 0 writes.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -21,9 +28,14 @@ from tqdm.auto import tqdm
 from . import data as data_mod
 from . import models
 from .attacks import pgd
-from .checkpoint import load_state, save_state
-from .losses import METHODS, ANPVSLoss
+from .checkpoint import atomic_write_text, build_model, load_model, load_state, remove_stale_temporaries, save_state
+from .losses import MASK_OBJECTIVES, METHODS, ANPVSLoss
 from .nn import convert, parameter_groups, set_mask_generator, sparsity
+
+CHECKPOINT, METRICS = "checkpoint.safetensors", "metrics.jsonl"
+NOT_BINDING = ("out", "device")  # may differ on --resume: where the run lives and runs, not what it is
+MASK_FIELDS = ("mask_lr_factor", "alpha", "temperature", "threshold", "init_a", "mask_objective")
+ADVERSARIAL_FIELDS = ("eps", "step_size", "steps", "adv_weight")
 
 
 @dataclass
@@ -35,6 +47,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     mask_lr_factor: float = 10.0
+    weight_decay: float = 1e-4
     eps: float = 0.3
     step_size: float = 0.01
     steps: int = 20
@@ -44,33 +57,41 @@ class TrainConfig:
     alpha: float = 1e-4
     temperature: float = 0.1
     threshold: float = 1e-3
-    init_a: float = -1.0
+    init_a: float | None = None  # None: the model's default (VGG conv masks 2.0), else -1.0
+    mask_objective: str = "adversarial"
     seed: int = 0
     subset: int | None = None
     out: str = "runs/anp"
     init: str | None = None
     device: str = "auto"
-    milestones: list = field(default_factory=lambda: [0.5, 0.75])
+    milestones: list | None = None  # None: the model's default (models.milestones)
 
     def validate(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"--method must be one of {sorted(METHODS)}, got {self.method!r}")
         if self.model not in models.MODELS:
             raise ValueError(f"--model must be one of {sorted(models.MODELS)}, got {self.model!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                    "temperature": self.temperature, "alpha": self.alpha}
+        if self.mask_objective not in MASK_OBJECTIVES:
+            raise ValueError(f"--mask-objective must be one of {MASK_OBJECTIVES}, got {self.mask_objective!r}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "mask_lr_factor":
+                    self.mask_lr_factor, "temperature": self.temperature, "alpha": self.alpha}
+        if METHODS[self.method][1]:  # adversarial: a real attack, or the robustness figures mean nothing
+            positive.update(eps=self.eps, step_size=self.step_size, steps=self.steps)
         for name, v in positive.items():
             if not v > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {v}")
-        for name in ("eps", "step_size", "steps", "beta", "lam", "adv_weight"):
+        for name in ("eps", "step_size", "steps", "beta", "lam", "adv_weight", "weight_decay", "seed"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.subset is not None and self.subset < 1:
             raise ValueError(f"--subset must be >= 1, got {self.subset}")
-        if not all(0 < m <= 1 for m in self.milestones):
+        if self.milestones is not None and not all(0 < m <= 1 for m in self.milestones):
             raise ValueError(f"--milestones must be fractions in (0, 1], got {self.milestones}")
         if not 0 <= self.threshold < 1:
             raise ValueError(f"--threshold must be in [0, 1), got {self.threshold}")
+
+    def resolved_milestones(self) -> list[float]:
+        return list(self.milestones) if self.milestones is not None else models.milestones(self.model)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,32 +106,8 @@ def mask_kwargs(cfg: TrainConfig) -> dict:
     return dict(alpha=cfg.alpha, temperature=cfg.temperature, threshold=cfg.threshold, init_a=cfg.init_a)
 
 
-def build_model(arch: dict) -> nn.Module:
-    """The model a checkpoint's `arch` entry describes (converted when it had masks)."""
-    model = models.build(arch["model"], arch["num_classes"], arch["in_channels"])
-    if arch.get("masked"):
-        convert(model, **arch.get("mask_kwargs", {}))
-    return model
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Model and checkpoint dict from a training checkpoint (safetensors, no pickle)."""
-    state = load_state(path, device="cpu")
-    if "arch" not in state or "model" not in state:
-        raise ValueError(f"{path} is not a training checkpoint of anp train")
-    model = build_model(state["arch"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise ValueError(f"checkpoint {path} does not match its architecture: {exc}") from exc
-    model.anp_arch = {k: state["arch"][k] for k in ("model", "num_classes", "in_channels")}
-    return model.to(device).eval(), state
-
-
 def _dist_info() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    return rank, world
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 @torch.no_grad()
@@ -124,8 +121,149 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(len(x), 1)
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train per cfg; returns the last epoch's metrics. Writes checkpoint.safetensors and metrics.jsonl."""
+# ------------------------------------------------------------------ the run folder
+def prepare_run_folder(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
+    """Check the output folder before any work: a folder we can write, and no run lost or mixed."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".anp_write_probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--out {out} cannot be written: {exc.strerror or exc}") from exc
+    remove_stale_temporaries(out, CHECKPOINT)
+    remove_stale_temporaries(out, METRICS)
+    has_run = (out / CHECKPOINT).exists()
+    if resume and not has_run:
+        raise ValueError(f"--resume: no checkpoint in {out} to resume (start without --resume)")
+    if not resume and has_run:
+        if not overwrite:
+            raise ValueError(f"{out} already holds a run ({CHECKPOINT}): pass --resume to continue it or "
+                             "--overwrite to replace it")
+        for name in (CHECKPOINT, METRICS):
+            (out / name).unlink(missing_ok=True)
+    if not resume and not has_run and (out / METRICS).exists():
+        (out / METRICS).unlink()  # metrics of a run that never finished an epoch
+    return out
+
+
+def binding_fields(method: str) -> set[str]:
+    """The settings a run of `method` depends on (an AT run does not depend on mask settings)."""
+    uses_masks, adversarial, beta_on, lam_on = METHODS[method]
+    unused = set(NOT_BINDING)
+    unused |= set() if uses_masks else set(MASK_FIELDS)
+    unused |= set() if adversarial else set(ADVERSARIAL_FIELDS)
+    unused |= set() if beta_on else {"beta"}
+    unused |= set() if lam_on else {"lam"}
+    return {f.name for f in fields(TrainConfig)} - unused
+
+
+def config_differences(saved: dict, cfg: TrainConfig) -> dict[str, tuple]:
+    """{field: (checkpoint's value, this run's value)} for the fields that bind a run."""
+    now = asdict(cfg)
+    keys = binding_fields(cfg.method) | {"method"}
+    return {k: (saved.get(k), now[k]) for k in sorted(keys) if saved.get(k) != now[k]}
+
+
+def check_resume(saved_config: dict, cfg: TrainConfig, override: tuple[str, ...]) -> None:
+    unknown = set(override) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"--resume-override: unknown settings {sorted(unknown)}")
+    diff = {k: v for k, v in config_differences(saved_config, cfg).items() if k not in override}
+    if diff:
+        listed = ", ".join(f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in diff.items())
+        raise ValueError(f"--resume: this checkpoint was trained with other settings: {listed}; pass "
+                         f"--resume-override {','.join(diff)} to continue it with the new values")
+
+
+def write_metrics(out: Path, history: list[dict]) -> None:
+    atomic_write_text(out / METRICS, "".join(json.dumps(m) + "\n" for m in history))
+
+
+# ------------------------------------------------------------------ building blocks of a run
+@dataclass
+class Run:
+    """Everything one training run holds."""
+    cfg: TrainConfig
+    model: nn.Module
+    net: nn.Module  # the model, DDP-wrapped under torchrun
+    arch: dict
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    gens: dict
+    loss: ANPVSLoss
+    data: tuple
+    device: torch.device
+    rank: int
+    world: int
+    start_epoch: int = 0
+    history: list | None = None
+
+
+def _load_data(cfg: TrainConfig, device: torch.device) -> tuple:
+    ds = data_mod.load(cfg.data)
+    x_train, y_train = ds.x_train, ds.y_train
+    if cfg.subset is not None:
+        x_train, y_train = x_train[:cfg.subset], y_train[:cfg.subset]
+    expected = models.input_shape(cfg.model, ds.input_shape[0])[1:]
+    if tuple(ds.input_shape) != tuple(expected):
+        raise ValueError(f"--data {cfg.data} has inputs of shape {tuple(ds.input_shape)} but --model {cfg.model} "
+                         f"takes {tuple(expected)}")
+    return ds, (x_train.to(device), y_train.to(device), ds.x_test.to(device), ds.y_test.to(device))
+
+
+def _build_model(cfg: TrainConfig, ds, device: torch.device) -> tuple[nn.Module, dict]:
+    uses_masks = METHODS[cfg.method][0]
+    arch = {"model": cfg.model, "num_classes": ds.num_classes, "in_channels": ds.input_shape[0],
+            "masked": uses_masks, "mask_kwargs": mask_kwargs(cfg) if uses_masks else {}}
+    model = build_model({**arch, "masked": False})
+    if cfg.init:  # warm start from a dense checkpoint (the paper starts from a trained model)
+        init, state = load_model(cfg.init)
+        if state["arch"].get("masked"):
+            raise ValueError(f"--init {cfg.init} has masks: warm starts take a dense checkpoint")
+        try:
+            model.load_state_dict(init.state_dict())
+        except RuntimeError as exc:
+            raise ValueError(f"--init {cfg.init} is not a dense {cfg.model} for this data: {exc}") from exc
+    if uses_masks:
+        convert(model, **{k: v for k, v in mask_kwargs(cfg).items() if v is not None})
+    return model.to(device), arch
+
+
+def _optimiser(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int):
+    optimizer = torch.optim.Adam(parameter_groups(model, cfg.lr, cfg.mask_lr_factor, cfg.weight_decay))
+    total = steps_per_epoch * cfg.epochs
+    milestones = sorted({max(1, int(total * m)) for m in cfg.resolved_milestones()})
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+
+
+def _generators(cfg: TrainConfig, rank: int) -> dict:
+    gens = {name: torch.Generator().manual_seed(cfg.seed * 1000 + i + 17 * rank)
+            for i, name in enumerate(("data", "attack", "mask"))}
+    gens["data"].manual_seed(cfg.seed)  # the data order is shared by all ranks
+    return gens
+
+
+def _restore(run: Run, state: dict, override: tuple[str, ...]) -> None:
+    check_resume(state.get("config", {}), run.cfg, override)
+    keys = ("model", "num_classes", "in_channels", "masked") + (("mask_kwargs",) if run.arch["masked"] else ())
+    if any(state["arch"].get(k) != run.arch[k] for k in keys):
+        raise ValueError(f"--resume: the checkpoint holds another architecture ({state['arch']})")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    for name, g in run.gens.items():
+        g.set_state(state["rng"][name])
+    torch.set_rng_state(state["rng"]["torch"])
+    run.start_epoch, run.history = state["epoch"], list(state.get("history", []))
+
+
+def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
+          resume_override: tuple[str, ...] = ()) -> Run:
+    """Validate, prepare the folder, load data, build the model, optimiser and (on resume) restore."""
     cfg.validate()
     rank, world = _dist_info()
     device = resolve_device(cfg.device)
@@ -134,102 +272,105 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
-    out = Path(cfg.out)
-    ckpt_path = out / "checkpoint.safetensors"
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_folder(cfg, resume, overwrite) if rank == 0 else Path(cfg.out)
     torch.manual_seed(cfg.seed)
-
-    ds = data_mod.load(cfg.data)
-    x_train, y_train = ds.x_train, ds.y_train
-    if cfg.subset is not None:
-        x_train, y_train = x_train[:cfg.subset], y_train[:cfg.subset]
-    x_train, y_train = x_train.to(device), y_train.to(device)
-    x_test, y_test = ds.x_test.to(device), ds.y_test.to(device)
-
-    uses_masks, adversarial, beta_on, lam_on = METHODS[cfg.method]
-    arch = {"model": cfg.model, "num_classes": ds.num_classes, "in_channels": ds.input_shape[0],
-            "masked": uses_masks, "mask_kwargs": mask_kwargs(cfg)}
-    model = models.build(cfg.model, ds.num_classes, ds.input_shape[0])
-    if cfg.init:  # warm start from a dense checkpoint (the paper starts from a trained model)
-        dense, _ = load_model(cfg.init)
-        model.load_state_dict(dense.state_dict())
-    if uses_masks:
-        convert(model, **mask_kwargs(cfg))
-    model.to(device)
-
-    gens = {name: torch.Generator().manual_seed(cfg.seed * 1000 + i + 17 * rank)
-            for i, name in enumerate(("data", "attack", "mask"))}
-    gens["data"].manual_seed(cfg.seed)  # the data order is shared by all ranks
+    ds, tensors = _load_data(cfg, device)
+    model, arch = _build_model(cfg, ds, device)
+    gens = _generators(cfg, rank)
     set_mask_generator(model, gens["mask"])
-    optimizer = torch.optim.Adam(parameter_groups(model, cfg.lr, cfg.mask_lr_factor))
-    milestones = [max(1, int(m * cfg.epochs)) for m in cfg.milestones]
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-
-    start_epoch = 0
-    if resume and ckpt_path.exists():
-        state = load_state(ckpt_path)
-        if state["arch"] != arch:
-            raise ValueError(f"--resume: {ckpt_path} was trained with another model/data/method ({state['arch']})")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        for name, g in gens.items():
-            g.set_state(state["rng"][name])
-        torch.set_rng_state(state["rng"]["torch"])
-        start_epoch = state["epoch"]
-
-    net: nn.Module = model
+    steps_per_epoch = -(-len(range(rank, len(tensors[0]), world)) // cfg.batch_size)
+    optimizer, scheduler = _optimiser(cfg, model, steps_per_epoch)
+    net = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = ANPVSLoss(net, beta=cfg.beta if beta_on else 0.0, lam=cfg.lam if lam_on else 0.0,
-                        adv_weight=cfg.adv_weight if adversarial else 0.0, num_train=len(x_train))
-    metrics: dict = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        order = torch.randperm(len(x_train), generator=gens["data"]).to(device)
-        order = order[rank::world]
-        batches = range(0, len(order), cfg.batch_size)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
-        sums = {"loss": 0.0, "correct": 0, "seen": 0, "vs": 0.0, "kl": 0.0}
-        started = time.perf_counter()
-        for i in bar:
-            idx = order[i:i + cfg.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
-            x_adv = pgd(model, xb, yb, cfg.eps, cfg.step_size, cfg.steps, generator=gens["attack"]) if adversarial \
-                else None
-            parts = loss_fn(xb, x_adv, yb)
-            optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
-            optimizer.step()
-            logits = parts.logits_adv if adversarial else parts.logits_clean
-            sums["loss"] += float(parts.total.detach()) * len(yb)
-            sums["vs"] += float(parts.vs.detach()) * len(yb)
-            sums["kl"] = float(parts.kl.detach())
-            sums["correct"] += int((logits.argmax(1) == yb).sum())
-            sums["seen"] += len(yb)
-            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}", acc=f"{sums['correct'] / sums['seen']:.3f}",
-                            sparsity=f"{sparsity(model)['total']:.2f}" if uses_masks else "-")
-        scheduler.step()
-        sp = sparsity(model) if uses_masks else {"total": 0.0, "layers": {}}
-        metrics = {"epoch": epoch + 1, "loss": sums["loss"] / max(sums["seen"], 1),
-                   "train_acc" + ("_adv" if adversarial else ""): sums["correct"] / max(sums["seen"], 1),
-                   "vs": sums["vs"] / max(sums["seen"], 1), "kl": sums["kl"],
-                   "test_clean_acc": accuracy(model, x_test, y_test), "sparsity": sp["total"],
-                   "layer_sparsity": {k: v["sparsity"] for k, v in sp["layers"].items()},
-                   "epoch_seconds": time.perf_counter() - started}
+    _, adversarial, beta_on, lam_on = METHODS[cfg.method]
+    loss = ANPVSLoss(net, beta=cfg.beta if beta_on else 0.0, lam=cfg.lam if lam_on else 0.0,
+                     adv_weight=cfg.adv_weight if adversarial else 0.0, num_train=len(tensors[0]),
+                     mask_objective=cfg.mask_objective)
+    run = Run(cfg, model, net, arch, optimizer, scheduler, gens, loss, tensors, device, rank, world, 0, [])
+    if resume:
+        _restore(run, load_state(Path(cfg.out) / CHECKPOINT), resume_override)
         if rank == 0:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            save_state(ckpt_path, {
-                "arch": arch, "config": asdict(cfg), "epoch": epoch + 1, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": {**{n: g.get_state() for n, g in gens.items()}, "torch": torch.get_rng_state()},
-                "metrics": metrics})
+            write_metrics(out, run.history)
+    return run
+
+
+def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
+    """One epoch of PGD + the ANP-VS objective; returns the epoch's metrics."""
+    cfg, model = run.cfg, run.model
+    uses_masks, adversarial, _, _ = METHODS[cfg.method]
+    x_train, y_train, x_test, y_test = run.data
+    model.train()
+    order = torch.randperm(len(x_train), generator=run.gens["data"]).to(run.device)[run.rank::run.world]
+    bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+               disable=not progress or run.rank != 0, leave=False)
+    sums = {"loss": 0.0, "mask_objective": 0.0, "correct": 0, "seen": 0, "vs": 0.0, "kl": 0.0}
+    started = time.perf_counter()
+    for i in bar:
+        idx = order[i:i + cfg.batch_size]
+        xb, yb = x_train[idx], y_train[idx]
+        x_adv = pgd(model, xb, yb, cfg.eps, cfg.step_size, cfg.steps, generator=run.gens["attack"]) \
+            if adversarial else None
+        parts = run.loss(xb, x_adv, yb)
+        run.optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        logits = parts.logits_adv if adversarial else parts.logits_clean
+        n = len(yb)
+        sums["loss"] += float(parts.weight_objective.detach()) * n
+        sums["mask_objective"] += float(parts.mask_objective.detach()) * n
+        sums["vs"] += float(parts.vs.detach()) * n
+        sums["kl"] = float(parts.kl.detach())
+        sums["correct"] += int((logits.argmax(1) == yb).sum())
+        sums["seen"] += n
+        bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}", acc=f"{sums['correct'] / sums['seen']:.3f}",
+                        sparsity=f"{sparsity(model)['total']:.2f}" if uses_masks else "-")
+    seen = max(sums["seen"], 1)
+    sp = sparsity(model) if uses_masks else {"total": 0.0, "layers": {}}
+    return {"epoch": epoch + 1, "loss": sums["loss"] / seen, "mask_objective": sums["mask_objective"] / seen,
+            "train_acc" + ("_adv" if adversarial else ""): sums["correct"] / seen, "vs": sums["vs"] / seen,
+            "kl": sums["kl"], "test_clean_acc": accuracy(model, x_test, y_test), "sparsity": sp["total"],
+            "layer_sparsity": {k: v["sparsity"] for k, v in sp["layers"].items()},
+            "lr": run.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started}
+
+
+def save_epoch(run: Run, epoch: int, metrics: dict) -> None:
+    """Checkpoint first (atomic), then metrics.jsonl rewritten from the checkpoint's history."""
+    run.history.append(metrics)
+    out = Path(run.cfg.out)
+    save_state(out / CHECKPOINT, {
+        "arch": run.arch, "config": asdict(run.cfg), "epoch": epoch + 1, "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "rng": {**{n: g.get_state() for n, g in run.gens.items()}, "torch": torch.get_rng_state()},
+        "metrics": metrics, "history": run.history})
+    write_metrics(out, run.history)
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False,
+          resume_override: tuple[str, ...] = ()) -> dict:
+    """Train per cfg; returns the last epoch's metrics. Writes checkpoint.safetensors and metrics.jsonl."""
+    run = setup(cfg, resume, overwrite, tuple(resume_override))
+    metrics = run.history[-1] if run.history else {}
+    for epoch in range(run.start_epoch, cfg.epochs):
+        metrics = train_epoch(run, epoch, progress)
+        if run.rank == 0:
+            save_epoch(run, epoch, metrics)
             if progress:
                 print(f"epoch {epoch + 1}/{cfg.epochs}: loss {metrics['loss']:.4f}  test clean "
                       f"{metrics['test_clean_acc']:.4f}  sparsity {metrics['sparsity']:.3f}  "
                       f"({metrics['epoch_seconds']:.1f}s)", flush=True)
-    if world > 1:
+    if run.world > 1:
         dist.barrier()
     return metrics
+
+
+def ensure_trained(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train cfg's run to the end: continue its checkpoint when there is one (same settings), else
+    start it. What scripts and the demo use to pick up where an interrupted run stopped."""
+    has_run = (Path(cfg.out) / CHECKPOINT).exists()
+    return train(cfg, resume=has_run, progress=progress)
+
+
+__all__ = ["TrainConfig", "train", "ensure_trained", "setup", "train_epoch", "save_epoch",
+           "resolve_device", "accuracy", "prepare_run_folder", "config_differences"]

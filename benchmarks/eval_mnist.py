@@ -21,7 +21,7 @@ from anp_kernels import deploy  # noqa: E402
 from anp_kernels.evaluate import autoattack, fmn, thin_ice  # noqa: E402
 from anp_kernels.evaluate.robustness import predictions  # noqa: E402
 from anp_kernels.nn import sparsity  # noqa: E402
-from anp_kernels.train import load_model  # noqa: E402
+from anp_kernels.checkpoint import load_model  # noqa: E402
 from _harness import stamp, write_results  # noqa: E402
 
 

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from anp_kernels import data as data_mod  # noqa: E402
 from anp_kernels.evaluate import layer_vulnerability, network_vulnerability, pgd_examples, predictions  # noqa: E402
 from anp_kernels.nn import sparsity  # noqa: E402
-from anp_kernels.train import TrainConfig, load_model, train  # noqa: E402
+from anp_kernels.checkpoint import load_model
+from anp_kernels.train import TrainConfig, train  # noqa: E402
 from _harness import stamp, write_results  # noqa: E402
 
 

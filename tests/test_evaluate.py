@@ -155,8 +155,8 @@ def test_vulnerability_and_histogram(tmp_path):
         next(iter(m for m in model.modules() if hasattr(m, "a_uc"))).a_uc[:4] = -9.0
     x = torch.rand(16, 1, 8, 8)
     v = vulnerability(model, x, (x + 0.05).clamp(0, 1))
-    assert v["network"] > 0 and set(v["layers"]) == {"1", "4", "8"}
-    assert (v["layers"]["1"][:4] == 0).all()  # pruned features have zero vulnerability
+    assert v["network"] > 0 and set(v["layers"]) == {"relu1", "relu2", "relu3"}  # post-activation features
+    assert (v["layers"]["relu1"][:4] == 0).all()  # pruned conv1 channels have zero vulnerability
     info = vulnerability_histogram(v["layers"], tmp_path / "h.png")
     assert info["zero"] >= 4 and (tmp_path / "h.png").stat().st_size > 1000
 

@@ -10,7 +10,8 @@ import torch
 
 from anp_kernels.checkpoint import load_state
 from anp_kernels.cli import main
-from anp_kernels.train import TrainConfig, load_model, train
+from anp_kernels.checkpoint import load_model
+from anp_kernels.train import TrainConfig, save_epoch, setup, train, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(model="lenet_digits", data="synthetic", epochs=2, batch_size=64, eps=0.1, step_size=0.05, steps=2,
@@ -29,7 +30,8 @@ def test_train_writes_metrics_and_a_loadable_checkpoint(tmp_path):
 def test_resume_continues_exactly(tmp_path):
     full, half = tmp_path / "full", tmp_path / "half"
     train(TrainConfig(method="anp-vs", out=str(full), **TINY), progress=False)
-    train(TrainConfig(method="anp-vs", out=str(half), **{**TINY, "epochs": 1}), progress=False)
+    run = setup(TrainConfig(method="anp-vs", out=str(half), **TINY))  # a run stopped after its first epoch
+    save_epoch(run, 0, train_epoch(run, 0, progress=False))
     train(TrainConfig(method="anp-vs", out=str(half), **TINY), resume=True, progress=False)
     a, b = load_state(full / "checkpoint.safetensors"), load_state(half / "checkpoint.safetensors")
     assert a["epoch"] == b["epoch"] == 2

@@ -1,9 +1,11 @@
 """Honest robustness evaluation of (pruned) models: AutoAttack, FMN, vulnerability, thin ice."""
+from ..nn.convert import latent_layers
 from .autoattack import AttackResult, autoattack
 from .checks import EvaluationError, check_inputs, check_perturbations
 from .curves import SecurityCurve, security_curve, vulnerability_histogram
 from .fmn import FMNResult, fmn
-from .robustness import (layer_vulnerability, latent_layers, network_vulnerability, pgd_examples, predictions)
+from .robustness import (latent_features, layer_vulnerability, network_vulnerability, pgd_examples,
+                         predictions)
 from .thin_ice import ThinIceResult, thin_ice
 
 
@@ -15,5 +17,5 @@ def vulnerability(model, x, x_adv, batch_size: int = 500) -> dict:
 
 __all__ = ["autoattack", "AttackResult", "fmn", "FMNResult", "security_curve", "SecurityCurve",
            "vulnerability", "vulnerability_histogram", "thin_ice", "ThinIceResult", "EvaluationError",
-           "check_inputs", "check_perturbations", "layer_vulnerability", "latent_layers",
+           "check_inputs", "check_perturbations", "layer_vulnerability", "latent_layers", "latent_features",
            "network_vulnerability", "pgd_examples", "predictions"]

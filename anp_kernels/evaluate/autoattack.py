@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._extras import require
 from ..attacks import frozen
-from .checks import EvaluationError, check_inputs, check_perturbations
-from .resumable import model_fingerprint, run_chunks
+from .checks import EvaluationError, check_attack_settings, check_inputs, check_perturbations
+from .resumable import binding, run_chunks
 from .robustness import pgd_examples, predictions
 
 PLUS_SETTINGS = {"apgd-ce/apgd-dlr restarts": 5, "fab restarts": 5, "square queries": 5000,
@@ -36,26 +37,26 @@ class AttackResult:
 
 def _fresh_autoattack(model, eps, norm, version, seed, device):
     # A new object per chunk: a reused one keeps FAB at 1 restart after its targeted run.
-    from pyautoattack import AutoAttack
-
-    attack = AutoAttack(model, norm=norm, eps=eps, version=version, seed=seed, device=device)
+    attack = require("pyautoattack", "eval").AutoAttack(model, norm=norm, eps=eps, version=version, seed=seed,
+                                                          device=device)
     attack.logger.setLevel(logging.WARNING)
     return attack
 
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
                version: str = "standard", batch_size: int = 250, state_path: str | Path | None = None,
-               seed: int = 0, pgd_steps: int = 40, chunk: int = 500, progress: bool = True) -> AttackResult:
+               seed: int = 0, pgd_steps: int = 40, chunk: int = 500, progress: bool = True,
+               fresh: bool = False) -> AttackResult:
     """Robust accuracy under AutoAttack, with the per-sample worst case over AutoAttack and PGD.
 
     Checks (raised as EvaluationError, reported in `checks`): eval mode, determinism, inputs in
     [0, 1], logits not probabilities, labels in range, every perturbation within eps, and
-    AutoAttack's robust accuracy not above our PGD-`pgd_steps` on the same samples.
+    AutoAttack's robust accuracy not above our PGD-`pgd_steps` (same norm) on the same samples.
+    state_path: resumable chunks bound to the model's content, the data and every setting.
     """
     if version not in ("standard", "plus"):
         raise ValueError(f"version must be 'standard' or 'plus', got {version!r}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+    check_attack_settings(eps=eps, norm=norm, steps=pgd_steps, batch_size=batch_size)
     checks = check_inputs(model, x, y)
     device = next(iter(model.parameters())).device
     config = {"eps": eps, "norm": norm, "version": version, "seed": seed, "pgd_steps": pgd_steps,
@@ -67,12 +68,12 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
         attack = _fresh_autoattack(model, eps, norm, version, seed + start, device)
         with frozen(model):
             x_aa, _ = attack.run_standard_evaluation(xs, ys, batch_size=batch_size)
-        x_pgd = pgd_examples(model, xs, ys, eps, step, pgd_steps, batch_size=batch_size, seed=seed + start)
+        x_pgd = pgd_examples(model, xs, ys, eps, step, pgd_steps, batch_size=batch_size, seed=seed + start, norm=norm)
         return {"clean": predictions(model, xs) == ys, "aa": predictions(model, x_aa) == ys,
                 "pgd": predictions(model, x_pgd) == ys, "x_aa": x_aa, "x_pgd": x_pgd}
 
-    fingerprint = {**config, "model": model_fingerprint(model), "data": float(x.double().sum()), "labels": int(y.sum())}
-    out = run_chunks(len(x), chunk, work, state_path, fingerprint, f"AutoAttack-{version}", progress)
+    bound = binding(model, x, y, {"attack": "autoattack", **config, "batch_size": batch_size}, f"0..{len(x) - 1}")
+    out = run_chunks(len(x), chunk, work, state_path, bound, f"AutoAttack-{version}", progress, fresh)
     checks["perturbation"] = check_perturbations(x.cpu(), out["x_aa"], eps, norm)
     check_perturbations(x.cpu(), out["x_pgd"], eps, norm)
     aa_acc, pgd_acc = float(out["aa"].float().mean()), float(out["pgd"].float().mean())

@@ -1,6 +1,8 @@
 """Checks that run with every evaluation: a failed one is an error, never a silently inflated number."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -42,6 +44,21 @@ def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
         raise EvaluationError("the model returns NaN or inf logits")
     return {"eval_mode": True, "deterministic": True, "inputs_in_unit_box": True, "logits": True,
             "num_classes": num_classes}
+
+
+NORMS = ("Linf", "L2")
+
+
+def check_attack_settings(eps: float | None = None, norm: str | None = None, steps: int | None = None,
+                          batch_size: int | None = None) -> None:
+    """Refuse degenerate attack settings before any work: they would report robustness never tested."""
+    if norm is not None and norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if eps is not None and not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    for name, v in (("steps", steps), ("batch_size", batch_size)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
 
 
 def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor, norm: str) -> torch.Tensor:

@@ -7,15 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from .._plot import figure, save
 
 
 @dataclass
@@ -35,8 +27,7 @@ class SecurityCurve:
 
 def plot_curves(curves: dict, path: str | Path, mark_eps: float | None = None) -> Path:
     """Security curves of several models on one figure."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = figure()
     for label, curve in curves.items():
         ax.plot(curve.eps, curve.robust_acc, label=label)
     if mark_eps is not None:
@@ -46,10 +37,7 @@ def plot_curves(curves: dict, path: str | Path, mark_eps: float | None = None) -
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def security_curve(distances: torch.Tensor, eps_max: float | None = None, points: int = 101) -> SecurityCurve:
@@ -74,8 +62,7 @@ def vulnerability_histogram(per_layer: dict, path: str | Path, bins: int = 30, t
     values = torch.cat([v.flatten() for v in per_layer.values()]).double().numpy() if per_layer else np.zeros(0)
     zeros = int((values == 0).sum())
     nonzero = values[values > 0]
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = figure()
     if len(nonzero):
         ax.hist(nonzero, bins=bins, color="tab:blue", alpha=0.8, label=f"features > 0 ({len(nonzero)})")
     ax.bar([0], [zeros], width=(nonzero.max() / bins if len(nonzero) else 0.01), color="tab:red",
@@ -84,7 +71,5 @@ def vulnerability_histogram(per_layer: dict, path: str | Path, bins: int = 30, t
     ax.set_ylabel("features")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return {"features": int(len(values)), "zero": zeros, "mean": float(values.mean()) if len(values) else 0.0}

@@ -1,4 +1,9 @@
-"""`anp eval` and `anp thin-ice`: resumable evaluations that write a report folder."""
+"""`anp eval` and `anp thin-ice`: resumable evaluations that write a report folder.
+
+Every setting is checked before any work (a degenerate eps, step count, batch size or norm would
+report robustness that was never tested), the data must have the model's input shape, and the
+resumable state is bound to the model's content, the data and every setting (see `resumable`).
+"""
 from __future__ import annotations
 
 import json
@@ -7,44 +12,88 @@ from pathlib import Path
 import torch
 
 from .. import data as data_mod
+from .. import models
 from ..nn import sparsity
 from .autoattack import autoattack
-from .checks import check_inputs, check_perturbations
+from .checks import check_attack_settings, check_inputs, check_perturbations
 from .curves import security_curve, vulnerability_histogram
 from .fmn import fmn
-from .resumable import model_fingerprint, run_chunks
+from .resumable import binding, run_chunks
 from .robustness import layer_vulnerability, network_vulnerability, pgd_examples, predictions
 from .thin_ice import thin_ice
 
+ATTACKS = ("autoattack", "pgd", "fmn")
 
-def _test_split(spec: str, n: int | None):
+
+def pgd_step(eps: float, norm: str) -> float:
+    """The evaluation PGD's step: eps / 4 (Linf) or eps / 8 (L2)."""
+    return eps / 4 if norm == "Linf" else eps / 8
+
+
+def held_out_split(spec: str, n: int | None, model: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n test samples of a data spec, checked against the model's input shape."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"--n must be an int >= 1, got {n!r}")
     ds = data_mod.load(spec)
+    arch = getattr(model, "anp_arch", None)
+    if arch is not None:
+        expected = models.input_shape(arch["model"], arch["in_channels"])[1:]
+        if tuple(ds.input_shape) != tuple(expected):
+            raise ValueError(f"--data {spec} has inputs of shape {tuple(ds.input_shape)} but the model "
+                             f"({arch['model']}) takes {tuple(expected)}")
     x, y = ds.x_test, ds.y_test
-    if n is not None:
-        if n < 1:
-            raise ValueError(f"--n must be >= 1, got {n}")
-        x, y = x[:n], y[:n]
-    return x, y
+    return (x[:n], y[:n]) if n is not None else (x, y)
 
 
-def fmn_distances(model, x, y, norm: str, steps: int, state_path, chunk: int = 500, progress: bool = True):
+def fmn_distances(model, x, y, norm: str, steps: int, state_path, chunk: int = 500, progress: bool = True,
+                  fresh: bool = False) -> torch.Tensor:
     """FMN distances in resumable chunks (y: the labels to attack)."""
-    config = {"attack": "fmn", "norm": norm, "steps": steps, "model": model_fingerprint(model),
-              "data": float(x.double().sum()), "labels": int(y.sum())}
+    bound = binding(model, x, y, {"attack": "fmn", "norm": norm, "steps": steps}, f"0..{len(x) - 1}")
     out = run_chunks(len(x), chunk, lambda s, e: {"d": fmn(model, x[s:e], y[s:e], norm=norm, steps=steps).distances},
-                     state_path, config, f"FMN-{steps}", progress)
+                     state_path, bound, f"FMN-{steps}", progress, fresh)
     return out["d"]
+
+
+def _pgd_report(model, x, y, eps, norm, steps, batch_size, state_path, chunk, progress, fresh) -> tuple[dict, torch.Tensor]:
+    checks = check_inputs(model, x, y)
+    step = pgd_step(eps, norm)
+    bound = binding(model, x, y, {"attack": "pgd", "eps": eps, "norm": norm, "steps": steps, "step": step,
+                                  "batch_size": batch_size}, f"0..{len(x) - 1}")
+    work = lambda s, e: {"x": pgd_examples(model, x[s:e], y[s:e], eps, step, steps, batch_size, seed=s, norm=norm)}  # noqa: E731
+    x_adv = run_chunks(len(x), chunk, work, state_path, bound, f"PGD-{steps}", progress, fresh)["x"]
+    checks["perturbation"] = check_perturbations(x, x_adv, eps, norm)
+    return {"checks": checks, "clean_acc": float((predictions(model, x) == y).float().mean()),
+            "robust_acc": float((predictions(model, x_adv) == y).float().mean()), "eps": eps}, x_adv
+
+
+def _fmn_report(model, x, y, eps, norm, steps, state_path, chunk, progress, fresh, out_dir: Path, label: str) -> dict:
+    checks = check_inputs(model, x, y)
+    d = fmn_distances(model, x, y, norm, steps, state_path, chunk, progress, fresh)
+    curve = security_curve(d)
+    curve.plot(out_dir / "security_curve.png", label=label, mark_eps=eps)
+    (out_dir / "fmn_distances.csv").write_text("index,distance\n" + "".join(f"{i},{v:.6g}\n"
+                                                                          for i, v in enumerate(d.tolist())))
+    beyond = torch.isfinite(d) & (d > 0)
+    return {"checks": checks, "clean_acc": float((d > 0).float().mean()), "robust_acc_at_eps": float((d > eps).float().mean()),
+            "eps": eps, "median_distance": float(d[beyond].median()) if bool(beyond.any()) else None,
+            "curve": curve.to_json()}
 
 
 def evaluate_checkpoint(checkpoint: str, data: str, attack: str, eps: float, out: str, norm: str = "Linf",
                         n: int | None = None, version: str = "standard", steps: int = 40, batch_size: int = 250,
-                        chunk: int = 500, progress: bool = True) -> dict:
-    from ..train import load_model
+                        chunk: int = 500, progress: bool = True, fresh: bool = False) -> dict:
+    """Evaluate a training checkpoint with one attack; writes eval.json, eval.md (and plots) to `out`."""
+    from ..checkpoint import load_model
 
-    if attack not in ("autoattack", "pgd", "fmn"):
-        raise ValueError(f"--attack must be autoattack, pgd or fmn, got {attack!r}")
+    if attack not in ATTACKS:
+        raise ValueError(f"--attack must be one of {ATTACKS}, got {attack!r}")
+    if version not in ("standard", "plus"):
+        raise ValueError(f"--version must be standard or plus, got {version!r}")
+    check_attack_settings(eps=eps, norm=norm, steps=steps, batch_size=batch_size)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"--checkpoint-every must be an int >= 1, got {chunk!r}")
     model, state = load_model(checkpoint)
-    x, y = _test_split(data, n)
+    x, y = held_out_split(data, n, model)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / f"state_{attack}.safetensors"
@@ -55,49 +104,34 @@ def evaluate_checkpoint(checkpoint: str, data: str, attack: str, eps: float, out
     x_adv = None
     if attack == "autoattack":
         res = autoattack(model, x, y, eps, norm=norm, version=version, batch_size=batch_size, state_path=state_path,
-                         pgd_steps=steps, chunk=chunk, progress=progress)
+                         pgd_steps=steps, chunk=chunk, progress=progress, fresh=fresh)
         report.update(res.to_json())
         x_adv = res.x_adv
     elif attack == "pgd":
-        report["checks"] = check_inputs(model, x, y)
-        step = eps / 4 if norm == "Linf" else eps / 8
-        config = {"attack": "pgd", "eps": eps, "norm": norm, "steps": steps, "model": model_fingerprint(model),
-                  "data": float(x.double().sum())}
-        res = run_chunks(len(x), chunk, lambda s, e: {"x": pgd_examples(model, x[s:e], y[s:e], eps, step, steps,
-                                                                        seed=s)},
-                         state_path, config, f"PGD-{steps}", progress)
-        x_adv = res["x"]
-        report["checks"]["perturbation"] = check_perturbations(x, x_adv, eps, norm)
-        report["clean_acc"] = float((predictions(model, x) == y).float().mean())
-        report["robust_acc"] = float((predictions(model, x_adv) == y).float().mean())
-        report["eps"] = eps
+        part, x_adv = _pgd_report(model, x, y, eps, norm, steps, batch_size, state_path, chunk, progress, fresh)
+        report.update(part)
     else:
-        report["checks"] = check_inputs(model, x, y)
-        d = fmn_distances(model, x, y, norm, steps, state_path, chunk, progress)
-        curve = security_curve(d)
-        curve.plot(out_dir / "security_curve.png", label=Path(checkpoint).parent.name, mark_eps=eps)
-        report.update({"clean_acc": float((d > 0).float().mean()), "robust_acc_at_eps": float((d > eps).float().mean()),
-                       "eps": eps, "median_distance": float(d[torch.isfinite(d) & (d > 0)].median())
-                       if bool((torch.isfinite(d) & (d > 0)).any()) else None, "curve": curve.to_json()})
-        (out_dir / "fmn_distances.csv").write_text("index,distance\n" + "".join(f"{i},{v:.6g}\n"
-                                                                              for i, v in enumerate(d.tolist())))
+        report.update(_fmn_report(model, x, y, eps, norm, steps, state_path, chunk, progress, fresh, out_dir,
+                                  Path(checkpoint).parent.name))
     if x_adv is not None:
-        per_layer = layer_vulnerability(model, x, x_adv)
-        report["vulnerability"] = network_vulnerability(per_layer)
-        report["vulnerability_layers"] = {k: float(v.mean()) for k, v in per_layer.items()}
-        report["histogram"] = vulnerability_histogram(per_layer, out_dir / "vulnerability_hist.png",
-                                                      title=f"{Path(checkpoint).parent.name}: V = "
-                                                            f"{report['vulnerability']:.4f}")
+        report.update(_vulnerability_report(model, x, x_adv, out_dir, Path(checkpoint).parent.name))
     (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
     (out_dir / "eval.md").write_text(_eval_markdown(report))
     return report
 
 
+def _vulnerability_report(model, x, x_adv, out_dir: Path, label: str) -> dict:
+    per_layer = layer_vulnerability(model, x, x_adv)
+    v = network_vulnerability(per_layer)
+    return {"vulnerability": v, "vulnerability_layers": {k: float(t.mean()) for k, t in per_layer.items()},
+            "histogram": vulnerability_histogram(per_layer, out_dir / "vulnerability_hist.png", title=f"{label}: V = {v:.4f}")}
+
+
 def _eval_markdown(r: dict) -> str:
-    rows = [("checkpoint", r["checkpoint"]), ("attack", r["attack"]), ("samples", r["n"]),
+    rows = [("checkpoint", r["checkpoint"]), ("attack", f"{r['attack']} ({r['norm']})"), ("samples", r["n"]),
             ("clean accuracy", f"{r['clean_acc']:.4f}")]
     if "robust_acc" in r:
-        rows.append((f"robust accuracy (eps {r.get('eps')})", f"{r['robust_acc']:.4f}"))
+        rows.append((f"robust accuracy (eps {r.get('eps', r.get('config', {}).get('eps'))})", f"{r['robust_acc']:.4f}"))
     if r.get("autoattack_robust_acc") is not None:
         rows += [("AutoAttack robust accuracy", f"{r['autoattack_robust_acc']:.4f}"),
                  ("PGD robust accuracy (same samples)", f"{r['pgd_robust_acc']:.4f}")]
@@ -111,17 +145,19 @@ def _eval_markdown(r: dict) -> str:
 
 
 def thin_ice_checkpoints(dense_ckpt: str, pruned_ckpt: str, data: str, out: str, norm: str = "Linf",
-                         n: int | None = None, steps: int = 100, chunk: int = 500, progress: bool = True) -> dict:
-    from ..train import load_model
+                         n: int | None = None, steps: int = 100, chunk: int = 500, progress: bool = True,
+                         fresh: bool = False) -> dict:
+    from ..checkpoint import load_model
 
+    check_attack_settings(norm=norm, steps=steps)
     dense, _ = load_model(dense_ckpt)
     pruned, _ = load_model(pruned_ckpt)
-    x, y = _test_split(data, n)
+    x, y = held_out_split(data, n, dense)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_inputs(dense, x, y)
     pred = predictions(dense, x)
-    d = fmn_distances(dense, x, pred, norm, steps, out_dir / "state_fmn_dense.safetensors", chunk, progress)
+    d = fmn_distances(dense, x, pred, norm, steps, out_dir / "state_fmn_dense.safetensors", chunk, progress, fresh)
     result = thin_ice(dense, pruned, x, y, norm=norm, distances=d)
     result.write(out_dir)
     return result.to_json()

@@ -7,13 +7,24 @@ from tqdm.auto import tqdm
 
 from .. import ops
 from ..attacks import pgd
-from ..nn.convert import latent_layers
+from ..nn.convert import require_latent
 
 
 @torch.no_grad()
-def _features(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    feats: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: feats.append(out)) for _, m in latent_layers(model)]
+def latent_features(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The latent features of one forward pass by module name ("name#2" for a module's second call)."""
+    feats: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(_m, _i, out):
+            key, k = name, 1
+            while key in feats:
+                k += 1
+                key = f"{name}#{k}"
+            feats[key] = out
+        return hook
+
+    hooks = [m.register_forward_hook(keep(n)) for n, m in require_latent(model)]
     try:
         model(x)
     finally:
@@ -23,25 +34,21 @@ def _features(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def layer_vulnerability(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, batch_size: int = 500) -> dict:
-    """Per layer: the per-feature (channel/unit) vulnerability E|z - z_adv| over x, in eval mode."""
+    """Per latent feature map: the per-feature (channel/unit) vulnerability E|z - z_adv| over x, in eval mode."""
     was = model.training
     model.eval()
-    names = [n for n, _ in latent_layers(model)]
-    sums: list[torch.Tensor] | None = None
-    counts: list[int] = []
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
     try:
         for i in range(0, len(x), batch_size):
-            f_clean, f_adv = _features(model, x[i:i + batch_size]), _features(model, x_adv[i:i + batch_size])
-            dist = [ops.channel_distortion(a, b) for a, b in zip(f_clean, f_adv)]
-            if sums is None:
-                sums = dist
-                counts = [a.numel() // a.shape[1] for a in f_clean]
-            else:
-                sums = [s + d for s, d in zip(sums, dist)]
-                counts = [c + a.numel() // a.shape[1] for c, a in zip(counts, f_clean)]
+            clean, adv = latent_features(model, x[i:i + batch_size]), latent_features(model, x_adv[i:i + batch_size])
+            for name, f in clean.items():
+                d = ops.channel_distortion(f, adv[name])
+                sums[name] = sums[name] + d if name in sums else d
+                counts[name] = counts.get(name, 0) + f.numel() // max(f.shape[1], 1)
     finally:
         model.train(was)
-    return {n: (s / c).cpu() for n, s, c in zip(names, sums or [], counts)}
+    return {n: (s / counts[n]).cpu() for n, s in sums.items()}
 
 
 def network_vulnerability(per_layer: dict) -> float:
@@ -52,11 +59,13 @@ def network_vulnerability(per_layer: dict) -> float:
 
 
 def pgd_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
-                 batch_size: int = 500, seed: int = 0, progress: bool = False) -> torch.Tensor:
+                 batch_size: int = 500, seed: int = 0, progress: bool = False, norm: str = "Linf") -> torch.Tensor:
+    """PGD examples in batches (random start from a generator seeded with `seed`)."""
     g = torch.Generator().manual_seed(seed)
     chunks = []
     for i in tqdm(range(0, len(x), batch_size), desc=f"PGD-{steps}", disable=not progress, leave=False):
-        chunks.append(pgd(model, x[i:i + batch_size], y[i:i + batch_size], eps, step_size, steps, generator=g))
+        chunks.append(pgd(model, x[i:i + batch_size], y[i:i + batch_size], eps, step_size, steps, norm=norm,
+                          generator=g))
     return torch.cat(chunks) if chunks else x.clone()
 
 

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import mannwhitneyu
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from .._extras import require
+from .._plot import figure, save
 from .checks import check_inputs
-from .curves import pyplot
 from .fmn import fmn, logit_margin
 
 POPULATIONS = ("11", "10", "01", "00")
@@ -82,8 +81,7 @@ class ThinIceResult:
         return "\n".join(lines) + "\n"
 
     def plot(self, path: str | Path) -> Path:
-        plt = pyplot()
-        fig, ax = plt.subplots(figsize=(5.5, 4))
+        fig, ax = figure(5.5, 4)
         dist = np.where(np.isfinite(self.distance), self.distance, np.nan)
         for k in POPULATIONS:
             sel = self.population == k
@@ -94,10 +92,7 @@ class ThinIceResult:
         ax.axhline(0, color="black", linewidth=0.5)
         ax.legend(title="dense, pruned correct")
         ax.set_title(f"thin ice: AUC flip {_fmt(self.auc_flip)}, fix {_fmt(self.auc_fix)}")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return Path(path)
+        return save(fig, path)
 
 
 def _fmt(v, spec: str = ".3f") -> str:
@@ -116,8 +111,8 @@ def _separation(distance: np.ndarray, flipped: np.ndarray, stable: np.ndarray):
     d = np.where(np.isfinite(distance), distance, np.nanmax(distance[np.isfinite(distance)], initial=1.0) * 10)
     labels = np.concatenate([np.ones(flipped.sum()), np.zeros(stable.sum())])
     scores = -np.concatenate([d[flipped], d[stable]])
-    auc = float(roc_auc_score(labels, scores))
-    p = float(mannwhitneyu(d[flipped], d[stable], alternative="two-sided").pvalue)
+    auc = float(require("sklearn.metrics", "eval").roc_auc_score(labels, scores))
+    p = float(require("scipy.stats", "eval").mannwhitneyu(d[flipped], d[stable], alternative="two-sided").pvalue)
     return auc, p
 
 
