@@ -5,6 +5,6 @@ from ._rng import mask_noise
 from .losses import ANPVSLoss
 from .nn import convert, masks, parameter_groups, sparsity
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["ops", "backend", "set_backend", "use_backend", "BackendUnavailableError", "mask_noise", "ANPVSLoss",
            "convert", "masks", "sparsity", "parameter_groups", "__version__"]

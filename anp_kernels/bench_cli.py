@@ -23,12 +23,11 @@ def _layer_widths(model: nn.Module) -> dict[str, int]:
 
 
 def channel_chart(dense: nn.Module, compact: nn.Module, path: str | Path) -> Path:
-    from .evaluate.curves import pyplot
+    from ._plot import figure, save
 
-    plt = pyplot()
     wd, wc = _layer_widths(dense), _layer_widths(compact)
     names = list(wd)
-    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(names)), 3.5))
+    fig, ax = figure(max(5, 0.45 * len(names)), 3.5)
     xs = range(len(names))
     ax.bar([i - 0.2 for i in xs], [wd[n] for n in names], width=0.4, label="dense")
     ax.bar([i + 0.2 for i in xs], [wc.get(n, 0) for n in names], width=0.4, label="compact")
@@ -36,20 +35,26 @@ def channel_chart(dense: nn.Module, compact: nn.Module, path: str | Path) -> Pat
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("output channels / units")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
-def export(checkpoint: str, out: str, onnx: bool = False, round_to: int = 8) -> dict:
-    from .train import load_model
+EXPORT_FILES = ("model.safetensors", "model.json", "model.onnx", "export.json")
 
-    model, state = load_model(checkpoint)
+
+def export(checkpoint: str, out: str, onnx: bool = False, round_to: int = 8, fold_bn: bool = False,
+           overwrite: bool = False) -> dict:
+    from .checkpoint import load_model
+
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a folder")
+    existing = [name for name in EXPORT_FILES if (out_dir / name).exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{out_dir} already holds {', '.join(existing)}: pass --overwrite to replace them")
+    model, _ = load_model(checkpoint)
     arch = model.anp_arch
     shape = models.input_shape(arch["model"], arch["in_channels"])
-    compact = deploy.compact(model, shape, round_to=round_to) if state["arch"]["masked"] else deploy.fold_masks(model)[0]
-    out_dir = Path(out)
+    compact = deploy.compact(model, shape, round_to=round_to, fold_bn=fold_bn)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = deploy.save(compact, out_dir, arch)
     x = torch.rand(16, *shape[1:])
@@ -63,32 +68,62 @@ def export(checkpoint: str, out: str, onnx: bool = False, round_to: int = 8) -> 
     return info
 
 
+def _check_bench_args(batch: int, runs: int, round_to: int, runtime: str) -> None:
+    for name, v in (("--batch", batch), ("--runs", runs), ("--round-to", round_to)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if runtime not in profile.RUNTIMES:
+        raise ValueError(f"--runtime must be one of {profile.RUNTIMES}, got {runtime!r}")
+
+
+def _architecture(target: str):
+    """(architecture name, builder of the dense model, trained checkpoint model or None)."""
+    if target in models.MODELS:
+        return target, lambda: models.build(target), None
+    from .checkpoint import load_model
+
+    model, _ = load_model(target)
+    arch = model.anp_arch
+    return arch["model"], lambda: models.build(arch["model"], arch["num_classes"], arch["in_channels"]), model
+
+
 def bench(target: str, device: str = "cpu", batch: int = 64, runs: int = 30, out: str = "anp_bench",
-          round_to: int = 8, channels_last: bool = False) -> dict:
-    """Dense (the unpruned architecture) vs compact for a checkpoint, or one model's report by name."""
+          round_to: int = 8, channels_last: bool = False, runtime: str = "torch",
+          sweep: list[float] | None = None) -> dict:
+    """Dense (the unpruned architecture) vs compact for a checkpoint, one model's report by name, or
+    (sweep) dense vs compact latency and FLOPs over channel sparsities, with a PNG."""
+    _check_bench_args(batch, runs, round_to, runtime)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if target in models.MODELS:
-        shape = models.input_shape(target, batch=batch)
-        result = {"model": target,
-                  "report": profile.report(models.build(target), shape, device, runs, channels_last=channels_last)}
+    name, build, trained = _architecture(target)
+    shape = models.input_shape(name, trained.anp_arch["in_channels"] if trained is not None else None, batch=batch)
+    if sweep is not None:
+        if not sweep or not all(0 <= s < 1 for s in sweep):
+            raise ValueError(f"--sweep takes sparsities in [0, 1), got {sweep}")
+        rows = profile.sparsity_sweep(build, shape, sweep, device, runs, round_to, channels_last, runtime)
+        profile.plot_sweep(rows, out_dir / "sweep.png", f"{name}, batch {batch}, {runtime}")
+        result = {"model": name, "runtime": runtime, "sweep": rows}
+    elif trained is None:
+        result = {"model": name, "report": profile.report(build(), shape, device, runs, channels_last=channels_last)}
     else:
-        from .train import load_model
-
-        model, state = load_model(target)
-        arch = model.anp_arch
-        shape = models.input_shape(arch["model"], arch["in_channels"], batch=batch)
-        compact = deploy.compact(model, (1, *shape[1:]), round_to=round_to) if state["arch"]["masked"] \
-            else deploy.fold_masks(model)[0]
-        dense = models.build(arch["model"], arch["num_classes"], arch["in_channels"])
-        result = {"model": arch["model"], "checkpoint": target,
-                  "compare": profile.compare(dense, compact, shape, device, runs, channels_last=channels_last)}
-        channel_chart(dense, compact, out_dir / "channels_kept.png")
+        compact = deploy.compact(trained, (1, *shape[1:]), round_to=round_to)
+        result = {"model": name, "checkpoint": target,
+                  "compare": profile.compare(build(), compact, shape, device, runs, channels_last, runtime,
+                                             onnx_dir=out_dir if runtime == "onnxruntime" else None)}
+        channel_chart(build(), compact, out_dir / "channels_kept.png")
     (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
     return result
 
 
 def table(result: dict) -> str:
+    if "sweep" in result:
+        rows = "| unit sparsity | x fewer FLOPs | dense ms | compact ms | x faster | faster than dense |\n" \
+               "|---:|---:|---:|---:|---:|---|\n"
+        for r in result["sweep"]:
+            rows += (f"| {r['unit_sparsity']:.1%} | {r['flop_ratio']:.2f} | {r['dense_latency_s'] * 1e3:.2f} | "
+                     f"{r['compact_latency_s'] * 1e3:.2f} | {r['latency_speedup']:.2f} | "
+                     f"{'yes' if r['faster'] else 'NO'} |\n")
+        return rows
     if "report" in result:
         r = result["report"]
         return ("| model | params | MB | GFLOPs | peak act. MB | latency ms |\n|---|---:|---:|---:|---:|---:|\n"
@@ -100,6 +135,6 @@ def table(result: dict) -> str:
         r = c[name]
         rows += (f"| {name} | {r['params']:,} | {r['param_bytes'] / 2**20:.2f} | {r['flops'] / 1e9:.3f} | "
                  f"{r['peak_activation_bytes'] / 2**20:.1f} | {r['latency_s'] * 1e3:.2f} |\n")
-    rows += (f"\nmemory {c['memory_percent_of_dense']:.2f}% of dense, {c['flop_ratio']:.2f}x fewer FLOPs, "
-             f"{c['latency_speedup']:.2f}x faster ({c['speedup_fraction_of_flop_ratio']:.0%} of the FLOP ratio)\n")
+    rows += (f"\n{c['runtime']}: memory {c['memory_percent_of_dense']:.2f}% of dense, {c['flop_ratio']:.2f}x fewer "
+             f"FLOPs, {c['latency_speedup']:.2f}x faster ({c['speedup_fraction_of_flop_ratio']:.0%} of the FLOP ratio)\n")
     return rows

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -114,21 +116,176 @@ def report(model: nn.Module, input_shape: tuple, device: str | torch.device = "c
             "device": str(device), "channels_last": channels_last}
 
 
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def _runners(models_: dict[str, nn.Module], x: torch.Tensor, runtime: str, folder: str | Path | None) -> tuple[dict, dict]:
+    """{name: call} running each model on x in `runtime`, and {name: logits} of that runtime."""
+    if runtime == "torch":
+        return ({k: (lambda m=m: m(x)) for k, m in models_.items()},
+                {k: m(x).detach() for k, m in models_.items()})
+    from .deploy.export import export_onnx, onnx_logits, onnx_session
+
+    folder = Path(folder if folder is not None else tempfile.mkdtemp(prefix="anp_onnx_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    runners, logits = {}, {}
+    for name, m in models_.items():
+        session = onnx_session(export_onnx(m, folder / f"{name}.onnx", tuple(x.shape)))
+        feed = {session.get_inputs()[0].name: x.detach().cpu().contiguous().numpy()}
+        runners[name] = lambda s=session, f=feed: s.run(None, f)
+        logits[name] = onnx_logits(session, x)
+    return runners, logits
+
+
 def compare(dense: nn.Module, compact: nn.Module, input_shape: tuple, device: str | torch.device = "cpu",
-            runs: int = 30, channels_last: bool = False) -> dict:
+            runs: int = 30, channels_last: bool = False, runtime: str = "torch", onnx_dir: str | Path | None = None) -> dict:
     """The paper's columns: memory % of dense, x FLOPs, and measured speedup next to the FLOP ratio.
 
-    Both latencies come from one interleaved run, both models in the same memory format.
+    Both latencies come from one interleaved run, both models in the same memory format (PyTorch)
+    or both exported to ONNX and run by ONNX Runtime on the CPU (runtime="onnxruntime"; its logits
+    are checked against PyTorch's).
     """
-    device = torch.device(device)
-    dense, x = _prepare(dense, input_shape, device, channels_last)
-    compact, _ = _prepare(compact, input_shape, device, channels_last)
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    device = torch.device(device) if runtime == "torch" else torch.device("cpu")
+    dense, x = _prepare(dense, input_shape, device, channels_last and runtime == "torch")
+    compact, _ = _prepare(compact, input_shape, device, channels_last and runtime == "torch")
     rd = report(dense, input_shape, device, runs=3, channels_last=channels_last)
     rc = report(compact, input_shape, device, runs=3, channels_last=channels_last)
-    lat = latencies({"dense": lambda: dense(x), "compact": lambda: compact(x)}, device, runs)
+    with torch.no_grad():
+        runners, logits = _runners({"dense": dense, "compact": compact}, x, runtime, onnx_dir)
+        lat = latencies(runners, device, runs)
+        reference = compact(x)
     rd["latency_s"], rc["latency_s"] = lat["dense"], lat["compact"]
     flop_ratio = rd["flops"] / max(rc["flops"], 1)
     speedup = lat["dense"] / lat["compact"]
-    return {"dense": rd, "compact": rc, "memory_percent_of_dense": 100.0 * rc["param_bytes"] / rd["param_bytes"],
+    return {"dense": rd, "compact": rc, "runtime": runtime, "memory_percent_of_dense": 100.0 * rc["param_bytes"] / rd["param_bytes"],
             "flop_ratio": flop_ratio, "latency_speedup": speedup, "speedup_fraction_of_flop_ratio": speedup / flop_ratio,
-            "activation_memory_percent_of_dense": 100.0 * rc["peak_activation_bytes"] / max(rd["peak_activation_bytes"], 1)}
+            "activation_memory_percent_of_dense": 100.0 * rc["peak_activation_bytes"] / max(rd["peak_activation_bytes"], 1),
+            "runtime_max_abs_logit_difference": float((logits["compact"].to(reference.device) - reference).abs().max())}
+
+
+def prune_randomly(model: nn.Module, fraction: float, seed: int = 0) -> nn.Module:
+    """Mark `fraction` of every mask's units pruned (at least one kept): structured sparsity for timing."""
+    from .nn import masks
+
+    g = torch.Generator().manual_seed(seed)
+    for mask in masks(model).values():
+        k = min(int(round(fraction * mask.num_features)), mask.num_features - 1)
+        with torch.no_grad():
+            mask.a_uc.fill_(2.0)
+            mask.a_uc[torch.randperm(mask.num_features, generator=g)[:k]] = -9.0
+    return model
+
+
+def sparsity_sweep(build: Callable[[], nn.Module], input_shape: tuple, sparsities: list[float], device="cpu",
+                   runs: int = 20, round_to: int = 8, channels_last: bool = False, runtime: str = "torch",
+                   progress: bool = True) -> list[dict]:
+    """Dense vs compact latency and FLOPs of an architecture at each channel sparsity (random units
+    pruned per masked layer, widths rounded to round_to); `faster` is False where compact is not."""
+    from tqdm.auto import tqdm
+
+    from .deploy import compact as compact_model
+    from .nn import convert, sparsity
+
+    rows = []
+    for s in tqdm(sparsities, desc="sparsity sweep", disable=not progress):
+        masked = prune_randomly(convert(build()).eval(), s)
+        small = compact_model(masked, (1, *input_shape[1:]), round_to=round_to)
+        c = compare(build(), small, input_shape, device, runs, channels_last, runtime)
+        rows.append({"target_sparsity": s, "unit_sparsity": sparsity(masked)["total"], "flop_ratio": c["flop_ratio"],
+                     "latency_speedup": c["latency_speedup"], "dense_latency_s": c["dense"]["latency_s"],
+                     "compact_latency_s": c["compact"]["latency_s"], "compact_flops": c["compact"]["flops"],
+                     "faster": c["latency_speedup"] > 1.0})
+    return rows
+
+
+def plot_sweep(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Measured latency and FLOPs against unit sparsity (PNG); slower-than-dense settings marked."""
+    from ._plot import figure, save
+
+    fig, (ax1, ax2) = figure(9, 3.5, ncols=2)
+    xs = [100 * r["unit_sparsity"] for r in rows]
+    ax1.plot(xs, [1e3 * r["compact_latency_s"] for r in rows], "o-", label="compact")
+    ax1.plot(xs, [1e3 * r["dense_latency_s"] for r in rows], "--", color="grey", label="dense")
+    slow = [(x, 1e3 * r["compact_latency_s"]) for x, r in zip(xs, rows) if not r["faster"]]
+    if slow:
+        ax1.scatter(*zip(*slow), color="tab:red", zorder=3, label="not faster than dense")
+    ax1.set_xlabel("unit sparsity (%)")
+    ax1.set_ylabel("latency (ms)")
+    ax1.legend()
+    ax2.plot(xs, [r["flop_ratio"] for r in rows], "o-", label="x fewer FLOPs")
+    ax2.plot(xs, [r["latency_speedup"] for r in rows], "s-", label="x faster (measured)")
+    ax2.set_xlabel("unit sparsity (%)")
+    ax2.set_yscale("log")
+    ax2.legend()
+    fig.suptitle(title)
+    return save(fig, path)
+
+
+# ------------------------------------------------------------------ the ANP-VS paper's analytic counts
+LENET5_UNITS = [20, 50, 800, 500]
+VGG16_UNITS = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512]
+
+
+def _flops_conv(h: int, w: int, c_in: int, c_out: int, k: int, padding: int = 0) -> float:
+    n = k * k * c_in
+    positions = ((h - k + 2 * padding) + 1) * ((w - k + 2 * padding) + 1)
+    return c_out * positions * (2 * n - 1) + 2 * c_out * positions  # + bias + activation
+
+
+def _flops_pool(h: int, w: int, c: int, k: int = 2) -> float:
+    return c * ((h - k) / k + 1) * ((w - k) / k + 1) * k * k
+
+
+def _flops_dense(c_in: int, c_out: int, activation: bool = True) -> float:
+    return (2 * c_in - 1) * c_out + c_out + (c_out if activation else 0)
+
+
+def _memory_conv(h: int, w: int, c_in: int, c_out: int, k: int, padding: int = 0, bn: bool = False) -> float:
+    n = k * k * c_in
+    return n * (h - k + 2 * padding + 1) * (w - k + 2 * padding + 1) + n * c_out + (2 * c_out if bn else 0)
+
+
+def _memory_dense(c_in: int, c_out: int, bn: bool = False) -> float:
+    return c_in * c_out + c_out + (2 * c_in if bn else 0)
+
+
+def lenet5_costs(u: list[int], classes: int = 10) -> tuple[float, float]:
+    """(memory, FLOPs) of LeNet-5-Caffe with u = active units of its 4 masks (the original's formulas)."""
+    flops = (_flops_conv(28, 28, 1, u[0], 5) + _flops_pool(24, 24, u[0]) + _flops_conv(12, 12, u[0], u[1], 5)
+             + _flops_pool(8, 8, u[1]) + _flops_dense(u[2], u[3]) + _flops_dense(u[3], classes, activation=False))
+    memory = (_memory_conv(28, 28, 1, u[0], 5) + _memory_conv(12, 12, u[0], u[1], 5) + _memory_dense(u[2], u[3])
+              + _memory_dense(u[3], classes))
+    return memory, flops
+
+
+def vgg16_costs(u: list[int], classes: int = 10) -> tuple[float, float]:
+    """(memory, FLOPs) of VGG-16 with u = active units of its 15 masks (the original's formulas; the
+    original's memory counter adds the FC layers once per conv block, 13 times: here they count once)."""
+    sizes = [32, 32, 16, 16, 8, 8, 8, 4, 4, 4, 2, 2, 2]
+    c = [3] + u
+    flops = sum(_flops_conv(sizes[i], sizes[i], c[i], c[i + 1], 3, padding=1) for i in range(13))
+    flops += sum(_flops_pool(sizes[i], sizes[i], u[i]) for i in (1, 3, 6, 9, 12))
+    flops += _flops_dense(u[13], u[14]) + _flops_dense(u[14], classes)
+    memory = sum(_memory_conv(sizes[i], sizes[i], c[i], c[i + 1], 3, padding=1, bn=True) for i in range(13))
+    memory += _memory_dense(u[13], u[14], bn=True) + _memory_dense(u[14], classes)
+    return memory, flops
+
+
+def paper_costs(model: nn.Module) -> dict | None:
+    """Memory % and x FLOPs reduction as the ANP-VS code counts them: analytic, from the active units
+    of each mask (masked units count as removed, the 800 flattened LeNet inputs included).
+    For ANP models of LeNet-5-Caffe and VGG-16 (the original's mask layout); None for others."""
+    from .nn import masks
+
+    found = masks(model)
+    full = [m.num_features for m in found.values()]
+    counter = {tuple(LENET5_UNITS): lenet5_costs, tuple(VGG16_UNITS): vgg16_costs}.get(tuple(full))
+    if counter is None:
+        return None
+    classes = [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
+    active = [m.num_active() for m in found.values()]
+    (mem, flops), (mem0, flops0) = counter(active, classes), counter(full, classes)
+    return {"active_units": active, "units": full, "memory_percent": 100.0 * mem / mem0,
+            "flops_reduction": flops0 / flops, "unit_sparsity": 1 - sum(active) / sum(full)}

@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from anp_kernels import deploy, models, profile  # noqa: E402
 from anp_kernels.nn import convert, masks, sparsity  # noqa: E402
-from anp_kernels.train import load_model  # noqa: E402
+from anp_kernels.checkpoint import load_model  # noqa: E402
 from _harness import stamp, write_results  # noqa: E402
 
 

@@ -15,7 +15,7 @@ def _pruned(name, fraction=0.6, seed=0):
     model = convert(models.build(name)).eval()
     model.anp_arch = {"model": name, "num_classes": 10, "in_channels": models.input_shape(name)[1]}
     for m in model.modules():  # BN(0) != 0, so pruned channels feed constants downstream
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             m.running_mean.uniform_(-1, 1)
             m.running_var.uniform_(0.5, 2)
             m.bias.data.uniform_(-0.5, 0.5)
@@ -52,7 +52,7 @@ def test_round_to_one_removes_every_pruned_channel_of_a_sequential_net():
 def test_save_load_without_pickle(tmp_path, monkeypatch):
     compact = deploy.compact(_pruned("vgg16"), (1, 3, 32, 32))
     path = deploy.save(compact, tmp_path)
-    assert json.loads(path.with_suffix(".json").read_text())["model"] == "vgg16"
+    assert json.loads(path.with_suffix(".json").read_text())["arch"]["model"] == "vgg16"
 
     def no_pickle(*a, **k):
         raise AssertionError("pickle used")
@@ -77,7 +77,7 @@ def test_corrupt_or_mismatched_files_are_refused(tmp_path):
 
     tensors = load_file(str(path))
     desc = json.loads(path.with_suffix(".json").read_text())
-    desc["layers"]["1"]["out"] += 1
+    desc["layers"]["conv1"]["out"] += 1
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={"anp_arch": json.dumps(desc)})
     with pytest.raises(ValueError, match="do not match"):
         deploy.load(tmp_path / "bad.safetensors")
@@ -109,7 +109,7 @@ def test_profile_counts_flops_and_compares():
 def test_train_export_load_round_trip_on_mnist(tmp_path, mnist_dir, capsys):
     from anp_kernels import data
     from anp_kernels.cli import main
-    from anp_kernels.train import load_model
+    from anp_kernels.checkpoint import load_model
 
     run = tmp_path / "run"
     assert main(["train", "--model", "lenet5_caffe", "--data", f"mnist:{mnist_dir}", "--method", "anp-vs",
@@ -123,3 +123,90 @@ def test_train_export_load_round_trip_on_mnist(tmp_path, mnist_dir, capsys):
     with torch.no_grad():
         assert torch.equal(masked(x).argmax(1), loaded(x).argmax(1))
         assert (masked(x) - loaded(x)).abs().max() <= 1e-4
+
+
+class UserCNN(nn.Module):
+    """A network of the user's own, not from anp_kernels.models."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(2))
+        self.head = nn.Linear(128, 64)
+        self.act = nn.ReLU()
+        self.out = nn.Linear(64, 7)
+
+    def forward(self, x):
+        return self.out(self.act(self.head(self.body(x).flatten(1))))
+
+
+def test_user_architecture_round_trip(tmp_path):
+    model = convert(UserCNN()).eval()
+    torch.manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.bias.data.uniform_(-0.5, 0.5)
+    for mask in masks(model).values():
+        with torch.no_grad():
+            mask.a_uc[torch.randperm(mask.num_features)[: mask.num_features // 2]] = -9.0
+    compact = deploy.compact(model, (1, 3, 16, 16), round_to=1)
+    path = deploy.save(compact, tmp_path / "user.safetensors")
+    with pytest.raises(ValueError, match="model=<a fresh instance"):
+        deploy.load(path)
+    loaded = deploy.load(path, model=UserCNN())
+    x = torch.rand(5, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), compact(x))
+        assert (model(x) - loaded(x)).abs().max() <= 1e-4
+    assert sum(p.numel() for p in loaded.parameters()) < 0.6 * sum(p.numel() for p in UserCNN().parameters())
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet18", "vgg_digits"])
+def test_fold_bn_is_exact(name):
+    model = _pruned(name)
+    shape = models.input_shape(name)
+    plain = deploy.compact(model, shape)
+    folded = deploy.compact(model, shape, fold_bn=True)
+    x = torch.rand(4, *shape[1:])
+    with torch.no_grad():
+        assert (plain(x) - folded(x)).abs().max() <= 1e-4
+        assert (model(x) - folded(x)).abs().max() <= 1e-4
+    left = [m for m in folded.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    assert not left if name != "resnet18" else len(left) < len([m for m in plain.modules()
+                                                                 if isinstance(m, nn.BatchNorm2d)])
+
+
+def test_onnxruntime_matches_pytorch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    compact = deploy.compact(_pruned("vgg_digits"), (1, 1, 8, 8), fold_bn=True)
+    session = deploy.onnx_session(deploy.export_onnx(compact, tmp_path / "m.onnx", (1, 1, 8, 8)))
+    x = torch.rand(9, 1, 8, 8)
+    with torch.no_grad():
+        assert (deploy.onnx_logits(session, x) - compact(x)).abs().max() <= 1e-4
+    cmp = profile.compare(models.vgg_digits(), compact, (8, 1, 8, 8), runs=2, runtime="onnxruntime",
+                          onnx_dir=tmp_path)
+    assert cmp["runtime"] == "onnxruntime" and cmp["runtime_max_abs_logit_difference"] <= 1e-4
+
+
+def test_bench_runtime_and_sweep_commands(tmp_path, capsys):
+    from anp_kernels.cli import main
+
+    assert main(["bench", "lenet_digits", "--sweep", "0,0.5,0.9", "--runs", "2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "x faster" in out and (tmp_path / "sweep.png").exists()
+    rows = json.loads((tmp_path / "bench.json").read_text())["sweep"]
+    assert [round(r["target_sparsity"], 2) for r in rows] == [0.0, 0.5, 0.9]
+    assert rows[2]["flop_ratio"] > rows[1]["flop_ratio"] > 1.0 >= rows[0]["flop_ratio"] * 0.999
+    assert main(["bench", "lenet_digits", "--runtime", "tensorrt"]) == 2
+
+
+def test_a_missing_extra_names_its_pip_command(monkeypatch):
+    import sys
+
+    from anp_kernels._extras import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)  # import torch_pruning now raises ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install 'anp_kernels\[deploy\]'"):
+        deploy.compact(_pruned("lenet_digits"), (1, 1, 8, 8))

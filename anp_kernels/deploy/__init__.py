@@ -1,0 +1,13 @@
+"""Ship the pruned model: physically remove pruned units, save without pickle, export ONNX.
+
+`compact` (see deploy.compact), `save` / `load` (see deploy.serialize), `export_onnx` and ONNX
+Runtime sessions (see deploy.export), `fold_batchnorm`.
+"""
+from .compact import Pruned, compact, fold_masks
+from .export import export_onnx, onnx_logits, onnx_session
+from .fold_bn import fold_batchnorm
+from .layers import ConstantInputConv2d, SelectLinear
+from .serialize import FORMAT, describe, load, save
+
+__all__ = ["compact", "fold_masks", "Pruned", "fold_batchnorm", "save", "load", "describe", "FORMAT", "export_onnx",
+           "onnx_session", "onnx_logits", "ConstantInputConv2d", "SelectLinear"]
