@@ -1,0 +1,137 @@
+"""Evaluation and report stages of reproduce_mnist.py (see its docstring)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from anp_kernels import data as data_mod
+from anp_kernels import deploy, models, profile
+from anp_kernels.checkpoint import load_model, load_state, save_state
+from anp_kernels.evaluate import autoattack, check_perturbations, pgd_examples, predictions, thin_ice, vulnerability
+from anp_kernels.evaluate.report import fmn_distances
+from anp_kernels.evaluate.resumable import model_fingerprint
+from anp_kernels.nn import sparsity
+from _harness import stamp, write_results
+
+EPS, PAPER_STEP = 0.3, 0.01
+
+
+def _held_out(args):
+    ds = data_mod.load(f"mnist:{args.mnist}")
+    return ds.x_test[:args.n], ds.y_test[:args.n]
+
+
+def _attacked(model: torch.nn.Module, masked: bool, x: torch.Tensor) -> tuple[torch.nn.Module, float]:
+    """The model AutoAttack runs on: a masked model's compact form (the same function, checked)."""
+    if not masked:
+        return model, 0.0
+    compact = deploy.compact(model, (1, 1, 28, 28))
+    with torch.no_grad():
+        diff = max(float((model(x[i:i + 500]) - compact(x[i:i + 500])).abs().max()) for i in range(0, len(x), 500))
+    if diff > 1e-4 or not torch.equal(predictions(model, x), predictions(compact, x)):
+        raise RuntimeError(f"compact model differs from the masked one (max |logit diff| {diff:.3g})")
+    return compact, diff
+
+
+def _costs(model: torch.nn.Module, compact: torch.nn.Module, masked: bool) -> dict:
+    paper = profile.paper_costs(model) if masked else None
+    cmp = profile.compare(models.lenet5_caffe(), compact, (64, 1, 28, 28), runs=30)
+    return {"unit_sparsity": sparsity(model)["total"] if masked else 0.0,
+            "memory_pct": paper["memory_percent"] if paper else 100.0,
+            "flops_reduction": paper["flops_reduction"] if paper else 1.0,
+            "compact_params_pct": cmp["memory_percent_of_dense"], "compact_flops_reduction": cmp["flop_ratio"],
+            "compact_speedup_batch64": cmp["latency_speedup"], "active_units": paper["active_units"] if paper else None}
+
+
+def evaluate_one(name: str, cfg, args, x, y) -> dict:
+    """Every figure of one model (resumable: the AutoAttack chunks and the finished row are kept)."""
+    ckpt = Path(cfg.out) / "checkpoint.safetensors"
+    out = Path(cfg.out) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    model, state = load_model(ckpt)
+    key = model_fingerprint(model)
+    done = out / "row.json"
+    if done.exists() and json.loads(done.read_text()).get("model_fingerprint") == key:
+        return json.loads(done.read_text())
+    masked = bool(state["arch"]["masked"])
+    attacked, diff = _attacked(model, masked, x)
+    x_pgd = pgd_examples(attacked, x, y, EPS, PAPER_STEP, 40, seed=0, progress=not args.quiet)
+    check_perturbations(x, x_pgd, EPS, "Linf")
+    aa = autoattack(attacked, x, y, EPS, state_path=out / "aa_standard.safetensors", chunk=1000, batch_size=1000,
+                    progress=not args.quiet)
+    plus = autoattack(attacked, x[:args.plus_n], y[:args.plus_n], EPS, version="plus",
+                      state_path=out / "aa_plus.safetensors", chunk=500, batch_size=500, progress=not args.quiet)
+    history = state.get("history", [])
+    row = {"clean_acc": float((predictions(attacked, x) == y).float().mean()),
+           "pgd40_acc": float((predictions(attacked, x_pgd) == y).float().mean()),
+           "autoattack_acc": aa.autoattack_robust_acc, "autoattack_n": len(x),
+           "autoattack_worst_case_acc": aa.robust_acc, "autoattack_pgd_check_acc": aa.pgd_robust_acc,
+           "autoattack_plus_acc": plus.autoattack_robust_acc, "autoattack_plus_n": len(plus.robust_flags),
+           "vulnerability": vulnerability(model, x, x_pgd)["network"], **_costs(model, attacked, masked),
+           "epochs": state["epoch"], "train_seconds": sum(m["epoch_seconds"] for m in history),
+           "compact_max_abs_logit_difference": diff, "model_fingerprint": key}
+    save_state(out / "robust_flags.safetensors", {"robust": aa.robust_flags, "clean": predictions(attacked, x) == y})
+    done.write_text(json.dumps(row, indent=2))
+    return row
+
+
+def stage_eval(args, cfgs: dict) -> None:
+    x, y = _held_out(args)
+    for name in ("AT", "ANP", "ANP-VS", "ANP (from AT)", "ANP-VS (from AT)"):
+        row = evaluate_one(name, cfgs[name], args, x, y)
+        print(f"[eval] {name}: {json.dumps({k: v for k, v in row.items() if k != 'model_fingerprint'})}", flush=True)
+
+
+def _thin_ice(args, cfgs: dict, x, y) -> dict:
+    """Thin ice between the AT network and each pruned network: clean and robust populations."""
+    dense, _ = load_model(Path(cfgs["AT"].out) / "checkpoint.safetensors")
+    out = Path(cfgs["AT"].out) / "eval"
+    d = fmn_distances(dense, x, predictions(dense, x), "Linf", 100, out / "fmn_dense.safetensors",
+                      progress=not args.quiet)
+    robust_dense = load_state(out / "robust_flags.safetensors")["robust"]
+    result = {}
+    for name in ("ANP", "ANP-VS", "ANP (from AT)", "ANP-VS (from AT)"):
+        pruned, _ = load_model(Path(cfgs[name].out) / "checkpoint.safetensors")
+        robust = load_state(Path(cfgs[name].out) / "eval" / "robust_flags.safetensors")["robust"]
+        clean = thin_ice(dense, pruned, x, y, distances=d).to_json()
+        rob = thin_ice(dense, pruned, x, y, distances=d, correct_dense=robust_dense, correct_pruned=robust).to_json()
+        result[name] = {"clean": clean, "robust": rob}
+    return result
+
+
+def _table(rows: dict) -> list[str]:
+    lines = ["| model | clean | PGD-40 | AutoAttack | AA plus (first 500) | vulnerability | unit sparsity | "
+             "memory % (paper count) | x FLOPs (paper count) | compact params % | compact x FLOPs | "
+             "compact speedup (batch 64) | epochs | train s |", "|---|" + "---:|" * 13]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['clean_acc']:.4f} | {r['pgd40_acc']:.4f} | {r['autoattack_acc']:.4f} | "
+                     f"{r['autoattack_plus_acc']:.4f} | {r['vulnerability']:.4f} | {r['unit_sparsity']:.2%} | "
+                     f"{r['memory_pct']:.2f} | {r['flops_reduction']:.2f} | {r['compact_params_pct']:.2f} | "
+                     f"{r['compact_flops_reduction']:.2f} | {r['compact_speedup_batch64']:.2f} | {r['epochs']} | "
+                     f"{r['train_seconds']:.0f} |")
+    return lines
+
+
+def stage_report(args, cfgs: dict) -> None:
+    from reproduce_mnist import PAPER, __doc__ as setup
+
+    x, y = _held_out(args)
+    rows = {}
+    for name in ("AT", "ANP", "ANP-VS", "ANP (from AT)", "ANP-VS (from AT)"):
+        rows[name] = json.loads((Path(cfgs[name].out) / "eval" / "row.json").read_text())
+        rows[name].pop("model_fingerprint", None)
+    ice = _thin_ice(args, cfgs, x, y)
+    result = {"device": stamp("cpu"), "setup": setup.split("\n\n")[1], "rows": rows, "paper_table1": PAPER,
+              "thin_ice": ice}
+    lines = [f"Device: {result['device']}; MNIST held-out 2,000 images, eps 0.3", "", *_table(rows), "",
+             "| thin ice vs AT | population | 10 (flipped) | 01 (fixed) | AUC flip | p flip | AUC fix | p fix |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, both in ice.items():
+        for kind, r in both.items():
+            pops = r["populations"]
+            fmt = lambda v, f=".3f": "n/a" if v is None else format(v, f)  # noqa: E731
+            lines.append(f"| {name} | {kind} | {pops['10']['count']} | {pops['01']['count']} | {fmt(r['auc_flip'])} | "
+                         f"{fmt(r['p_flip'], '.2g')} | {fmt(r['auc_fix'])} | {fmt(r['p_fix'], '.2g')} |")
+    write_results("mnist_reproduction", result, "\n".join(lines))
