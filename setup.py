@@ -46,7 +46,7 @@ def extension():
         sources.append(os.path.join("csrc", "anp_cuda.cu"))
         nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
         return cpp_extension.CUDAExtension(
-            "anp_kernels._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs
+            "anp_kernels._C", sources, extra_compile_args={"cxx": cxx + ["-DANP_WITH_CUDA"], "nvcc": nvcc}, **kwargs
         )
     return cpp_extension.CppExtension("anp_kernels._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
 

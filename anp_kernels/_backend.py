@@ -1,4 +1,4 @@
-"""Which implementation runs each op: automatic choice, an override, clear errors.
+"""Which implementation runs each op, and where its kernels live. Imports nothing from `ops`.
 
 Backends:
   reference  plain PyTorch (every op has one; also used for float64)
@@ -6,29 +6,62 @@ Backends:
   cuda       the CUDA kernels of anp_kernels._C (built when torch has CUDA and nvcc)
   triton     the Triton kernels (CUDA tensors; CPU tensors only under TRITON_INTERPRET=1)
 
-`auto` picks, per op and device: CUDA tensors -> triton, else cuda, else reference;
-CPU tensors -> cpu, else reference. Override with ANP_KERNELS_BACKEND (read at
-import) or `set_backend()` / `use_backend()` at run time.
+`auto` picks, per op and device: CUDA tensors -> triton, else cuda, else reference; CPU tensors ->
+cpu, else reference. Override with ANP_KERNELS_BACKEND (read at import) or `set_backend()` /
+`use_backend()`. `kernels(backend)` is the torch.ops namespace of a backend's kernels: loaded once,
+at which point every op file's registration (its fakes and autograd) is applied to it.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
 OPS = ("channel_distortion", "relaxed_mask", "sample_mask", "masked_activation", "channel_scale",
        "channel_sparse_conv2d")
+NAMESPACES = {"cpu": "anp_kernels", "cuda": "anp_kernels", "triton": "anp_triton"}
+MODULES = {"anp_kernels": "anp_kernels._C", "anp_triton": "anp_kernels.triton.ops"}
 
 _state: dict = {"override": os.environ.get("ANP_KERNELS_BACKEND", "auto").strip().lower() or "auto"}
 _probe: dict = {}
+_registrations: list[Callable[[str], None]] = []
+_loaded: dict[str, object] = {}
 
 
 class BackendUnavailableError(RuntimeError):
     """The requested backend cannot run here; the message names what is missing."""
+
+
+def on_namespace(register: Callable[[str], None]) -> None:
+    """Have `register(namespace)` attach an op's fakes and autograd to every kernel namespace:
+    those already loaded now, the others when they load."""
+    _registrations.append(register)
+    for ns in _loaded:
+        register(ns)
+
+
+def kernels(backend: str):
+    """The torch.ops namespace of `backend`'s kernels (loaded and registered once)."""
+    ns = NAMESPACES.get(backend)
+    if ns is None:
+        raise ValueError(f"backend {backend!r} has no kernel namespace")
+    if ns not in _loaded:
+        importlib.import_module(MODULES[ns])
+        _loaded[ns] = getattr(torch.ops, ns)
+        for register in _registrations:
+            register(ns)
+    return _loaded[ns]
+
+
+def build_info() -> str | None:
+    """What the C++ extension was built with ("cuda" or "cpu"), or None when it does not import."""
+    if _load_cpp() is not None:
+        return None
+    return kernels("cpu").build_info()
 
 
 def _load_cpp() -> str | None:
@@ -46,13 +79,10 @@ def _cuda_ops_missing() -> str | None:
     why = _load_cpp()
     if why:
         return why
-    if "cuda_ops" not in _probe:
-        has = torch._C._dispatch_has_kernel_for_dispatch_key("anp_kernels::channel_distortion", "CUDA")
-        _probe["cuda_ops"] = None if has else (
-            "anp_kernels._C was built without CUDA kernels (torch.version.cuda="
-            f"{torch.version.cuda!r}); rebuild on a CUDA torch with ANP_KERNELS_CUDA=1"
-        )
-    return _probe["cuda_ops"]
+    if build_info() != "cuda":
+        return (f"anp_kernels._C was built without CUDA kernels (torch.version.cuda={torch.version.cuda!r}); "
+                "rebuild on a CUDA torch with ANP_KERNELS_CUDA=1")
+    return None
 
 
 def _triton_missing(device_type: str) -> str | None:
@@ -69,19 +99,22 @@ def _triton_missing(device_type: str) -> str | None:
     return None
 
 
-def _missing(name: str, device_type: str) -> str | None:
-    """Why backend `name` cannot run on `device_type`, or None when it can."""
+def missing(name: str, device_type: str) -> str | None:
+    """Why backend `name` cannot run on `device_type` tensors, or None when it can."""
     if name == "reference":
         return None
     if name == "cpu":
         return "the cpu backend runs CPU tensors only" if device_type != "cpu" else _load_cpp()
     if name == "cuda":
-        if device_type != "cuda":
-            return "the cuda backend runs CUDA tensors only"
-        return _cuda_ops_missing()
+        return "the cuda backend runs CUDA tensors only" if device_type != "cuda" else _cuda_ops_missing()
     if name == "triton":
         return _triton_missing(device_type)
     raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+
+
+def available(name: str, device: str | torch.device = "cpu") -> bool:
+    """Whether backend `name` can run on tensors of `device` here."""
+    return missing(name, torch.device(device).type) is None
 
 
 def set_backend(name: str) -> None:
@@ -116,11 +149,15 @@ def resolve(op: str, device_type: str, dtype: torch.dtype | None = None) -> str:
         return "reference"  # kernels are fp32/fp16/bf16; float64 is for checking
     if want == "auto":
         order = ("triton", "cuda", "reference") if device_type == "cuda" else ("cpu", "reference")
-        return next(name for name in order if _missing(name, device_type) is None)
-    why = _missing(want, device_type)
+        return next(name for name in order if missing(name, device_type) is None)
+    why = missing(want, device_type)
     if why:
         raise BackendUnavailableError(f"backend {want!r} requested for {op} on {device_type} tensors: {why}")
     return want
+
+
+def backend_for(op: str, t: torch.Tensor) -> str:
+    return resolve(op, t.device.type, t.dtype)
 
 
 def backend(device: str | torch.device | None = None) -> dict[str, str]:

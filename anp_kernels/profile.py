@@ -5,6 +5,7 @@ import contextlib
 import statistics
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -26,32 +27,60 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def peak_bytes(fn: Callable[[], object], device: str | torch.device) -> int:
-    """Peak bytes allocated above the starting point while fn runs (CUDA stats, or the CPU
-    profiler's allocation events replayed in time order)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return int(torch.cuda.max_memory_allocated() - base)
-    from torch.profiler import ProfilerActivity, profile
+    """Peak bytes allocated above the starting point while fn runs (CUDA only: the allocator's stats)."""
+    if torch.device(device).type != "cuda":
+        raise ValueError("peak_bytes measures CUDA allocations; on CPU use peak_activation_bytes")
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return int(torch.cuda.max_memory_allocated() - base)
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    current = peak = 0
-    for e in events:
-        current += e.nbytes()
-        peak = max(peak, current)
-    return peak
+
+def _live_outputs_peak(model: nn.Module, x: torch.Tensor) -> int:
+    """Peak bytes of module outputs alive at once in one forward: each output storage counts from the
+    module call that made it until the last tensor seen on it is freed (scratch buffers inside an op
+    are not seen)."""
+    refs: dict[int, int] = {}
+    state = {"now": 0, "peak": 0}
+    sizes: dict[int, int] = {}
+
+    def release(key: int) -> None:
+        refs[key] -= 1
+        if refs[key] == 0:
+            state["now"] -= sizes.pop(key)
+            del refs[key]
+
+    def hook(_m, _args, out):
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.numel():
+                key = t.untyped_storage().data_ptr()
+                if key not in refs:
+                    refs[key], sizes[key] = 0, t.untyped_storage().nbytes()
+                    state["now"] += sizes[key]
+                    state["peak"] = max(state["peak"], state["now"])
+                refs[key] += 1
+                weakref.finalize(t, release, key)
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            out = model(x)
+        del out
+    finally:
+        for h in hooks:
+            h.remove()
+    return state["peak"]
 
 
 def peak_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """Peak bytes allocated above the starting point during one no-grad forward pass."""
-    with torch.no_grad():
-        return peak_bytes(lambda: model(x), x.device)
+    """Peak activation memory of one no-grad forward: CUDA allocator stats on GPU; on CPU the peak of
+    live module outputs (`_live_outputs_peak`)."""
+    if x.device.type == "cuda":
+        with torch.no_grad():
+            return peak_bytes(lambda: model(x), x.device)
+    return _live_outputs_peak(model, x)
 
 
 def latencies(fns: dict[str, Callable[[], object]], device: str | torch.device, runs: int = 30,

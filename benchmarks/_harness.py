@@ -36,8 +36,22 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], device: str, round
 
 
 def peak_extra_bytes(fn: Callable[[], object], device: str) -> int:
-    """Peak bytes allocated above the starting point while fn runs."""
-    return peak_bytes(fn, device)
+    """Peak bytes allocated above the starting point while fn runs: the CUDA allocator's stats, or on
+    CPU the profiler's allocation events replayed in time order (a benchmark-only use of the
+    profiler's raw results)."""
+    if torch.device(device).type == "cuda":
+        return peak_bytes(fn, device)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
 
 
 def device_description(device: str) -> str:

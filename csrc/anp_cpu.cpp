@@ -402,9 +402,9 @@ std::tuple<Tensor, Tensor, Tensor> channel_sparse_conv2d_cpu(const Tensor& x, co
                                                      const Tensor& out_keep, const c10::optional<Tensor>& scale,
                                                      at::IntArrayRef stride, at::IntArrayRef padding,
                                                      at::IntArrayRef dilation, bool compact_output,
-                                                     int64_t flags) {
+                                                     bool save_input, bool save_pre, bool nhwc) {
   return sparse_conv_forward(x, weight, bias, in_keep, out_keep, scale, SparseConvArgs{stride, padding, dilation},
-                             compact_output, flags, [](const EpilogueArgs& e) {
+                             compact_output, SparseConvSaves{save_input, save_pre, nhwc}, [](const EpilogueArgs& e) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.y.scalar_type(), "sparse_conv_epilogue", [&] {
       sparse_conv_epilogue<scalar_t>(e.y.data_ptr<scalar_t>(), e.out.data_ptr<scalar_t>(), e.bias, e.scale,
                                      e.scale_batch, e.out_keep, e.N, e.K, e.P, e.Cout, e.compact, e.save_pre);
@@ -510,12 +510,20 @@ TORCH_LIBRARY(anp_kernels, m) {
   m.def("channel_scale_backward(Tensor grad, Tensor x, Tensor z) -> (Tensor, Tensor)");
   m.def(
       "channel_sparse_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor in_keep, Tensor out_keep, Tensor? scale,"
-      " int[2] stride, int[2] padding, int[2] dilation, bool compact_output, int flags)"
-      " -> (Tensor, Tensor, Tensor)");
+      " int[2] stride, int[2] padding, int[2] dilation, bool compact_output, bool save_input, bool save_pre,"
+      " bool nhwc) -> (Tensor, Tensor, Tensor)");
   m.def(
       "channel_sparse_conv2d_backward(Tensor grad, Tensor x, Tensor weight, Tensor in_keep, Tensor out_keep,"
       " Tensor? scale, Tensor y_pre, Tensor x_c, int[2] stride, int[2] padding, int[2] dilation, bool compact_output,"
       " bool[4] output_mask, bool channels_last=False) -> (Tensor, Tensor, Tensor, Tensor)");
+  // what this build holds: "cuda" when csrc/anp_cuda.cu was compiled in, else "cpu"
+  m.def("build_info() -> str", [] {
+#ifdef ANP_WITH_CUDA
+    return std::string("cuda");
+#else
+    return std::string("cpu");
+#endif
+  });
 }
 
 TORCH_LIBRARY_IMPL(anp_kernels, CompositeExplicitAutograd, m) {

@@ -375,10 +375,10 @@ std::tuple<Tensor, Tensor, Tensor> channel_sparse_conv2d_cuda(const Tensor& x, c
                                                       const Tensor& out_keep, const c10::optional<Tensor>& scale,
                                                       at::IntArrayRef stride, at::IntArrayRef padding,
                                                       at::IntArrayRef dilation, bool compact_output,
-                                                      int64_t flags) {
+                                                      bool save_input, bool save_pre, bool nhwc) {
   c10::cuda::CUDAGuard guard(x.device());
   return sparse_conv_forward(x, weight, bias, in_keep, out_keep, scale, SparseConvArgs{stride, padding, dilation},
-                             compact_output, flags, [](const EpilogueArgs& e) {
+                             compact_output, SparseConvSaves{save_input, save_pre, nhwc}, [](const EpilogueArgs& e) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.y.scalar_type(), "sparse_conv_epilogue_cuda", [&] {
       sparse_conv_epilogue<scalar_t><<<grid_for(e.y.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
           e.y.data_ptr<scalar_t>(), e.out.data_ptr<scalar_t>(), e.bias, e.scale, e.scale_batch, e.out_keep, e.N, e.K,

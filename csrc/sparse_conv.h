@@ -112,24 +112,26 @@ struct EpilogueArgs {
   bool compact, save_pre;
 };
 
-// The forward's `flags`: what it keeps for the backward, the gathered input x_c (for the weight
-// gradient) and the compact pre-scale output y_pre (for the scale gradient); and kNhwc, run the
-// compact conv in NHWC (the caller measures which layout is faster for a shape).
-constexpr int64_t kSaveInput = 1, kSavePre = 2, kNhwc = 4;
+// What the forward keeps for the backward, and how it runs: save_input keeps the gathered input x_c
+// (for the weight gradient), save_pre the compact pre-scale output y_pre (for the scale gradient);
+// nhwc runs the compact conv in NHWC (the caller's dispatch rule chooses the layout).
+struct SparseConvSaves {
+  bool save_input, save_pre, nhwc;
+};
 
-// Forward of the channel-sparse conv: (out, y_pre, x_c). y_pre and x_c are kept only as `flags` asks
+// Forward of the channel-sparse conv: (out, y_pre, x_c). y_pre and x_c are kept only as `saves` asks
 // (the backward needs them only for the weight and the scale gradients). `run_epilogue` is the
 // device's fused (acc + bias) * scale pass (a CPU loop or a CUDA kernel).
 template <typename RunEpilogue>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_conv_forward(
     const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& in_keep,
     const at::Tensor& out_keep, const c10::optional<at::Tensor>& scale, const SparseConvArgs& args,
-    bool compact_output, int64_t flags, RunEpilogue run_epilogue) {
+    bool compact_output, SparseConvSaves saves, RunEpilogue run_epilogue) {
   at::Tensor x_c;
-  at::Tensor y = compact_conv(x, weight, in_keep, out_keep, args, flags & kNhwc, &x_c);
+  at::Tensor y = compact_conv(x, weight, in_keep, out_keep, args, saves.nhwc, &x_c);
   const bool has_bias = bias.has_value() && bias->defined(), has_scale = scale.has_value() && scale->defined();
-  const bool save_pre = (flags & kSavePre) && has_scale;
-  const bool keep_x_c = (flags & kSaveInput) && in_keep.numel() < x.size(1) && in_keep.numel() > 0;
+  const bool save_pre = saves.save_pre && has_scale;
+  const bool keep_x_c = saves.save_input && in_keep.numel() < x.size(1) && in_keep.numel() > 0;
   const int64_t N = y.size(0), K = y.size(1), P = y.size(2) * y.size(3), Cout = weight.size(0);
   at::Tensor bias_c = has_bias ? bias->index_select(0, out_keep).to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor scale_c =

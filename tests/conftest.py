@@ -22,7 +22,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 def available_backends(device: str = DEVICE) -> list[str]:
     """Every backend that can run on `device` here (reference always)."""
-    return [b for b in ("reference", "cpu", "cuda", "triton") if _backend._missing(b, torch.device(device).type) is None]
+    return [b for b in ("reference", "cpu", "cuda", "triton") if _backend.missing(b, torch.device(device).type) is None]
 
 
 def fast_backends(device: str = DEVICE) -> list[str]:

@@ -74,10 +74,7 @@ def test_package_imports_without_triton():
 
 
 def test_opcheck_cpp_ops():
-    torch.ops.import_module("anp_kernels._C")
-    from anp_kernels.ops._dispatch import kernels
-
-    k = kernels("cpu")
+    k = _backend.kernels("cpu")
     z, w = torch.randn(3, 4, 5, requires_grad=True), torch.randn(3, 4, 5, requires_grad=True)
     a, b = (t.requires_grad_() for t in mask_params(4))
     x = torch.randn(3, 4, 5, requires_grad=True)
@@ -91,11 +88,11 @@ def test_opcheck_cpp_ops():
     ]
     xc = torch.randn(2, 6, 9, 8, requires_grad=True)
     keep_in, keep_out = torch.tensor([0, 2, 5]), torch.tensor([1, 3])
-    # 3x3; strided 1x1 (subsampled x_c); flags 3 = keep x_c and y_pre, 7 = the same with an NHWC compact conv
-    for kernel, stride, padding, flags in (((3, 3), [1, 1], [1, 1], 3), ((1, 1), [2, 2], [0, 0], 3),
-                                           ((3, 3), [1, 1], [1, 1], 7)):
+    # 3x3; strided 1x1 (subsampled x_c); keeping x_c and y_pre, with an NCHW or NHWC compact conv
+    for kernel, stride, padding, nhwc in (((3, 3), [1, 1], [1, 1], False), ((1, 1), [2, 2], [0, 0], False),
+                                          ((3, 3), [1, 1], [1, 1], True)):
         wc = torch.randn(4, 6, *kernel, requires_grad=True)
-        fwd = (xc, wc, None, keep_in, keep_out, torch.rand(4), stride, padding, [1, 1], True, flags)
+        fwd = (xc, wc, None, keep_in, keep_out, torch.rand(4), stride, padding, [1, 1], True, True, True, nhwc)
         cases.append((k.channel_sparse_conv2d, fwd))
         out, y_pre, x_c = (t.detach() for t in k.channel_sparse_conv2d(*fwd))
         cases.append((k.channel_sparse_conv2d_backward,
@@ -148,19 +145,39 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_timed_choice_keeps_the_default_unless_another_is_clearly_faster():
+def test_dispatch_is_a_fixed_rule_unless_autotuning_is_asked_for(monkeypatch):
     import time
 
-    from anp_kernels.ops import _timed_choice
+    from anp_kernels.ops import _autotune
 
     def sleeper(seconds):
         return lambda: time.sleep(seconds)
 
     cpu = torch.device("cpu")
-    assert _timed_choice.fastest(("test", 1), {"a": sleeper(0.004), "b": sleeper(0.0)}, cpu) == "b"
-    assert _timed_choice.fastest(("test", 2), {"a": sleeper(0.0), "b": sleeper(0.004)}, cpu) == "a"
-    # equal candidates: the default stays
-    assert _timed_choice.fastest(("test", 3), {"a": sleeper(0.002), "b": sleeper(0.002)}, cpu) == "a"
-    assert _timed_choice.log("test") == {(1,): "b", (2,): "a", (3,): "a"}
-    # remembered: not measured again
-    assert _timed_choice.fastest(("test", 1), {"a": sleeper(0.0), "b": sleeper(0.004)}, cpu) == "b"
+    fast_b = {"a": sleeper(0.004), "b": sleeper(0.0)}
+    monkeypatch.setattr(_autotune, "_choices", {})
+    _autotune.enable(False)
+    assert _autotune.choose(("test", 0), "a", fast_b, cpu) == "a"  # off: the rule, nothing measured
+    assert _autotune.log("test") == {}
+    _autotune.enable(True)
+    try:
+        assert _autotune.choose(("test", 1), "a", fast_b, cpu) == "b"
+        assert _autotune.choose(("test", 2), "a", {"a": sleeper(0.0), "b": sleeper(0.004)}, cpu) == "a"
+        # equal candidates: the rule's choice stays
+        assert _autotune.choose(("test", 3), "a", {"a": sleeper(0.002), "b": sleeper(0.002)}, cpu) == "a"
+        assert _autotune.log("test") == {(1,): "b", (2,): "a", (3,): "a"}
+        # remembered: not measured again
+        assert _autotune.choose(("test", 1), "a", {"a": sleeper(0.0), "b": sleeper(0.004)}, cpu) == "b"
+        # never under deterministic algorithms
+        torch.use_deterministic_algorithms(True)
+        try:
+            assert _autotune.choose(("test", 4), "a", fast_b, cpu) == "a"
+        finally:
+            torch.use_deterministic_algorithms(False)
+    finally:
+        _autotune.enable(False)
+
+
+def test_the_extension_reports_its_build():
+    assert _backend.build_info() == ("cuda" if torch.version.cuda and _backend.available("cuda", "cuda") else "cpu")
+    assert _backend.available("reference") and _backend.available("cpu", "cpu")

@@ -104,30 +104,3 @@ def test_bad_input_is_named(backend):
         with pytest.raises(ValueError, match="NaN or inf"):
             ops.vulnerability(z, bad)
 
-
-@pytest.mark.parametrize("backend", available_backends())
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_paired_distortion_matches_the_two_halves(backend, layout, dtype):
-    """One [clean; adversarial] tensor gives the values and the gradient of channel_distortion
-    on its two halves (what ANPVSLoss computes from its one forward pass)."""
-    z, w = _inputs((3, 4, 5, 6), dtype, "contiguous")
-    f = make_layout(torch.cat([z, w]).detach(), layout).requires_grad_()
-    grad = torch.rand(4, device=DEVICE)
-    expected = ops.channel_distortion_reference(f[:3], f[3:])
-    exp_g, = torch.autograd.grad(expected, f, grad)
-    with anp_kernels.use_backend(backend):
-        out = ops.paired_channel_distortion(f)
-        g, = torch.autograd.grad(out, f, grad)
-        loss = ops.vs_loss([f])
-        torch.testing.assert_close(loss, ops.vs_loss([(f[:3], f[3:])]))
-    torch.testing.assert_close(out, expected, atol=1e-5 * 180, rtol=1e-5)
-    assert g.dtype == dtype and g.shape == f.shape
-    torch.testing.assert_close(g, exp_g, **tolerance(dtype))
-    with pytest.raises(ValueError, match="even batch"):
-        ops.paired_channel_distortion(f[:5])
-
-
-def test_paired_distortion_gradcheck_float64():
-    f = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(ops.paired_channel_distortion, (f,))

@@ -226,14 +226,14 @@ def test_large_full_size_outputs_are_zero_outside_kept_channels_and_writable(bac
 @pytest.mark.parametrize("sparsity", SPARSITY)
 @pytest.mark.parametrize("geom", GEOMETRIES)
 def test_either_layout_matches_reference(monkeypatch, forward_layout, layout, dtype, sparsity, geom):
-    """Forward and backward each measure NCHW against NHWC per shape; every pairing must give the
-    reference output and gradients."""
-    from anp_kernels.ops import _dispatch, channel_sparse_conv
+    """Forward and backward each run NCHW or NHWC (by the rule or measured); every pairing must give
+    the reference output and gradients."""
+    from anp_kernels.ops import channel_sparse_conv
     if not fast_backends():
         pytest.skip("no compiled backend here")
-    monkeypatch.setattr(_dispatch, "_backward_layout", lambda args: layout)
-    monkeypatch.setattr(channel_sparse_conv, "_forward_choice",
-                        lambda which, args, sig: (which, forward_layout == "nhwc" and which != "triton"))
+    monkeypatch.setattr(channel_sparse_conv, "_backward_layout", lambda args: layout)
+    monkeypatch.setattr(channel_sparse_conv, "_forward_path",
+                        lambda which, x, args, sig: (which, forward_layout == "nhwc" and which != "triton"))
     x, weight, bias, kw = _case(geom, sparsity, dtype, "sample", bias=True)
     leaves = [t.requires_grad_() for t in (x, weight, bias, kw["scale"])]
     expected = ops.channel_sparse_conv2d_reference(x, weight, bias, compact_output=True, **kw)
@@ -259,13 +259,25 @@ def test_either_layout_matches_reference(monkeypatch, forward_layout, layout, dt
             torch.testing.assert_close(got.float(), want32, atol=atol, rtol=0)
 
 
-def test_backward_layout_is_measured_once_and_logged():
+def test_layouts_follow_the_rule_and_are_measured_only_with_autotuning(monkeypatch):
+    from anp_kernels.ops import _autotune, channel_sparse_conv
+
     if not fast_backends():
         pytest.skip("no compiled backend here")
+    assert channel_sparse_conv.backward_nhwc_rule((8, 64, 32, 32), (64, 64, 3, 3), 32, 32)  # large image
+    assert channel_sparse_conv.backward_nhwc_rule((8, 256, 8, 8), (256, 256, 3, 3), 26, 26)  # 1% kept
+    assert not channel_sparse_conv.backward_nhwc_rule((8, 128, 16, 16), (128, 128, 3, 3), 32, 32)
+    monkeypatch.setattr(_autotune, "_choices", {})
     x, weight, bias, kw = _case(GEOMETRIES[0], 0.5, torch.float32, "channel", bias=True)
     x.requires_grad_()
     with anp_kernels.use_backend(fast_backends()[0]):
-        for _ in range(2):
-            torch.autograd.grad(ops.channel_sparse_conv2d(x, weight, bias, **kw).sum(), [x])
+        torch.autograd.grad(ops.channel_sparse_conv2d(x, weight, bias, **kw).sum(), [x])
+        assert ops.conv_dispatch_log() == {"forward": {}, "backward": {}}  # the rule: nothing measured
+        ops.autotune(True)
+        try:
+            for _ in range(2):
+                torch.autograd.grad(ops.channel_sparse_conv2d(x, weight, bias, **kw).sum(), [x])
+        finally:
+            ops.autotune(False)
     chosen = [v for k, v in ops.conv_dispatch_log()["backward"].items() if k[0] == tuple(x.shape)]
     assert chosen and set(chosen) <= {"nchw", "nhwc"}

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _rng, ops
-from ..ops.masked_activation import broadcast_over_channels
+from ..ops.channel_scale import broadcast_over_channels
 
 INIT_A_UC = -1.0  # softplus(-1) = 0.313: the original code's a (2.0 for its VGG conv masks)
 INIT_B_UC = 0.5413  # softplus(0.5413) = 1.0

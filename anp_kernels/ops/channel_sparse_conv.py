@@ -1,4 +1,4 @@
-"""Convolution that skips pruned channels, with the ANP mask fused into its epilogue.
+"""channel_sparse_conv2d: a convolution that skips pruned channels, the ANP mask fused into its epilogue.
 
 channel_sparse_conv2d(x, w, bias, in_keep=, out_keep=, scale=) equals
     F.conv2d(x * in_mask, w * out_mask, bias * out_mask) * scale
@@ -6,28 +6,31 @@ channel_sparse_conv2d(x, w, bias, in_keep=, out_keep=, scale=) equals
 but reads only the kept input channels and kept weight block and computes only the kept outputs.
 Pruned output channels are exact zeros (full output) or absent (compact_output=True).
 
-Paths: `cpu`/`cuda` gather the kept channels once, run ATen's dense conv (oneDNN/cuDNN) on the
+Kernels: `cpu`/`cuda` gather the kept channels once, run ATen's dense conv (oneDNN/cuDNN) on the
 compact tensors and fuse bias, scale and the scatter into one epilogue pass; `triton` is an
-implicit-GEMM kernel that gathers kept channels inside its loads (no compacted copy of x). Per shape
-signature the op times, once, the paths that can run a call (on CUDA Triton and the gathered cuDNN
-conv; the gathered conv in NCHW and in NHWC) and keeps the fastest; the backward likewise times the
-compact conv backward in NCHW and NHWC (oneDNN runs few-channel convs up to several-fold faster in
-NHWC, but not every shape). `conv_dispatch_log()` tells what was chosen.
+implicit-GEMM kernel that gathers kept channels inside its loads. The backward of every path is the
+compact at::convolution_backward (`channel_sparse_conv2d_backward`, C++), scattered to full size.
 groups=1 only: depthwise/grouped convs are not supported (use F.conv2d with zeroed channels).
-The backward of every path is the compact at::convolution_backward, scattered to full size.
+
+Dispatch rule (deterministic; `ANP_KERNELS_AUTOTUNE=1` measures instead, see ops._autotune):
+  path      CUDA tensors: the gathered cuDNN conv (`cuda`); Triton only when the backend is forced
+            to `triton`. CPU tensors: the gathered oneDNN conv (`cpu`).
+  forward   the compact conv runs in the input's memory format (NCHW unless x is channels-last).
+  backward  the compact conv backward runs in NHWC when the input is at least 32x32 or at most 3%
+            of the weight block is kept (kept_in * kept_out <= 0.03 * C_in * C_out), else in NCHW:
+            oneDNN runs few-channel and large-image backward passes several-fold faster in NHWC
+            (benchmarks/RESULTS.md, section 2, where this rule was read off the measured choices).
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import weakref
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .. import _backend
-from . import _checks, _timed_choice
-from ._dispatch import CONV_NHWC, SAVE_INPUT, SAVE_PRE, EagerSparseConv, kernels
+from . import _autotune, _checks
 
 _validated: dict = {}  # id(index tensor) -> (weakref, version, size): checked once per tensor state
 
@@ -123,50 +126,51 @@ def channel_sparse_conv2d_reference(x, weight, bias=None, *, in_keep=None, out_k
     return y
 
 
-def _saves(x, weight, bias, scale) -> int:
-    """What the forward must keep for the gradients that will be asked for (SAVE_* bits)."""
+def _saves(x, weight, bias, scale) -> tuple[bool, bool]:
+    """(save_input, save_pre): what the forward keeps for the gradients that will be asked for."""
     if not torch.is_grad_enabled():
-        return 0
+        return False, False
     conv = any(t is not None and t.requires_grad for t in (x, weight, bias))
-    return (SAVE_INPUT if conv else 0) | (SAVE_PRE if scale is not None and scale.requires_grad else 0)
+    return conv, scale is not None and scale.requires_grad
 
 
-def _signature(x, weight, kin, kout, stride, padding, dilation, compact, has_scale):
-    return (tuple(x.shape), tuple(weight.shape), x.dtype, _timed_choice.bucket(kin), _timed_choice.bucket(kout),
-            stride, padding, dilation, compact, has_scale, x.is_contiguous(memory_format=torch.channels_last))
+def backward_nhwc_rule(x_shape, weight_shape, kept_in: int, kept_out: int) -> bool:
+    """The backward-layout rule of the module docstring."""
+    big_image = x_shape[2] * x_shape[3] >= 32 * 32
+    return big_image or kept_in * kept_out <= 0.03 * weight_shape[1] * weight_shape[0]
 
 
-def _forward_choice(which: str, args: tuple, sig: tuple) -> tuple[str, bool]:
-    """(backend, nhwc) of the fastest forward for this signature, measured once: on CUDA the Triton
-    kernel and the gathered cuDNN conv, on CPU the gathered oneDNN conv; the gathered convs each in
-    NCHW and NHWC (oneDNN runs some few-channel shapes 1.5x faster in NHWC, others slower)."""
-    x = args[0]
-    if _backend.get_backend_override() != "auto":
-        names = [which]
-    else:
-        names = ["triton", "cuda"] if x.device.type == "cuda" else ["cpu"]
+def _signature(x, weight, kin, kout, stride, padding, dilation, compact, has_scale) -> tuple:
+    return (tuple(x.shape), tuple(weight.shape), x.dtype, x.device.type, _autotune.bucket(kin),
+            _autotune.bucket(kout), tuple(stride), tuple(padding), tuple(dilation), compact, has_scale,
+            x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _forward_path(which: str, x: torch.Tensor, args: tuple, sig: tuple) -> tuple[str, bool]:
+    """(backend, nhwc) of the forward: the rule, or with autotuning the measured fastest of the
+    paths that can run (on CUDA Triton and the gathered cuDNN conv; each gathered conv in NCHW and NHWC)."""
+    rule = (which, x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+    if not _autotune.enabled():
+        return rule
+    names = ["cuda", "triton"] if x.device.type == "cuda" and _backend.get_backend_override() == "auto" else [which]
     candidates = {}
     for name in names:
-        if name != which and _backend._missing(name, x.device.type) is not None:
+        if _backend.missing(name, x.device.type) is not None:
             continue
-        fn = kernels(name).channel_sparse_conv2d
-        candidates[name] = lambda fn=fn: fn(*args)
-        if name != "triton":
-            nhwc_args = args[:-1] + (args[-1] | CONV_NHWC,)
-            candidates[name + "-nhwc"] = lambda fn=fn, a=nhwc_args: fn(*a)
-    if not candidates:
-        return "reference", False
-    if len(candidates) == 1:
-        return next(iter(candidates)), False
-    choice = _timed_choice.fastest(("forward",) + sig + (args[-1],), candidates, x.device)
+        fn = _backend.kernels(name).channel_sparse_conv2d
+        for nhwc in ((False, True) if name != "triton" else (False,)):
+            candidates[f"{name}{'-nhwc' if nhwc else ''}"] = lambda fn=fn, n=nhwc: fn(*args[:-1], n)
+    default = f"{rule[0]}{'-nhwc' if rule[1] else ''}"
+    if default not in candidates:
+        return rule
+    choice = _autotune.choose(("forward",) + sig, default, candidates, x.device, (x,))
     return choice.removesuffix("-nhwc"), choice.endswith("-nhwc")
 
 
 def conv_dispatch_log() -> dict:
-    """What the op measured and chose per shape signature: {"forward": {sig: "triton" | "cuda" |
-    "cuda-nhwc" | "cpu" | "cpu-nhwc"}} (forward path and layout of its compact conv) and
-    {"backward": {sig: "nchw" | "nhwc"}} (layout of the compact conv backward)."""
-    return {"forward": _timed_choice.log("forward"), "backward": _timed_choice.log("backward")}
+    """The measured choices so far (only with autotuning on): {"forward": {sig: "cuda" | "cuda-nhwc" |
+    "triton" | "cpu" | "cpu-nhwc"}, "backward": {sig: "nchw" | "nhwc"}}; empty under the rule."""
+    return {"forward": _autotune.log("forward"), "backward": _autotune.log("backward")}
 
 
 def channel_sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -182,19 +186,97 @@ def channel_sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         return channel_sparse_conv2d_reference(x, weight, bias, in_keep=in_keep, out_keep=out_keep, scale=scale,
                                                stride=stride, padding=padding, dilation=dilation,
                                                compact_output=compact_output)
+    if which == "triton" and _backend.get_backend_override() == "auto":
+        which = "cuda" if _backend.missing("cuda", x.device.type) is None else which  # the rule: cuDNN on CUDA
+    save_input, save_pre = _saves(x, weight, bias, scale)
     args = (x, weight, bias, in_idx, out_idx, scale, list(stride), list(padding), list(dilation), compact_output,
-            _saves(x, weight, bias, scale))
-    if _timed_choice.can_measure(x, weight):
-        sig = _signature(x, weight, in_idx.numel(), out_idx.numel(), stride, padding, dilation, compact_output,
-                         scale is not None)
-        which, nhwc = _forward_choice(which, args, sig)
-        if nhwc:
-            args = args[:-1] + (args[-1] | CONV_NHWC,)
-        if which == "reference":
-            return channel_sparse_conv2d_reference(x, weight, bias, in_keep=in_keep, out_keep=out_keep,
-                                                   scale=scale, stride=stride, padding=padding, dilation=dilation,
-                                                   compact_output=compact_output)
-    kernel = kernels(which).channel_sparse_conv2d
-    if args[-1] & (SAVE_INPUT | SAVE_PRE) and not torch.compiler.is_compiling():  # eager training: lighter wrapper
-        return EagerSparseConv.apply(kernel.default if hasattr(kernel, "default") else kernel, *args)[0]
-    return kernel(*args)[0]
+            save_input, save_pre, False)
+    sig = _signature(x, weight, in_idx.numel(), out_idx.numel(), stride, padding, dilation, compact_output,
+                     scale is not None)
+    which, nhwc = _forward_path(which, x, args, sig)
+    return _backend.kernels(which).channel_sparse_conv2d(*args[:-1], nhwc)[0]
+
+
+# ---- fake and autograd of the kernels, for every namespace that holds them
+def _fake(ns: str):
+    def fake(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, save_input,
+             save_pre, nhwc):
+        ho = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
+        wo = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
+        kout = out_keep.shape[0]
+        out = x.new_empty((x.shape[0], kout if compact_output else weight.shape[0], ho, wo))
+        y_pre = x.new_empty((x.shape[0], kout, ho, wo)) if scale is not None and save_pre else x.new_empty((0,))
+        keep_x_c = ns == "anp_kernels" and save_input and 0 < in_keep.shape[0] < x.shape[1]
+        # a strided 1x1 conv without padding gathers only the pixels it reads (csrc/sparse_conv.h `subsamples`)
+        sub = tuple(weight.shape[2:]) == (1, 1) and tuple(padding) == (0, 0) and max(stride) > 1
+        h, w = ((x.shape[2] - 1) // stride[0] + 1, (x.shape[3] - 1) // stride[1] + 1) if sub else x.shape[2:]
+        x_c = x.new_empty((x.shape[0], in_keep.shape[0], h, w)) if keep_x_c else x.new_empty((0,))
+        if keep_x_c and nhwc:
+            x_c = x_c.contiguous(memory_format=torch.channels_last)
+        return out, y_pre, x_c
+    return fake
+
+
+def _setup(ctx, inputs, output) -> None:
+    x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output = inputs[:10]
+    # y_pre (compact acc + bias, when scaled) and x_c (the gathered input) are kept for the backward only
+    ctx.save_for_backward(x, weight, in_keep, out_keep, scale, output[1], output[2])
+    ctx.conf = (stride, padding, dilation, compact_output, bias is not None, scale is not None)
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_out, _grad_y_pre, _grad_x_c):
+    """The 13 input gradients: the compact conv backward (C++), scattered to full size."""
+    x, weight, in_keep, out_keep, scale, y_pre, x_c = ctx.saved_tensors
+    stride, padding, dilation, compact_output, has_bias, has_scale = ctx.conf
+    if grad_out is None:  # the output was not used: nothing flows back
+        return (None,) * 13
+    need = ctx.needs_input_grad
+    mask = [need[0], need[1], has_bias and need[2], has_scale and need[5]]
+    args = (grad_out, x, weight, in_keep, out_keep, scale, y_pre, x_c, stride, padding, dilation, compact_output, mask)
+    grads = _backward_op()(*args, channels_last=_backward_layout(args) == "nhwc")
+    gx, gw, gb, gs = (g if m else None for g, m in zip(grads, mask))
+    return (gx, gw, gb, None, None, gs) + (None,) * 7
+
+
+def _backward_op():
+    why = _backend.missing("cpu", "cpu")
+    if why:
+        raise _backend.BackendUnavailableError(f"channel_sparse_conv2d backward needs the C++ extension: {why}")
+    return _backend.kernels("cpu").channel_sparse_conv2d_backward
+
+
+def _backward_layout(args) -> str:
+    """NCHW or NHWC for the compact conv backward: the rule, or measured with autotuning on."""
+    grad, x, weight, in_keep, out_keep, scale, _y, _xc, stride, padding, dilation, compact, mask = args
+    if not (mask[0] or mask[1]) or in_keep.shape[0] * out_keep.shape[0] == 0:
+        return "nchw"  # no compact conv backward runs: the layout does not matter
+    rule = "nhwc" if backward_nhwc_rule(x.shape, weight.shape, in_keep.shape[0], out_keep.shape[0]) else "nchw"
+    if not _autotune.enabled():
+        return rule
+    key = ("backward", tuple(x.shape), tuple(weight.shape), x.dtype, x.device.type, _autotune.bucket(in_keep.shape[0]),
+           _autotune.bucket(out_keep.shape[0]), tuple(stride), tuple(padding), tuple(dilation), compact,
+           scale is not None, tuple(mask), x.is_contiguous(memory_format=torch.channels_last))
+    op = _backward_op()
+    candidates = {layout: (lambda cl=layout == "nhwc": op(*args, channels_last=cl)) for layout in ("nchw", "nhwc")}
+    return _autotune.choose(key, rule, candidates, x.device, (grad, x, weight))
+
+
+def _register(ns: str) -> None:
+    torch.library.register_fake(f"{ns}::channel_sparse_conv2d", _fake(ns))
+    torch.library.register_autograd(f"{ns}::channel_sparse_conv2d", _backward, setup_context=_setup)
+    if ns == "anp_kernels":
+        torch.library.register_fake("anp_kernels::channel_sparse_conv2d_backward", _backward_fake)
+
+
+def _backward_fake(grad, x, weight, in_keep, out_keep, scale, y_pre, x_c, stride, padding, dilation, compact_output,
+                   output_mask, channels_last=False):
+    empty = x.new_empty((0,))
+    return (torch.empty_like(x) if output_mask[0] else empty,
+            torch.empty_like(weight) if output_mask[1] else empty,
+            weight.new_empty((weight.shape[0],)) if output_mask[2] else empty,
+            (scale.new_empty(scale.shape) if output_mask[3] else empty) if scale is not None else empty)
+
+
+_backend.on_namespace(_register)

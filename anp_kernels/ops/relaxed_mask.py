@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import _backend
 from . import _checks
-from ._dispatch import backend_for, kernels
 
 LOGIT_EPS = 1e-20
 TINY = 1e-30
@@ -80,7 +80,29 @@ def relaxed_mask(a: torch.Tensor, b: torch.Tensor, u_pi: torch.Tensor, u_z: torc
         _checks.floating(name, u)
         _checks.open_unit(name, u)
     temperature = _checks.positive_scalar("temperature", temperature)
-    which = backend_for("relaxed_mask", a)
+    which = _backend.backend_for("relaxed_mask", a)
     if which == "reference":
         return relaxed_mask_reference(a, b, u_pi, u_z, temperature)
-    return kernels(which).relaxed_mask(a, b, u_pi, u_z, temperature)
+    return _backend.kernels(which).relaxed_mask(a, b, u_pi, u_z, temperature)
+
+
+# ---- fake and autograd of the kernels, for every namespace that holds them
+def _register(ns: str) -> None:
+    @torch.library.register_fake(f"{ns}::relaxed_mask")
+    def _(a, b, u_pi, u_z, temperature):
+        return a.new_empty((u_z.shape[0], a.shape[0]), dtype=torch.float32)
+
+    def setup(ctx, inputs, output):
+        a, b, u_pi, u_z, temperature = inputs
+        ctx.save_for_backward(a, b, u_pi, u_z)
+        ctx.temperature = temperature
+
+    def backward(ctx, grad):
+        a, b, u_pi, u_z = ctx.saved_tensors
+        ga, gb = mask_param_grads(a, b, u_pi, u_z, ctx.temperature, grad)
+        return ga, gb, None, None, None
+
+    torch.library.register_autograd(f"{ns}::relaxed_mask", backward, setup_context=setup)
+
+
+_backend.on_namespace(_register)

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import _rng
+from .. import _backend, _rng
 from . import _checks
-from ._dispatch import backend_for, kernels
-from .relaxed_mask import relaxed_mask_reference
+from .relaxed_mask import mask_param_grads, relaxed_mask_reference
 
 
 def sample_mask_reference(a, b, batch_size: int, temperature: float, seed: int) -> torch.Tensor:
@@ -39,7 +38,30 @@ def sample_mask(a: torch.Tensor, b: torch.Tensor, batch_size: int, temperature: 
         raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
     temperature = _checks.positive_scalar("temperature", temperature)
     seed = resolve_seed(generator, seed)
-    which = backend_for("sample_mask", a)
+    which = _backend.backend_for("sample_mask", a)
     if which == "reference":
         return sample_mask_reference(a, b, batch_size, temperature, seed)
-    return kernels(which).sample_mask(a, b, batch_size, temperature, seed)
+    return _backend.kernels(which).sample_mask(a, b, batch_size, temperature, seed)
+
+
+# ---- fake and autograd of the kernels: the backward re-derives the noise from the seed
+def _register(ns: str) -> None:
+    @torch.library.register_fake(f"{ns}::sample_mask")
+    def _(a, b, batch_size, temperature, seed):
+        return a.new_empty((batch_size, a.shape[0]), dtype=torch.float32)
+
+    def setup(ctx, inputs, output):
+        a, b, batch_size, temperature, seed = inputs
+        ctx.save_for_backward(a, b)
+        ctx.temperature, ctx.seed, ctx.batch_size = temperature, seed, batch_size
+
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        u_pi, u_z = _rng.mask_noise(ctx.seed, ctx.batch_size, a.shape[0], a.device)
+        ga, gb = mask_param_grads(a, b, u_pi, u_z, ctx.temperature, grad)
+        return ga, gb, None, None, None
+
+    torch.library.register_autograd(f"{ns}::sample_mask", backward, setup_context=setup)
+
+
+_backend.on_namespace(_register)

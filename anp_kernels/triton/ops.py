@@ -51,6 +51,8 @@ def channel_scale_backward(grad: Tensor, x: Tensor, z: Tensor) -> tuple[Tensor, 
 @torch.library.custom_op("anp_triton::channel_sparse_conv2d", mutates_args=())
 def channel_sparse_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_keep: Tensor, out_keep: Tensor,
                           scale: Optional[Tensor], stride: list[int], padding: list[int], dilation: list[int],
-                          compact_output: bool, flags: int) -> tuple[Tensor, Tensor, Tensor]:
+                          compact_output: bool, save_input: bool, save_pre: bool,
+                          nhwc: bool) -> tuple[Tensor, Tensor, Tensor]:
+    # save_input and nhwc concern the gathered path: this kernel keeps no gathered input and reads x as it is
     return sparse_conv.forward(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output,
-                               flags)
+                               save_pre)

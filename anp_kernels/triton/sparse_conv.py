@@ -12,7 +12,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops._dispatch import SAVE_PRE
 from ._common import INTERPRET
 
 
@@ -88,7 +87,7 @@ else:
     _launch_kernel = triton.autotune(configs=_CONFIGS, key=_KEY)(_sparse_conv_kernel)
 
 
-def forward(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, flags):
+def forward(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, save_pre):
     """(out, y_pre, x_c) with the contract of anp_kernels::channel_sparse_conv2d; x_c is always
     empty here (this kernel never makes a compact copy of x; the backward gathers it)."""
     n, _, h, w = x.shape
@@ -97,7 +96,7 @@ def forward(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation
     wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     kin, kout = in_keep.numel(), out_keep.numel()
     out = torch.zeros((n, kout if compact_output else c_out, ho, wo), device=x.device, dtype=x.dtype)
-    save_pre = bool(flags & SAVE_PRE) and scale is not None
+    save_pre = save_pre and scale is not None
     no_x_c = x.new_empty((0,))
     y_pre = torch.empty((n, kout, ho, wo) if save_pre else (0,), device=x.device, dtype=x.dtype)
     m = n * ho * wo
