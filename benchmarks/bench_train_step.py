@@ -1,12 +1,13 @@
 """One ANP-VS training step (PGD-10 + objective + update) against one plain AT step, in one run.
 
-  at        dense LeNet-5: PGD-10, (CE(x) + 2 CE(x_adv)) / 3 over one [x; x_adv] pass, Adam step
-  anp-vs    the same network converted: PGD-10, ANPVSLoss (one paired pass, fused ops), Adam step
-  original  an eager re-implementation of the ANP-VS code's step: reference ops, separate clean and
-            adversarial train-mode passes (independent masks), two optimisers (masks: CE(x_adv) +
-            beta KL / N; weights: the full objective with VS), i.e. three train-mode forwards
+  at        dense LeNet-5: PGD-10, (CE(x) + 2 CE(x_adv)) / 3 from a clean and an adversarial pass, Adam
+  anp-vs    the same network converted: PGD-10, ANPVSLoss (a clean and an adversarial pass sharing one
+            mask sample, fused ops; masks get CE(x_adv) + beta KL / N, weights the weight objective)
+  original  an eager re-implementation of the ANP-VS code's step: reference ops, separate train-mode
+            passes with independent masks (one for the mask objective, a clean and an adversarial one
+            for the weights' objective with VS), two optimisers: three train-mode forwards
 
-    python benchmarks/bench_train_step.py [--batch 64] [--rounds 15]
+    python benchmarks/bench_train_step.py [--batch 64] [--rounds 15] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -31,12 +32,14 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--device", default="cpu")
     args = p.parse_args()
     torch.manual_seed(0)
-    x, y = torch.rand(args.batch, 1, 28, 28), torch.randint(0, 10, (args.batch,))
+    dev = args.device
+    x, y = torch.rand(args.batch, 1, 28, 28, device=dev), torch.randint(0, 10, (args.batch,), device=dev)
 
     def training_step(model, loss, optimizer):
-        """PGD against the model, the objective over one [x; x_adv] pass, one optimiser step."""
+        """PGD against the model, the objective from a clean and an adversarial pass, one optimiser step."""
         def step():
             x_adv = pgd(model, x, y, EPS, STEP, STEPS)
             parts = loss(x, x_adv, y)
@@ -45,18 +48,18 @@ def main() -> None:
             optimizer.step()
         return step
 
-    dense = models.lenet5_caffe()
+    dense = models.lenet5_caffe().to(dev)
     at_step = training_step(dense, anp_kernels.ANPVSLoss(dense, adv_weight=2.0),
-                            torch.optim.Adam(dense.parameters(), 1e-3))
-    masked = convert(models.lenet5_caffe())
+                            torch.optim.Adam(parameter_groups(dense, 1e-3)))
+    masked = convert(models.lenet5_caffe().to(dev))
     masked.load_state_dict(dense.state_dict(), strict=False)
     anp_step = training_step(masked, anp_kernels.ANPVSLoss(masked, beta=BETA, lam=LAM, num_train=N),
                              torch.optim.Adam(parameter_groups(masked, 1e-3)))
 
-    orig = convert(models.lenet5_caffe())
+    orig = convert(models.lenet5_caffe().to(dev))
     opt_mask = torch.optim.Adam(mask_parameters(orig), 1e-2)
-    opt_w = torch.optim.Adam(weight_parameters(orig), 1e-3)
-    layers = [m for m in orig.modules() if isinstance(m, anp_kernels.nn.ANPConv2d | anp_kernels.nn.ANPLinear)]
+    opt_w = torch.optim.Adam(weight_parameters(orig), 1e-3, weight_decay=1e-4)
+    layers = [m for m in orig.modules() if isinstance(m, torch.nn.ReLU)]  # post-activation features
 
     def features(inp):
         feats = []
@@ -81,13 +84,13 @@ def main() -> None:
             loss_w.backward()
             opt_w.step()
 
-    t = interleaved_medians({"at": at_step, "anp-vs": anp_step, "original": original_step}, "cpu",
+    t = interleaved_medians({"at": at_step, "anp-vs": anp_step, "original": original_step}, dev,
                             rounds=args.rounds, warmup=2)
-    lines = [f"Device: {stamp('cpu')}; LeNet-5, batch {args.batch}, PGD-{STEPS}", "",
+    lines = [f"Device: {stamp(dev)}; LeNet-5, batch {args.batch}, PGD-{STEPS}", "",
              "| step | ms | vs AT | vs original-code step |", "|---|---:|---:|---:|"]
     for name in ("at", "anp-vs", "original"):
         lines.append(f"| {name} | {t[name] * 1e3:.1f} | {t[name] / t['at']:.2f}x | {t[name] / t['original']:.2f}x |")
-    write_results("train_step_cpu", {"device": stamp("cpu"), "seconds": t}, "\n".join(lines))
+    write_results(f"train_step_{dev}", {"device": stamp(dev), "seconds": t}, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from anp_kernels.attacks import pgd
 
 p = argparse.ArgumentParser()
 p.add_argument("--data", default="digits")
-p.add_argument("--model", default="lenet_digits")
+p.add_argument("--model", default="vgg_digits")
 p.add_argument("--epochs", type=int, default=5)
 p.add_argument("--eps", type=float, default=0.1)
 p.add_argument("--out", default="runs/recipe")
@@ -20,7 +20,7 @@ args = p.parse_args()
 
 torch.manual_seed(0)
 ds = data.load(args.data)
-model = anp_kernels.convert(models.build(args.model), init_a=2.0)
+model = anp_kernels.convert(models.build(args.model))  # the original placement and init
 loss_fn = anp_kernels.ANPVSLoss(model, beta=4.0, lam=1e-3, num_train=len(ds.x_train))
 opt = torch.optim.Adam(anp_kernels.parameter_groups(model, lr=3e-3))
 for epoch in range(args.epochs):
