@@ -34,6 +34,33 @@ def test_fmn_finds_exact_distances_of_a_linear_classifier(norm, p):
     torch.testing.assert_close(found, exact, rtol=1e-3, atol=1e-6)
 
 
+def test_boundary_distance_is_the_tightest_of_its_attacks():
+    model = models.lenet_digits().eval()
+    from anp_kernels import data
+    from anp_kernels.evaluate import boundary_distance
+
+    ds = data.load("digits")
+    x, y = ds.x_test[:24], predictions(model, ds.x_test[:24])
+    one = fmn(model, x, y, steps=20).distances
+    tight = boundary_distance(model, x, y, steps=20)
+    assert (tight.distances <= one + 1e-7).all()
+    with torch.no_grad():  # its examples are adversarial and exactly as far as reported
+        assert (model(tight.x_adv).argmax(1) != y)[torch.isfinite(tight.distances)].all()
+    found = torch.isfinite(tight.distances)
+    norms = (tight.x_adv - x).flatten(1).abs().max(1).values
+    torch.testing.assert_close(norms[found], tight.distances[found])
+    # a known adversarial closer than FMN's is taken; one that is not adversarial is ignored
+    i = int(found.nonzero()[0])
+    known = x.clone()
+    known[i] = x[i] + 0.5 * (tight.x_adv[i] - x[i])  # half way: (most likely) not adversarial
+    again = boundary_distance(model, x, y, steps=20, alphas=(1.0,), known=known)
+    assert again.distances[i] <= one[i] + 1e-7 and (again.distances[i] > 0)
+    closer = x.clone()
+    closer[i] = tight.x_adv[i]
+    with_known = boundary_distance(model, x, y, steps=5, alphas=(1.0,), known=closer)
+    assert with_known.distances[i] <= tight.distances[i] + 1e-7
+
+
 def test_fmn_zero_for_misclassified_and_bounded_by_pgd():
     model = models.lenet_digits().eval()
     from anp_kernels import data
