@@ -11,7 +11,7 @@ from torch import nn
 from .common import Normalize
 from .lenet import lenet5_caffe, lenet_digits
 from .resnet import resnet18, wrn28_4
-from .vgg import vgg16, vgg_digits
+from .vgg import vgg16, vgg_digits, vgg_digits_wide
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet5_caffe": lenet5_caffe,
@@ -20,13 +20,15 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "wrn28_4": wrn28_4,
     "lenet_digits": lenet_digits,
     "vgg_digits": vgg_digits,
+    "vgg_digits_wide": vgg_digits_wide,
 }
 
 
-INPUT_SIZE = {"lenet5_caffe": 28, "lenet_digits": 8, "vgg_digits": 8}  # others: 32 (CIFAR)
+INPUT_SIZE = {"lenet5_caffe": 28, "lenet_digits": 8, "vgg_digits": 8, "vgg_digits_wide": 8}  # others: 32 (CIFAR)
 
 # lr x0.1 at these fractions of training, as the ANP-VS code does (LeNet: 50%, 70%; VGG: 50%, 80%)
-MILESTONES = {"lenet5_caffe": [0.5, 0.7], "lenet_digits": [0.5, 0.7], "vgg16": [0.5, 0.8], "vgg_digits": [0.5, 0.8]}
+MILESTONES = {"lenet5_caffe": [0.5, 0.7], "lenet_digits": [0.5, 0.7], "vgg16": [0.5, 0.8], "vgg_digits": [0.5, 0.8],
+              "vgg_digits_wide": [0.5, 0.8]}
 
 
 def milestones(name: str) -> list[float]:

@@ -65,6 +65,13 @@ def vgg16(num_classes: int = 10, in_channels: int = 3) -> VGG:
     return VGG(VGG16_CFG, num_classes, in_channels, 512, CIFAR_NORM)
 
 
-def vgg_digits(num_classes: int = 10, in_channels: int = 1) -> VGG:
-    """8x8 input: 4 conv blocks, 3 pools, FC 64->64->classes."""
-    return VGG([32, 32, "M", 64, "M", 64, "M"], num_classes, in_channels, 64, DIGITS_NORM)
+def vgg_digits(num_classes: int = 10, in_channels: int = 1, width: int = 1) -> VGG:
+    """8x8 input: 4 conv blocks (32w, 32w, 64w, 64w channels), 3 pools, FC 64w->64w->classes."""
+    return VGG([32 * width, 32 * width, "M", 64 * width, "M", 64 * width, "M"], num_classes, in_channels, 64 * width,
+               DIGITS_NORM)
+
+
+def vgg_digits_wide(num_classes: int = 10, in_channels: int = 1) -> VGG:
+    """vgg_digits at twice the width (64, 64, 128, 128 channels; FC 128): enough convolution work per
+    image that removing channels shows in the latency (the demo's network)."""
+    return vgg_digits(num_classes, in_channels, width=2)
