@@ -16,6 +16,7 @@ from anp_kernels.nn import sparsity
 from _harness import stamp, write_results
 
 EPS, PAPER_STEP = 0.3, 0.01
+ORDER = ("AT", "ANP (from AT)", "ANP-VS (from AT)", "ANP", "ANP-VS")
 
 
 def _held_out(args):
@@ -45,8 +46,9 @@ def _costs(model: torch.nn.Module, compact: torch.nn.Module, masked: bool) -> di
             "compact_speedup_batch64": cmp["latency_speedup"], "active_units": paper["active_units"] if paper else None}
 
 
-def evaluate_one(name: str, cfg, args, x, y) -> dict:
-    """Every figure of one model (resumable: the AutoAttack chunks and the finished row are kept)."""
+def evaluate_one(name: str, cfg, args, x, y, plus_n: int) -> dict:
+    """Every figure of one model (resumable: the AutoAttack chunks and the finished row are kept);
+    plus_n 0 leaves AutoAttack plus out (the row says None)."""
     ckpt = Path(cfg.out) / "checkpoint.safetensors"
     out = Path(cfg.out) / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -56,7 +58,7 @@ def evaluate_one(name: str, cfg, args, x, y) -> dict:
     if done.exists():
         row = json.loads(done.read_text())
         if (row.get("model_fingerprint"), row.get("autoattack_n"), row.get("autoattack_plus_n")) == \
-                (key, len(x), min(args.plus_n, len(x))):
+                (key, len(x), min(plus_n, len(x)) or None):
             return row
     masked = bool(state["arch"]["masked"])
     attacked, diff = _attacked(model, masked, x)
@@ -64,14 +66,16 @@ def evaluate_one(name: str, cfg, args, x, y) -> dict:
     check_perturbations(x, x_pgd, EPS, "Linf")
     aa = autoattack(attacked, x, y, EPS, state_path=out / "aa_standard.safetensors", chunk=1000, batch_size=1000,
                     progress=not args.quiet)
-    plus = autoattack(attacked, x[:args.plus_n], y[:args.plus_n], EPS, version="plus",
-                      state_path=out / "aa_plus.safetensors", chunk=500, batch_size=500, progress=not args.quiet)
+    plus = None if plus_n == 0 else autoattack(
+        attacked, x[:plus_n], y[:plus_n], EPS, version="plus", state_path=out / "aa_plus.safetensors", chunk=500,
+        batch_size=500, progress=not args.quiet)
     history = state.get("history", [])
     row = {"clean_acc": float((predictions(attacked, x) == y).float().mean()),
            "pgd40_acc": float((predictions(attacked, x_pgd) == y).float().mean()),
            "autoattack_acc": aa.autoattack_robust_acc, "autoattack_n": len(x),
            "autoattack_worst_case_acc": aa.robust_acc, "autoattack_pgd_check_acc": aa.pgd_robust_acc,
-           "autoattack_plus_acc": plus.autoattack_robust_acc, "autoattack_plus_n": len(plus.robust_flags),
+           "autoattack_plus_acc": None if plus is None else plus.autoattack_robust_acc,
+           "autoattack_plus_n": None if plus is None else len(plus.robust_flags),
            "vulnerability": vulnerability(model, x, x_pgd)["network"], **_costs(model, attacked, masked),
            "epochs": state["epoch"], "train_seconds": sum(m["epoch_seconds"] for m in history),
            "compact_max_abs_logit_difference": diff, "model_fingerprint": key}
@@ -83,8 +87,8 @@ def evaluate_one(name: str, cfg, args, x, y) -> dict:
 
 def stage_eval(args, cfgs: dict) -> None:
     x, y = _held_out(args)
-    for name in ("AT", "ANP", "ANP-VS", "ANP (from AT)", "ANP-VS (from AT)"):
-        row = evaluate_one(name, cfgs[name], args, x, y)
+    for plus_n, name in [(p, n) for p in sorted({0, args.plus_n}) for n in ORDER]:  # standard everywhere first
+        row = evaluate_one(name, cfgs[name], args, x, y, plus_n)
         print(f"[eval] {name}: {json.dumps({k: v for k, v in row.items() if k != 'model_fingerprint'})}", flush=True)
 
 
@@ -122,13 +126,17 @@ def _thin_ice(args, cfgs: dict, x, y) -> dict:
     return result
 
 
+def _optional(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _table(rows: dict) -> list[str]:
     lines = ["| model | clean | PGD-40 | AutoAttack | AA plus (first 500) | vulnerability | unit sparsity | "
              "memory % (paper count) | x FLOPs (paper count) | compact params % | compact x FLOPs | "
              "compact speedup (batch 64) | epochs | train s |", "|---|" + "---:|" * 13]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['clean_acc']:.4f} | {r['pgd40_acc']:.4f} | {r['autoattack_acc']:.4f} | "
-                     f"{r['autoattack_plus_acc']:.4f} | {r['vulnerability']:.4f} | {r['unit_sparsity']:.2%} | "
+                     f"{_optional(r['autoattack_plus_acc'])} | {r['vulnerability']:.4f} | {r['unit_sparsity']:.2%} | "
                      f"{r['memory_pct']:.2f} | {r['flops_reduction']:.2f} | {r['compact_params_pct']:.2f} | "
                      f"{r['compact_flops_reduction']:.2f} | {r['compact_speedup_batch64']:.2f} | {r['epochs']} | "
                      f"{r['train_seconds']:.0f} |")
