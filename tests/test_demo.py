@@ -1,19 +1,36 @@
-"""`anp demo --quick` runs end to end and writes the report folder."""
+"""`anp demo --quick` runs end to end and writes a report whose figures come from the run."""
 import json
 
 from anp_kernels.cli import main
+from anp_kernels.demo import DemoSettings
 
 
 def test_demo_quick_writes_the_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     for name in ("report.md", "figures.json", "security_curve.png", "thin_ice_scatter.png", "channels_kept.png",
-                 "vulnerability_at.png", "vulnerability_anpvs.png", "thin_ice.json", "export/model.safetensors"):
+                 "vulnerability_at.png", "vulnerability_anpvs.png", "thin_ice.json", "tradeoff.png",
+                 "export/model.safetensors"):
         assert (out / name).exists(), name
     figures = json.loads((out / "figures.json").read_text())
     assert set(figures["models"]) == {"AT (dense)", "ANP-VS"}
     for r in figures["models"].values():
         assert r["robust_acc_worst_case"] <= min(r["autoattack_robust_acc"], r["pgd_robust_acc"]) <= r["clean_acc"]
     assert figures["deploy"]["same_predictions"] and figures["deploy"]["reloaded_same_predictions"]
-    assert "## Samples on thin ice" in (out / "report.md").read_text()
+
+    points = figures["tradeoff"]
+    assert [p["epoch"] for p in points] == list(range(DemoSettings.quick().epochs + 1))
+    assert points[-1]["unit_sparsity"] == figures["models"]["ANP-VS"]["unit_sparsity"]
+
+    report = (out / "report.md").read_text()
+    summary = report.split("\n\n")[1].splitlines()
+    assert [line.split("**")[1] for line in summary] == ["Sparsity", "Robustness", "Deployment"]
+    anp, at, c = figures["models"]["ANP-VS"], figures["models"]["AT (dense)"], figures["deploy"]["compare"]
+    assert f"{anp['unit_sparsity']:.1%}" in summary[0]
+    assert f"{anp['autoattack_robust_acc']:.1%} vs {at['autoattack_robust_acc']:.1%}" in summary[1]
+    assert f"{c['latency_speedup']:.2f}x faster" in summary[2]
+    assert f"{c['memory_percent_of_dense']:.1f}% of the dense parameters" in summary[2]
+    for section in ("## Robustness", "## The trade-off over ANP-VS training", "## Samples on thin ice",
+                    "## Deployment"):
+        assert section in report
     assert "[4/4]" in capsys.readouterr().out
