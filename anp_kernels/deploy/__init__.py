@@ -3,11 +3,11 @@
 `compact` (see deploy.compact), `save` / `load` (see deploy.serialize), `export_onnx` and ONNX
 Runtime sessions (see deploy.export), `fold_batchnorm`.
 """
-from .compact import Pruned, compact, fold_masks
+from .compact import Pruned, compact, compact_zeroed, fold_masks, zeroed_units
 from .export import export_onnx, onnx_logits, onnx_session
 from .fold_bn import fold_batchnorm
 from .layers import ConstantInputConv2d, SelectLinear
 from .serialize import FORMAT, describe, load, save
 
-__all__ = ["compact", "fold_masks", "Pruned", "fold_batchnorm", "save", "load", "describe", "FORMAT", "export_onnx",
+__all__ = ["compact", "compact_zeroed", "zeroed_units", "fold_masks", "Pruned", "fold_batchnorm", "save", "load", "describe", "FORMAT", "export_onnx",
            "onnx_session", "onnx_logits", "ConstantInputConv2d", "SelectLinear"]

@@ -238,9 +238,35 @@ def compact(model: nn.Module, input_shape: tuple, round_to: int = 8, fold_bn: bo
     widths slowly); 1 removes every removable channel. fold_bn: fold BatchNorm into the layer
     before it (exact in eval mode; what an inference engine would do).
     """
+    plain, pruned = fold_masks(model)
+    return _remove_pruned(plain, pruned, input_shape, round_to, fold_bn)
+
+
+def zeroed_units(model: nn.Module) -> Pruned:
+    """The units a plain model has pruned by zeroing: conv output channels whose weights and bias
+    are all zero, Linear input columns that are all zero (what structured pruning leaves)."""
+    pruned = Pruned()
+    for layer in model.modules():
+        if isinstance(layer, nn.Conv2d):
+            dead = layer.weight.detach().flatten(1).eq(0).all(1)
+            if layer.bias is not None:
+                dead &= layer.bias.detach().eq(0)
+            pruned.outputs[layer] = dead.nonzero().squeeze(1).tolist()
+        elif isinstance(layer, nn.Linear):
+            pruned.inputs[layer] = layer.weight.detach().eq(0).all(0).nonzero().squeeze(1).tolist()
+    return pruned
+
+
+def compact_zeroed(model: nn.Module, input_shape: tuple, round_to: int = 8, fold_bn: bool = False) -> nn.Module:
+    """compact() for a plain model whose pruned units are zeroed weights (see zeroed_units): e.g. the
+    structured results of `anp_kernels.prune`. Exact, like compact()."""
+    plain = copy.deepcopy(model).eval()
+    return _remove_pruned(plain, zeroed_units(plain), input_shape, round_to, fold_bn)
+
+
+def _remove_pruned(plain: nn.Module, pruned: Pruned, input_shape: tuple, round_to: int, fold_bn: bool) -> nn.Module:
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to must be a positive int, got {round_to!r}")
-    plain, pruned = fold_masks(model)
     outputs = {m: i for m, i in pruned.outputs.items() if i}
     if outputs or any(pruned.inputs.values()):
         device = next(plain.parameters()).device

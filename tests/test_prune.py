@@ -1,0 +1,112 @@
+"""Pruning methods: exact sparsity, fine-tuning that lowers the adversarial loss, exact compaction."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anp_kernels import data, deploy, models, prune
+from anp_kernels.attacks import pgd
+
+EPS, STEP, STEPS = 0.1, 0.05, 3
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = data.load("digits")
+    return ds.x_train[:256], ds.y_train[:256]
+
+
+def _model(name="lenet_digits"):
+    torch.manual_seed(0)
+    return models.build(name, 10, 1).eval()
+
+
+def _prunable_zeros(model, structured=False):
+    layers = prune.prunable_layers(model, structured).values()
+    return sum(int((m.weight == 0).sum()) for m in layers), sum(m.weight.numel() for m in layers)
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_magnitude_unstructured_hits_the_sparsity(scope):
+    model = prune.bake(prune.magnitude(_model(), 0.9, scope=scope))
+    zeros, total = _prunable_zeros(model)
+    if scope == "global":
+        assert zeros == total - round(0.1 * total)
+    else:
+        for m in prune.prunable_layers(model, False).values():
+            n = m.weight.numel()
+            assert int((m.weight == 0).sum()) == n - max(1, round(0.1 * n))
+
+
+def test_magnitude_keeps_the_largest_weights():
+    dense = _model()
+    model = prune.bake(prune.magnitude(_model(), 0.5, scope="layer"))
+    for (name, m), d in zip(prune.prunable_layers(model, False).items(), prune.prunable_layers(dense, False).values()):
+        kept, gone = d.weight.abs()[m.weight != 0], d.weight.abs()[m.weight == 0]
+        assert kept.min() >= gone.max(), name
+
+
+def test_structured_magnitude_compacts_exactly():
+    model = prune.bake(prune.magnitude(_model("vgg_digits"), 0.5, structured=True, scope="layer"))
+    assert prune.unit_sparsity(model) == pytest.approx(0.5, abs=0.02)
+    compact = deploy.compact_zeroed(model, (1, 1, 8, 8), round_to=1)
+    x = torch.rand(32, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), compact(x), atol=1e-5)
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert params(compact) < 0.5 * params(model)
+
+
+def _adv_loss(model, x, y):
+    x_adv = pgd(model, x, y, EPS, STEP, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return float(F.cross_entropy(model(x_adv), y))
+
+
+def test_finetune_lowers_the_adversarial_loss_and_keeps_pruned_weights_zero(digits):
+    x, y = digits
+    model = prune.magnitude(_model(), 0.9)
+    before = _adv_loss(model, x, y)
+    model = prune.finetune(model, x, y, EPS, STEP, STEPS, epochs=3, lr=0.05, progress=False)
+    assert _adv_loss(model, x, y) < before
+    zeros, total = _prunable_zeros(model)
+    assert zeros >= total - round(0.1 * total)
+    assert not any(hasattr(m, "weight_orig") for m in model.modules())  # baked: a plain model
+
+
+def test_scores_get_the_straight_through_gradient():
+    w = torch.randn(4, 3)
+    mask = prune.ScoredMask(w, 0.5, structured=False)
+    out = mask(w)
+    assert int((out != 0).sum()) == 6
+    g = torch.randn(4, 3)
+    out.backward(g)
+    assert torch.allclose(mask.scores.grad, g * w)
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_hydra_prunes_each_layer_to_the_sparsity(digits, structured):
+    x, y = digits
+    model = prune.hydra(_model("vgg_digits"), 0.75, x, y, EPS, STEP, STEPS, structured=structured, score_epochs=1,
+                        finetune_epochs=1, batch_size=128, progress=False)
+    for name, m in prune.prunable_layers(model, structured).items():
+        if structured:
+            rows = m.weight.flatten(1).eq(0).all(1)
+            assert int(rows.sum()) == m.weight.shape[0] - max(1, round(0.25 * m.weight.shape[0])), name
+        else:
+            n = m.weight.numel()
+            assert int((m.weight == 0).sum()) == n - max(1, round(0.25 * n)), name
+    assert not any(p.requires_grad is False for p in model.parameters())  # frozen flags restored
+    if structured:
+        compact = deploy.compact_zeroed(model, (1, 1, 8, 8), round_to=1)
+        with torch.no_grad():
+            assert torch.allclose(model(x[:32]), compact(x[:32]), atol=1e-5)
+
+
+def test_bad_sparsity_and_fully_pruned_layers_are_refused():
+    with pytest.raises(ValueError, match="sparsity"):
+        prune.magnitude(_model(), 1.0)
+    model = _model()
+    with torch.no_grad():
+        model.conv1.weight.mul_(1e-6)  # globally the smallest: a high global sparsity empties it
+    with pytest.raises(ValueError, match="every unit of 'conv1'"):
+        prune.magnitude(model, 0.9, structured=True)
