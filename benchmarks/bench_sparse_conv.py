@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from anp_kernels import ops  # noqa: E402
-from anp_kernels.ops._timed_choice import bucket  # noqa: E402
+from anp_kernels import _backend  # noqa: E402
+from anp_kernels.ops.channel_sparse_conv import backward_nhwc_rule  # noqa: E402
 from _harness import interleaved_medians, stamp, write_results  # noqa: E402
 
 # (name, C_in, C_out, H, kernel, stride, padding)
@@ -72,15 +73,14 @@ def _candidates(batch, cin, cout, h, k, stride, pad, sparsity, device, backward)
     return fns, ideal, (len(ik), len(ok))
 
 
-def _chosen(batch, cin, cout, h, k, kept, backward) -> str:
-    """The forward path (and, with backward, the backward layout) the op measured and chose for this row."""
-    kin, kout = (bucket(c) for c in kept)  # the op keys its choices by bucketed kept counts
-    shapes = ((batch, cin, h, h), (cout, cin, k, k))
-    log = ops.conv_dispatch_log()
-    fwd = {v for key, v in log["forward"].items() if key[:2] == shapes and key[3:5] == (kin, kout)
-           and bool(key[-1]) == backward}
-    bwd = {v for key, v in log["backward"].items() if key[:2] == shapes and key[4:6] == (kin, kout)}
-    return " / ".join(",".join(sorted(c)) for c in ([fwd, bwd] if backward else [fwd]))
+def _chosen(batch, cin, cout, h, k, kept, backward, device) -> str:
+    """The path the op's fixed rule takes for this row (NCHW input: the forward's compact conv in
+    NCHW; the backward's layout by `backward_nhwc_rule`)."""
+    fwd = _backend.backend_for("channel_sparse_conv2d", torch.empty(0, device=device))
+    if not backward:
+        return fwd
+    nhwc = backward_nhwc_rule((batch, cin, h, h), (cout, cin, k, k), *kept)
+    return f"{fwd} / {'nhwc' if nhwc else 'nchw'}"
 
 
 def run(device: str, batch: int, rounds: int, min_round_s: float = 0.0, layers: list[str] | None = None,
@@ -98,7 +98,7 @@ def run(device: str, batch: int, rounds: int, min_round_s: float = 0.0, layers: 
                                  pass_="fwd+bwd" if backward else "fwd", seconds=t, ideal=ideal,
                                  speedup_vs_dense=speedup, speedup_vs_gather=t["eager_gather"] / t["ours"],
                                  fraction_of_ideal=speedup / ideal,
-                                 chosen=_chosen(batch, cin, cout, h, k, kept, backward)))
+                                 chosen=_chosen(batch, cin, cout, h, k, kept, backward, device)))
                 r = rows[-1]
                 print(f"{name:16s} s={sparsity:.2f} {r['pass_']:8s} ours {t['ours'] * 1e3:8.2f} ms  "
                       f"vs dense {speedup:5.2f}x (ideal {ideal:5.1f}x, {r['fraction_of_ideal']:.0%})  "

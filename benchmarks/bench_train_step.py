@@ -3,6 +3,8 @@
   at        dense LeNet-5: PGD-10, (CE(x) + 2 CE(x_adv)) / 3 from a clean and an adversarial pass, Adam
   anp-vs    the same network converted: PGD-10, ANPVSLoss (a clean and an adversarial pass sharing one
             mask sample, fused ops; masks get CE(x_adv) + beta KL / N, weights the weight objective)
+  anp-vs-joint  the same with mask_objective="joint" (masks minimise the weight objective + beta KL / N
+            too): one backward pass instead of the split's two
   original  an eager re-implementation of the ANP-VS code's step: reference ops, separate train-mode
             passes with independent masks (one for the mask objective, a clean and an adversarial one
             for the weights' objective with VS), two optimisers: three train-mode forwards
@@ -55,6 +57,11 @@ def main() -> None:
     masked.load_state_dict(dense.state_dict(), strict=False)
     anp_step = training_step(masked, anp_kernels.ANPVSLoss(masked, beta=BETA, lam=LAM, num_train=N),
                              torch.optim.Adam(parameter_groups(masked, 1e-3)))
+    joint = convert(models.lenet5_caffe().to(dev))
+    joint.load_state_dict(dense.state_dict(), strict=False)
+    joint_step = training_step(joint, anp_kernels.ANPVSLoss(joint, beta=BETA, lam=LAM, num_train=N,
+                                                            mask_objective="joint"),
+                               torch.optim.Adam(parameter_groups(joint, 1e-3)))
 
     orig = convert(models.lenet5_caffe().to(dev))
     opt_mask = torch.optim.Adam(mask_parameters(orig), 1e-2)
@@ -84,11 +91,12 @@ def main() -> None:
             loss_w.backward()
             opt_w.step()
 
-    t = interleaved_medians({"at": at_step, "anp-vs": anp_step, "original": original_step}, dev,
+    t = interleaved_medians({"at": at_step, "anp-vs": anp_step, "anp-vs-joint": joint_step,
+                             "original": original_step}, dev,
                             rounds=args.rounds, warmup=2)
     lines = [f"Device: {stamp(dev)}; LeNet-5, batch {args.batch}, PGD-{STEPS}", "",
              "| step | ms | vs AT | vs original-code step |", "|---|---:|---:|---:|"]
-    for name in ("at", "anp-vs", "original"):
+    for name in ("at", "anp-vs", "anp-vs-joint", "original"):
         lines.append(f"| {name} | {t[name] * 1e3:.1f} | {t[name] / t['at']:.2f}x | {t[name] / t['original']:.2f}x |")
     write_results(f"train_step_{dev}", {"device": stamp(dev), "seconds": t}, "\n".join(lines))
 

@@ -18,7 +18,7 @@ def test_demo_quick_writes_the_report(tmp_path, capsys):
         assert r["robust_acc_worst_case"] <= min(r["autoattack_robust_acc"], r["pgd_robust_acc"]) <= r["clean_acc"]
     assert figures["deploy"]["same_predictions"] and figures["deploy"]["reloaded_same_predictions"]
 
-    points = figures["tradeoff"]
+    points = figures["tradeoff"]["points"]
     assert [p["epoch"] for p in points] == list(range(DemoSettings.quick().epochs + 1))
     assert points[-1]["unit_sparsity"] == figures["models"]["ANP-VS"]["unit_sparsity"]
 

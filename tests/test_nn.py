@@ -197,8 +197,8 @@ def test_parameter_groups_follow_the_original_optimisers():
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_models_forward_and_convert(name):
-    shape = {"lenet5_caffe": (2, 1, 28, 28), "lenet_digits": (2, 1, 8, 8), "vgg_digits": (2, 1, 8, 8)}.get(
-        name, (2, 3, 32, 32))
+    size = models.INPUT_SIZE.get(name)
+    shape = (2, 1, size, size) if size else (2, 3, 32, 32)  # MNIST / digits models: 1 channel
     model = models.build(name)
     x = torch.rand(shape)
     assert model(x).shape == (2, 10)

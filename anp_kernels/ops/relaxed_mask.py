@@ -57,8 +57,15 @@ def mask_param_grads(a, b, u_pi, u_z, temperature: float, grad_z: torch.Tensor):
 
     Used by the kernel backends' backward; equals autograd of the reference.
     """
-    dt = _compute_dtype(a)
     z = relaxed_mask_reference(a.detach(), b.detach(), u_pi, u_z, temperature)
+    return mask_param_grads_from_z(a, b, u_pi, z, temperature, grad_z)
+
+
+def mask_param_grads_from_z(a, b, u_pi, z: torch.Tensor, temperature: float, grad_z: torch.Tensor):
+    """mask_param_grads from the sampled mask z itself (dz/dlogit(pi) = z (1 - z) / temperature):
+    a sampler's backward that kept z needs only the per-channel noise u_pi."""
+    dt = _compute_dtype(a)
+    z = z.to(dt)
     grad_logit_pi = (grad_z.to(dt) * z * (1 - z)).sum(0) / temperature
     return logit_pi_grads(a, b, u_pi, grad_logit_pi)
 

@@ -5,7 +5,7 @@ import torch
 
 from .. import _backend, _rng
 from . import _checks
-from .relaxed_mask import mask_param_grads, relaxed_mask_reference
+from .relaxed_mask import mask_param_grads, mask_param_grads_from_z, relaxed_mask_reference
 
 
 def sample_mask_reference(a, b, batch_size: int, temperature: float, seed: int) -> torch.Tensor:
@@ -44,7 +44,9 @@ def sample_mask(a: torch.Tensor, b: torch.Tensor, batch_size: int, temperature: 
     return _backend.kernels(which).sample_mask(a, b, batch_size, temperature, seed)
 
 
-# ---- fake and autograd of the kernels: the backward re-derives the noise from the seed
+# ---- fake and autograd of the kernels: the backward keeps the float32 mask z (for float32/16 a, b)
+# and re-derives only the per-channel noise u_pi from the seed; float64 re-derives all of it, so
+# its gradient keeps float64 precision rather than the float32 z's
 def _register(ns: str) -> None:
     @torch.library.register_fake(f"{ns}::sample_mask")
     def _(a, b, batch_size, temperature, seed):
@@ -52,13 +54,18 @@ def _register(ns: str) -> None:
 
     def setup(ctx, inputs, output):
         a, b, batch_size, temperature, seed = inputs
-        ctx.save_for_backward(a, b)
+        keep_z = a.dtype != torch.float64
+        ctx.save_for_backward(a, b, output if keep_z else None)
         ctx.temperature, ctx.seed, ctx.batch_size = temperature, seed, batch_size
 
     def backward(ctx, grad):
-        a, b = ctx.saved_tensors
-        u_pi, u_z = _rng.mask_noise(ctx.seed, ctx.batch_size, a.shape[0], a.device)
-        ga, gb = mask_param_grads(a, b, u_pi, u_z, ctx.temperature, grad)
+        a, b, z = ctx.saved_tensors
+        if z is not None:
+            u_pi = _rng.uniform(ctx.seed, _rng.STREAM_PI, a.shape[0], a.device)
+            ga, gb = mask_param_grads_from_z(a, b, u_pi, z, ctx.temperature, grad)
+        else:
+            u_pi, u_z = _rng.mask_noise(ctx.seed, ctx.batch_size, a.shape[0], a.device)
+            ga, gb = mask_param_grads(a, b, u_pi, u_z, ctx.temperature, grad)
         return ga, gb, None, None, None
 
     torch.library.register_autograd(f"{ns}::sample_mask", backward, setup_context=setup)
