@@ -19,7 +19,7 @@ def test_demo_quick_writes_the_report(tmp_path, capsys):
     assert figures["deploy"]["same_predictions"] and figures["deploy"]["reloaded_same_predictions"]
 
     points = figures["tradeoff"]["points"]
-    assert [p["epoch"] for p in points] == list(range(DemoSettings.quick().epochs + 1))
+    assert [p["epoch"] for p in points] == list(range(DemoSettings.quick().anp_epochs + 1))
     assert points[-1]["unit_sparsity"] == figures["models"]["ANP-VS"]["unit_sparsity"]
 
     report = (out / "report.md").read_text()
