@@ -12,6 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anp", description="Adversarial neural pruning (ANP-VS), fast and honest.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_prune(sub)
     _add_eval(sub)
     _add_deploy(sub)
     demo = sub.add_parser("demo", help="show what the library does, end to end, on the embedded digits data")
@@ -65,6 +66,35 @@ def _train(args: argparse.Namespace) -> int:
     metrics = train(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite,
                     resume_override=args.resume_override)
     print(json.dumps({k: v for k, v in metrics.items() if k != "layer_sparsity"}))
+    return 0
+
+
+def _add_prune(sub) -> None:
+    from .prune.run import METHODS, PruneConfig
+
+    d = PruneConfig()
+    p = sub.add_parser("prune", help="prune a dense checkpoint (magnitude or HYDRA) and fine-tune it adversarially")
+    p.add_argument("dense", help="a dense checkpoint of anp train (e.g. --method at)")
+    p.add_argument("--method", default=d.method, choices=METHODS)
+    p.add_argument("--structured", action="store_true", help="prune whole output units (compactable)")
+    p.add_argument("--scope", default=d.scope, choices=("global", "layer"), help="magnitude: one threshold or per layer")
+    p.add_argument("--data", default=d.data)
+    for name in ("steps", "epochs", "score_epochs", "batch_size", "seed"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("sparsity", "eps", "step_size", "lr", "score_lr"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--out", default=d.out, help="folder for checkpoint.safetensors")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_prune)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from .prune.run import PruneConfig, prune_checkpoint
+
+    names = set(PruneConfig.__dataclass_fields__)
+    cfg = PruneConfig(**{k: v for k, v in vars(args).items() if k in names})
+    print(json.dumps(prune_checkpoint(cfg, overwrite=args.overwrite, progress=not args.quiet)))
     return 0
 
 

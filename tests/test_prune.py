@@ -110,3 +110,22 @@ def test_bad_sparsity_and_fully_pruned_layers_are_refused():
         model.conv1.weight.mul_(1e-6)  # globally the smallest: a high global sparsity empties it
     with pytest.raises(ValueError, match="every unit of 'conv1'"):
         prune.magnitude(model, 0.9, structured=True)
+
+
+def test_anp_prune_writes_a_checkpoint_the_other_commands_read(tmp_path, capsys):
+    from anp_kernels.checkpoint import load_model
+    from anp_kernels.cli import main
+
+    dense = tmp_path / "dense"
+    assert main(["train", "--model", "vgg_digits", "--data", "digits", "--method", "standard", "--epochs", "1",
+                 "--subset", "256", "--out", str(dense), "--quiet"]) == 0
+    out = tmp_path / "pruned"
+    cmd = ["prune", str(dense / "checkpoint.safetensors"), "--method", "magnitude", "--structured", "--scope", "layer",
+           "--sparsity", "0.5", "--data", "digits", "--eps", "0.1", "--step-size", "0.05", "--steps", "2",
+           "--epochs", "1", "--out", str(out), "--quiet"]
+    assert main(cmd) == 0
+    model, state = load_model(out / "checkpoint.safetensors")
+    assert state["prune"]["method"] == "magnitude" and not state["arch"]["masked"]
+    assert prune.unit_sparsity(model) == pytest.approx(0.5, abs=0.02)
+    assert main(cmd) == 2  # an existing result is not replaced without --overwrite
+    assert "--overwrite" in capsys.readouterr().err

@@ -1,0 +1,69 @@
+"""`anp prune`: prune a dense checkpoint with magnitude pruning or HYDRA, fine-tune adversarially and
+save a checkpoint that `anp eval`, `anp thin-ice`, `anp bench` and `--init` read like any other."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .. import data as data_mod
+from ..checkpoint import load_model, save_state
+from ..train import CHECKPOINT, prepare_run_folder
+from .finetune import adversarial_epochs
+from .hydra import hydra
+from .magnitude import magnitude
+from .masks import bake, unit_sparsity, weight_sparsity
+
+METHODS = ("magnitude", "hydra")
+
+
+@dataclass
+class PruneConfig:
+    dense: str = ""
+    method: str = "magnitude"
+    sparsity: float = 0.75
+    structured: bool = False
+    scope: str = "global"  # magnitude only
+    data: str = "digits"
+    eps: float = 0.1
+    step_size: float = 0.025
+    steps: int = 10
+    epochs: int = 20  # adversarial fine-tuning of the kept weights
+    score_epochs: int = 20  # HYDRA's score search
+    lr: float = 0.01
+    score_lr: float = 0.1
+    batch_size: int = 64
+    seed: int = 0
+    out: str = "runs/pruned"
+
+
+def prune_checkpoint(cfg: PruneConfig, overwrite: bool = False, progress: bool = True) -> dict:
+    """Prune cfg.dense, fine-tune, save OUT/checkpoint.safetensors; returns the sparsity figures."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"--method must be one of {METHODS}, got {cfg.method!r}")
+    if (Path(cfg.out) / CHECKPOINT).exists() and not overwrite:
+        raise ValueError(f"{cfg.out} already holds {CHECKPOINT}: pass --overwrite to replace it")
+    out = prepare_run_folder(cfg, resume=False, overwrite=True)
+    model, state = load_model(cfg.dense)
+    if state["arch"].get("masked"):
+        raise ValueError(f"{cfg.dense} is a masked (ANP) model: prune a dense network")
+    ds = data_mod.load(cfg.data)
+    torch.manual_seed(cfg.seed)
+    started = time.perf_counter()
+    args = (ds.x_train, ds.y_train, cfg.eps, cfg.step_size, cfg.steps)
+    if cfg.method == "hydra":
+        model = hydra(model, cfg.sparsity, *args, structured=cfg.structured, score_epochs=cfg.score_epochs,
+                      finetune_epochs=cfg.epochs, score_lr=cfg.score_lr, finetune_lr=cfg.lr,
+                      batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
+    else:
+        magnitude(model, cfg.sparsity, cfg.structured, cfg.scope)
+        adversarial_epochs(model, model.parameters(), *args, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, progress)
+        model = bake(model)
+    figures = {"weight_sparsity": weight_sparsity(model), "unit_sparsity": unit_sparsity(model),
+               "seconds": time.perf_counter() - started}
+    arch = {k: state["arch"][k] for k in ("model", "num_classes", "in_channels")}
+    save_state(out / CHECKPOINT, {"arch": {**arch, "masked": False}, "model": model.state_dict(),
+                                  "epoch": cfg.epochs, "prune": {**asdict(cfg), **figures}})
+    return figures
