@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_prune(sub)
     _add_eval(sub)
+    _add_study(sub)
     _add_deploy(sub)
     demo = sub.add_parser("demo", help="show what the library does, end to end, on the embedded digits data")
     demo.add_argument("--quick", action="store_true", help="a smaller run (for CI)")
@@ -142,6 +143,41 @@ def _thin_ice(args: argparse.Namespace) -> int:
     thin_ice_checkpoints(args.dense, args.pruned, args.data, args.out, norm=args.norm, n=args.n, steps=args.steps,
                          chunk=args.checkpoint_every, fresh=args.fresh)
     print((Path(args.out) / "thin_ice.md").read_text())
+    return 0
+
+
+def _add_study(sub) -> None:
+    st = sub.add_parser("study", help="the thin-ice study: one dense checkpoint against several pruned ones")
+    st.add_argument("--dense", required=True, help="the dense (AT) checkpoint")
+    st.add_argument("--pruned", nargs="+", required=True, metavar="NAME=CHECKPOINT",
+                    help="pruned checkpoints (anp train --method anp-vs, anp prune), each named")
+    st.add_argument("--data", required=True)
+    st.add_argument("--eps", type=float, required=True)
+    st.add_argument("--n", type=int, default=None, help="first N test samples (default: all)")
+    st.add_argument("--plus-n", type=int, default=0, help="AutoAttack plus on the first N samples too")
+    st.add_argument("--steps", type=int, default=100, help="FMN steps")
+    st.add_argument("--out", default="anp_study")
+    st.add_argument("--quiet", action="store_true", help="no progress bars")
+    st.set_defaults(func=_study)
+
+
+def _study(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .evaluate.checks import check_attack_settings
+    from .evaluate.report import held_out_split
+    from .evaluate.study import study
+
+    check_attack_settings(eps=args.eps, steps=args.steps)
+    pairs = [item.partition("=") for item in args.pruned]
+    if any(not name or not sep or not path for name, sep, path in pairs):
+        raise ValueError(f"--pruned takes NAME=CHECKPOINT items, got {args.pruned}")
+    if len({name for name, _, _ in pairs}) != len(pairs):
+        raise ValueError("--pruned names must differ")
+    dense, _ = load_model(args.dense)
+    pruned = {name: load_model(path)[0] for name, _, path in pairs}
+    x, y = held_out_split(args.data, args.n, dense)
+    study(dense, pruned, x, y, args.eps, args.out, steps=args.steps, plus_n=args.plus_n, progress=not args.quiet)
+    print((Path(args.out) / "study.md").read_text())
     return 0
 
 
