@@ -43,11 +43,23 @@ def _attacked(model, x, y, eps, out: Path, name: str, plus_n: int, progress: boo
     return row, aa
 
 
-def _distances(model, x, y, known, steps) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tight distances to the model's boundary (0 where it is already wrong) and the correct mask."""
+def tight_distances(model: nn.Module, x: torch.Tensor, known: torch.Tensor, steps: int = 100) -> torch.Tensor:
+    """Distances to the model's boundary around its own predictions (what `thin_ice` takes):
+    `boundary_distance` with the adversarials already known, e.g. AutoAttack's."""
+    return boundary_distance(model, x, predictions(model, x), steps=steps, known=known).distances
+
+
+def distance_consistency(distances: torch.Tensor, correct: torch.Tensor, robust: torch.Tensor, eps: float) -> dict:
+    """Robust accuracy from the distances (correct and farther than eps) and the samples it puts
+    beyond eps that AutoAttack broke (robust: AutoAttack's per-sample flags)."""
+    beyond = correct & (distances > eps + 1e-5)  # AutoAttack's adversarials sit on the eps sphere up to rounding
+    return {"distance_robust_acc": float(beyond.float().mean()), "fmn_aa_disagreements": int((beyond & ~robust).sum())}
+
+
+def _curve(model: nn.Module, x, y, distances: torch.Tensor, eps: float):
+    """Security curve: a misclassified sample is not robust at any eps."""
     correct = predictions(model, x) == y
-    d = boundary_distance(model, x, predictions(model, x), steps=steps, known=known).distances
-    return torch.where(correct, d, torch.zeros_like(d)), correct
+    return security_curve(torch.where(correct, distances, torch.zeros_like(distances)), eps_max=3 * eps)
 
 
 def study(dense: nn.Module, pruned: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, eps: float,
@@ -59,15 +71,13 @@ def study(dense: nn.Module, pruned: dict[str, nn.Module], x: torch.Tensor, y: to
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dense_row, dense_aa = _attacked(dense, x, y, eps, out, "dense", plus_n, progress)
-    d, _ = _distances(dense, x, y, dense_aa.x_adv, steps)
-    beyond = d > eps + 1e-5  # AutoAttack's adversarials sit on the eps sphere up to rounding
-    dense_row.update(distance_robust_acc=float(beyond.float().mean()),
-                     fmn_aa_disagreements=int((beyond & ~dense_aa.robust_flags).sum()))
-    curves = {"dense": security_curve(d, eps_max=3 * eps)}
+    d = tight_distances(dense, x, dense_aa.x_adv, steps)
+    dense_row.update(distance_consistency(d, predictions(dense, x) == y, dense_aa.robust_flags, eps))
+    curves = {"dense": _curve(dense, x, y, d, eps)}
     rows = {}
     for name, model in pruned.items():
         row, aa = _attacked(model, x, y, eps, out, name, plus_n, progress)
-        curves[name] = security_curve(_distances(model, x, y, aa.x_adv, steps)[0], eps_max=3 * eps)
+        curves[name] = _curve(model, x, y, tight_distances(model, x, aa.x_adv, steps), eps)
         clean = thin_ice(dense, model, x, y, distances=d)
         robust = thin_ice(dense, model, x, y, distances=d, correct_dense=dense_aa.robust_flags,
                           correct_pruned=aa.robust_flags)
@@ -95,7 +105,8 @@ def markdown(result: dict) -> str:
              "AUC flip (clean / robust) | p flip (clean / robust) |", "|---|---:|---|" + "---:|" * 8]
     for name, r in result["methods"].items():
         c, rb = r["clean"], r["robust"]
-        lines.append(f"| {name} | {r['sparsity']:.2%} | {r['structured']} | {r['clean_acc']:.4f} | {r['pgd_acc']:.4f} | "
+        lines.append(f"| {name} | {r['sparsity']:.2%} | {r['structured']} | {r['clean_acc']:.4f} | "
+                     f"{r['pgd_acc']:.4f} | "
                      f"{r['autoattack_acc']:.4f} | {r['pgd_acc'] - r['autoattack_acc']:.4f} | "
                      f"{_f(r['autoattack_plus_acc'])} | {c['populations']['10']['count']} / "
                      f"{rb['populations']['10']['count']} | {_f(c['auc_flip'], '.3f')} / {_f(rb['auc_flip'], '.3f')} | "
