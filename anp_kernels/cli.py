@@ -78,7 +78,8 @@ def _add_prune(sub) -> None:
     p.add_argument("dense", help="a dense checkpoint of anp train (e.g. --method at)")
     p.add_argument("--method", default=d.method, choices=METHODS)
     p.add_argument("--structured", action="store_true", help="prune whole output units (compactable)")
-    p.add_argument("--scope", default=d.scope, choices=("global", "layer"), help="magnitude: one threshold or per layer")
+    p.add_argument("--scope", default=d.scope, choices=("global", "layer"),
+                   help="magnitude: one threshold or per layer")
     p.add_argument("--data", default=d.data)
     for name in ("steps", "epochs", "score_epochs", "batch_size", "seed"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))

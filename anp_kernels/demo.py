@@ -234,7 +234,8 @@ def summary(f: dict) -> list[str]:
     diff = 100 * (anp["autoattack_robust_acc"] - at["autoattack_robust_acc"])
     return [f"- **Sparsity**: ANP-VS pruned {anp['unit_sparsity']:.1%} of the masked units.",
             f"- **Robustness**: AutoAttack accuracy {anp['autoattack_robust_acc']:.1%} vs "
-            f"{at['autoattack_robust_acc']:.1%} for the dense AT model ({diff:+.1f} points); vulnerability {anp['vulnerability']:.4f} vs "
+            f"{at['autoattack_robust_acc']:.1%} for the dense AT model ({diff:+.1f} points); vulnerability "
+            f"{anp['vulnerability']:.4f} vs "
             f"{at['vulnerability']:.4f}.",
             f"- **Deployment**: the compact model is {c['latency_speedup']:.2f}x faster at batch {BATCH} on this CPU, "
             f"with {c['memory_percent_of_dense']:.1f}% of the dense parameters and {c['flop_ratio']:.2f}x fewer FLOPs."]

@@ -9,5 +9,5 @@ from .fold_bn import fold_batchnorm
 from .layers import ConstantInputConv2d, SelectLinear
 from .serialize import FORMAT, describe, load, save
 
-__all__ = ["compact", "compact_zeroed", "zeroed_units", "fold_masks", "Pruned", "fold_batchnorm", "save", "load", "describe", "FORMAT", "export_onnx",
-           "onnx_session", "onnx_logits", "ConstantInputConv2d", "SelectLinear"]
+__all__ = ["compact", "compact_zeroed", "zeroed_units", "fold_masks", "Pruned", "fold_batchnorm", "save", "load",
+           "describe", "FORMAT", "export_onnx", "onnx_session", "onnx_logits", "ConstantInputConv2d", "SelectLinear"]
