@@ -7,34 +7,28 @@ from pathlib import Path
 import torch
 
 from anp_kernels import data as data_mod
-from anp_kernels import deploy, models, profile
+from anp_kernels import models, profile
 from anp_kernels.checkpoint import load_model, load_state, save_state
 from anp_kernels.evaluate import (autoattack, check_perturbations, pgd_examples, predictions, thin_ice,
                                   vulnerability)
-from anp_kernels.evaluate.study import distance_consistency, tight_distances
+from anp_kernels.evaluate.study import attack_form, distance_consistency, tight_distances
 from anp_kernels.evaluate.resumable import model_fingerprint
 from anp_kernels.nn import sparsity
 from _harness import stamp, write_results
 
 EPS, PAPER_STEP = 0.3, 0.01
+CHUNK = 250  # AutoAttack images per saved chunk: an interrupted evaluation loses at most this much
 ORDER = ("AT", "ANP (from AT)", "ANP-VS (from AT)", "ANP", "ANP-VS")
+
+
+def cache_dir(args) -> Path:
+    """AutoAttack and distance states, named by what they depend on (shared with the thin-ice study)."""
+    return Path(args.runs) / "eval_cache"
 
 
 def _held_out(args):
     ds = data_mod.load(f"mnist:{args.mnist}")
     return ds.x_test[:args.n], ds.y_test[:args.n]
-
-
-def _attacked(model: torch.nn.Module, masked: bool, x: torch.Tensor) -> tuple[torch.nn.Module, float]:
-    """The model AutoAttack runs on: a masked model's compact form (the same function, checked)."""
-    if not masked:
-        return model, 0.0
-    compact = deploy.compact(model, (1, 1, 28, 28))
-    with torch.no_grad():
-        diff = max(float((model(x[i:i + 500]) - compact(x[i:i + 500])).abs().max()) for i in range(0, len(x), 500))
-    if diff > 1e-4 or not torch.equal(predictions(model, x), predictions(compact, x)):
-        raise RuntimeError(f"compact model differs from the masked one (max |logit diff| {diff:.3g})")
-    return compact, diff
 
 
 def _costs(model: torch.nn.Module, compact: torch.nn.Module, masked: bool) -> dict:
@@ -62,14 +56,12 @@ def evaluate_one(name: str, cfg, args, x, y, plus_n: int) -> dict:
                 (key, len(x), min(plus_n, len(x)) or None):
             return row
     masked = bool(state["arch"]["masked"])
-    attacked, diff = _attacked(model, masked, x)
+    attacked, diff = attack_form(model, x)  # a masked model as its compact form (the same function, checked)
     x_pgd = pgd_examples(attacked, x, y, EPS, PAPER_STEP, 40, seed=0, progress=not args.quiet)
     check_perturbations(x, x_pgd, EPS, "Linf")
-    aa = autoattack(attacked, x, y, EPS, state_path=out / "aa_standard.safetensors", chunk=1000, batch_size=1000,
-                    progress=not args.quiet)
-    plus = None if plus_n == 0 else autoattack(
-        attacked, x[:plus_n], y[:plus_n], EPS, version="plus", state_path=out / "aa_plus.safetensors", chunk=500,
-        batch_size=500, progress=not args.quiet)
+    kw = dict(chunk=CHUNK, batch_size=CHUNK, cache_dir=cache_dir(args), progress=not args.quiet)
+    aa = autoattack(attacked, x, y, EPS, **kw)
+    plus = None if plus_n == 0 else autoattack(attacked, x[:plus_n], y[:plus_n], EPS, version="plus", **kw)
     history = state.get("history", [])
     row = {"clean_acc": float((predictions(attacked, x) == y).float().mean()),
            "pgd40_acc": float((predictions(attacked, x_pgd) == y).float().mean()),
@@ -86,24 +78,31 @@ def evaluate_one(name: str, cfg, args, x, y, plus_n: int) -> dict:
     return row
 
 
+def _selected(args) -> tuple[str, ...]:
+    """The models named by --models (display names or run folders), in evaluation order."""
+    from reproduce_mnist import folder
+
+    if not args.models:
+        return ORDER
+    wanted = {w.strip() for w in args.models.split(",")}
+    unknown = wanted - set(ORDER) - {folder(n) for n in ORDER}
+    if unknown:
+        raise SystemExit(f"--models: unknown {sorted(unknown)}; choose from {[folder(n) for n in ORDER]}")
+    return tuple(n for n in ORDER if n in wanted or folder(n) in wanted)
+
+
 def stage_eval(args, cfgs: dict) -> None:
     x, y = _held_out(args)
-    for plus_n, name in [(p, n) for p in sorted({0, args.plus_n}) for n in ORDER]:  # standard everywhere first
+    for plus_n, name in [(p, n) for p in sorted({0, args.plus_n}) for n in _selected(args)]:  # standard first
         row = evaluate_one(name, cfgs[name], args, x, y, plus_n)
         print(f"[eval] {name}: {json.dumps({k: v for k, v in row.items() if k != 'model_fingerprint'})}", flush=True)
 
 
-def _dense_distances(dense, x, y, out: Path) -> tuple[torch.Tensor, dict]:
+def _dense_distances(args, dense, x, y, out: Path) -> tuple[torch.Tensor, dict]:
     """Tight distances of the AT network to its boundary (FMN-100 from three step sizes and AutoAttack's
     adversarials, per-sample minimum) and their consistency with AutoAttack."""
     saved = load_state(out / "robust_flags.safetensors")
-    cache, key = out / "distances.safetensors", model_fingerprint(dense)
-    cached = load_state(cache) if cache.exists() else {}
-    if cached.get("model") == key:
-        d = cached["d"]
-    else:
-        d = tight_distances(dense, x, saved["x_adv"], steps=100)
-        save_state(cache, {"d": d, "model": key})
+    d = tight_distances(dense, x, saved["x_adv"], steps=100, cache_dir=cache_dir(args), progress=not args.quiet)
     consistency = {**distance_consistency(d, predictions(dense, x) == y, saved["robust"], EPS),
                    "autoattack_robust_acc": float(saved["robust"].float().mean())}
     return d, consistency
@@ -113,7 +112,7 @@ def _thin_ice(args, cfgs: dict, x, y) -> dict:
     """Thin ice between the AT network and each pruned network: clean and robust populations."""
     dense, _ = load_model(Path(cfgs["AT"].out) / "checkpoint.safetensors")
     out = Path(cfgs["AT"].out) / "eval"
-    d, consistency = _dense_distances(dense, x, y, out)
+    d, consistency = _dense_distances(args, dense, x, y, out)
     robust_dense = load_state(out / "robust_flags.safetensors")["robust"]
     result = {"distances": consistency}
     for name in ("ANP", "ANP-VS", "ANP (from AT)", "ANP-VS (from AT)"):

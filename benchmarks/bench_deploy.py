@@ -24,7 +24,7 @@ from anp_kernels.checkpoint import load_model  # noqa: E402
 from anp_kernels.nn import convert, masks, sparsity  # noqa: E402
 from _harness import stamp, write_results  # noqa: E402
 
-DEFAULT_LENET = "runs/mnist_repro/anpvs_ft/checkpoint.safetensors"
+DEFAULT_LENET = str(Path(__file__).resolve().parent / "results" / "mnist_repro" / "anpvs_ft" / "checkpoint.safetensors")
 
 
 def vgg_at_paper_sparsity(fraction: float = 0.7653) -> torch.nn.Module:

@@ -22,9 +22,11 @@ every model, because we train ~75x fewer steps than the original's 200 epochs of
      masked models are attacked as their compact form (the same function, checked);
   5. thin ice between the AT network and each pruned network (clean and robust populations).
 
-Everything is resumable (training checkpoints, evaluation chunks); rerun the same command.
+Everything is resumable (training checkpoints, evaluation chunks); rerun the same command. The runs
+live in benchmarks/results/mnist_repro (tracked: the finished checkpoints and evaluation states are
+committed, so a later session continues where this one stopped).
 
-    python benchmarks/reproduce_mnist.py [--stage train|eval|report|all] [--runs runs/mnist_repro]
+    python benchmarks/reproduce_mnist.py [--stage train|eval|report|all] [--runs benchmarks/results/mnist_repro]
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from anp_kernels.train import TrainConfig, ensure_trained  # noqa: E402
@@ -44,8 +48,10 @@ PAPER = {"AT": {"clean_acc": 0.9914, "pgd_acc": 0.8803, "vulnerability": 0.045},
          "ANP-VS": {"clean_acc": 0.9905, "pgd_acc": 0.9131, "vulnerability": 0.017, "memory_pct": 6.81,
                     "flops_reduction": 10.57, "unit_sparsity": 0.8416}}
 # name -> (method, warm start from, epochs argument)
-MODELS = {"AT": ("at", "clean", "epochs"), "ANP": ("anp", "clean", "epochs"), "ANP-VS": ("anp-vs", "clean", "epochs"),
-          "ANP (from AT)": ("anp", "AT", "ft_epochs"), "ANP-VS (from AT)": ("anp-vs", "AT", "ft_epochs")}
+# (trained in this order: the networks the thin-ice study prunes from AT first)
+MODELS = {"AT": ("at", "clean", "epochs"), "ANP-VS (from AT)": ("anp-vs", "AT", "ft_epochs"),
+          "ANP (from AT)": ("anp", "AT", "ft_epochs"), "ANP-VS": ("anp-vs", "clean", "epochs"),
+          "ANP": ("anp", "clean", "epochs")}
 
 
 def folder(name: str) -> str:
@@ -76,15 +82,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--stage", default="all", choices=("train", "eval", "report", "all"))
     p.add_argument("--mnist", default=str(MNIST))
-    p.add_argument("--runs", default="runs/mnist_repro")
+    p.add_argument("--runs", default=str(HERE / "results" / "mnist_repro"))
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--ft-epochs", type=int, default=20)
     p.add_argument("--mask-lr-factor", type=float, default=30.0)
     p.add_argument("--init-a", type=float, default=2.0)
     p.add_argument("--plus-n", type=int, default=500)
     p.add_argument("--n", type=int, default=2000, help="held-out images to evaluate (all 2,000 by default)")
+    p.add_argument("--models", default="", help="eval only these (comma-separated run folders: at, anpvs_ft, "
+                   "anp_ft, anpvs, anp); default all")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.stage in ("train", "all"):
         stage_train(args)
     if args.stage in ("eval", "all"):

@@ -1,10 +1,14 @@
 """The thin-ice study over several pruned versions of one dense network, small and on digits."""
 import json
 
+import pytest
 import torch
 
 from anp_kernels import data, models, prune
-from anp_kernels.evaluate.study import study
+from anp_kernels.evaluate import autoattack, boundary_distance
+from anp_kernels.evaluate.fmn import cached_boundary_distance
+from anp_kernels.evaluate.study import attack_form, study
+from anp_kernels.nn import convert, masks, sparsity
 
 
 def test_study_writes_every_figure_for_every_method(tmp_path):
@@ -40,3 +44,59 @@ def test_anp_study_refuses_unnamed_checkpoints(tmp_path, capsys):
     assert main(["study", "--dense", "d.safetensors", "--pruned", "p.safetensors", "--data", "digits",
                  "--eps", "0.1", "--out", str(tmp_path)]) == 2
     assert "NAME=CHECKPOINT" in capsys.readouterr().err
+
+
+def _dense_and_masked(seed=0):
+    ds = data.load("digits")
+    torch.manual_seed(seed)
+    dense = models.build("lenet_digits", 10, 1)
+    prune.adversarial_epochs(dense, dense.parameters(), ds.x_train[:256], ds.y_train[:256], 0.1, 0.05, 3, 1, 0.05,
+                             progress=False)
+    masked = convert(models.build("lenet_digits", 10, 1))
+    masked.load_state_dict(dense.state_dict(), strict=False)
+    with torch.no_grad():
+        for mask in masks(masked).values():
+            mask.a_uc[: mask.num_features // 2] = -9.0  # half of every layer's units pruned
+    return ds, dense.eval(), masked.eval()
+
+
+def test_study_attacks_masked_models_compact_and_reuses_its_cache(tmp_path):
+    ds, dense, masked = _dense_and_masked()
+    x, y = ds.x_test[:16], ds.y_test[:16]
+    form, diff = attack_form(masked, x)
+    assert not masks(form) and diff <= 1e-4  # compact form, the same function
+    assert attack_form(dense, x) == (dense, 0.0)
+    cache = tmp_path / "cache"
+    first = study(dense, {"anp-50": masked}, x, y, 0.1, tmp_path / "a", steps=10, progress=False, cache_dir=cache)
+    row = first["methods"]["anp-50"]
+    assert row["sparsity"] == pytest.approx(sparsity(masked)["total"]) and row["structured"]
+    assert 0 <= row["distance_robust_acc"] <= row["clean_acc"] and row["fmn_aa_disagreements"] >= 0
+    files = {f: f.stat().st_mtime_ns for f in cache.iterdir()}
+    assert len(files) == 4  # AutoAttack and distances, for each of the two models
+    again = study(dense, {"anp-50": masked}, x, y, 0.1, tmp_path / "b", steps=10, progress=False, cache_dir=cache)
+    assert again == first and {f: f.stat().st_mtime_ns for f in cache.iterdir()} == files  # nothing recomputed
+    study(dense, {"anp-50": masked}, x[:12], y[:12], 0.1, tmp_path / "c", steps=10, progress=False, cache_dir=cache)
+    assert len(list(cache.iterdir())) == 8  # other data: new states, the old ones untouched
+
+
+def test_cached_boundary_distance_matches_and_is_bound_to_the_model(tmp_path):
+    _, dense, masked = _dense_and_masked()
+    x = torch.rand(10, 1, 8, 8)
+    y = dense(x).argmax(1)
+    direct = boundary_distance(dense, x, y, steps=10)
+    cached = cached_boundary_distance(dense, x, y, tmp_path, steps=10, chunk=4, progress=False)
+    assert torch.allclose(cached.distances, direct.distances)
+    assert len(list(tmp_path.iterdir())) == 1
+    cached_boundary_distance(dense, x, y, tmp_path, steps=10, chunk=4, progress=False)
+    assert len(list(tmp_path.iterdir())) == 1  # reused
+    with torch.no_grad():
+        next(dense.parameters()).add_(0.01)  # another model: another file, not the stale one
+    cached_boundary_distance(dense, x, y, tmp_path, steps=10, chunk=4, progress=False)
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_autoattack_takes_a_state_path_or_a_cache_dir_not_both(tmp_path):
+    _, dense, _ = _dense_and_masked()
+    x = torch.rand(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="not both"):
+        autoattack(dense, x, dense(x).argmax(1), 0.1, state_path=tmp_path / "s", cache_dir=tmp_path)

@@ -11,7 +11,7 @@ from torch import nn
 from .._extras import require
 from ..attacks import frozen
 from .checks import EvaluationError, check_attack_settings, check_inputs, check_perturbations
-from .resumable import binding, run_chunks
+from .resumable import binding, cached_state_path, run_chunks
 from .robustness import pgd_examples, predictions
 
 PLUS_SETTINGS = {"apgd-ce/apgd-dlr restarts": 5, "fab restarts": 5, "square queries": 5000,
@@ -46,14 +46,19 @@ def _fresh_autoattack(model, eps, norm, version, seed, device):
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
                version: str = "standard", batch_size: int = 250, state_path: str | Path | None = None,
                seed: int = 0, pgd_steps: int = 40, chunk: int = 500, progress: bool = True,
-               fresh: bool = False) -> AttackResult:
+               fresh: bool = False, cache_dir: str | Path | None = None) -> AttackResult:
     """Robust accuracy under AutoAttack, with the per-sample worst case over AutoAttack and PGD.
 
     Checks (raised as EvaluationError, reported in `checks`): eval mode, determinism, inputs in
     [0, 1], logits not probabilities, labels in range, every perturbation within eps, and
     AutoAttack's robust accuracy not above our PGD-`pgd_steps` (same norm) on the same samples.
     state_path: resumable chunks bound to the model's content, the data and every setting.
+    cache_dir (instead of state_path): the state file is named by that binding's hash, so any later
+    evaluation of the same model on the same data with the same settings (another script, the thin-ice
+    study) reuses it, and a different one never collides with it.
     """
+    if state_path is not None and cache_dir is not None:
+        raise ValueError("give state_path or cache_dir, not both")
     if version not in ("standard", "plus"):
         raise ValueError(f"version must be 'standard' or 'plus', got {version!r}")
     check_attack_settings(eps=eps, norm=norm, steps=pgd_steps, batch_size=batch_size)
@@ -73,6 +78,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
                 "pgd": predictions(model, x_pgd) == ys, "x_aa": x_aa, "x_pgd": x_pgd}
 
     bound = binding(model, x, y, {"attack": "autoattack", **config, "batch_size": batch_size}, f"0..{len(x) - 1}")
+    if cache_dir is not None:
+        state_path = cached_state_path(cache_dir, {**bound, "chunk": chunk}, f"autoattack-{version}")
     out = run_chunks(len(x), chunk, work, state_path, bound, f"AutoAttack-{version}", progress, fresh)
     checks["perturbation"] = check_perturbations(x.cpu(), out["x_aa"], eps, norm)
     check_perturbations(x.cpu(), out["x_pgd"], eps, norm)

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..attacks import frozen
 from .checks import perturbation_norms
+from .resumable import binding, cached_state_path, data_fingerprint, run_chunks
 
 DUAL = {"Linf": 1, "L2": 2}
 
@@ -151,3 +153,25 @@ def _closer(a: FMNResult, b: FMNResult) -> FMNResult:
     take_b = b.distances < a.distances
     view = (-1, *[1] * (a.x_adv.dim() - 1))
     return FMNResult(torch.where(take_b, b.distances, a.distances), torch.where(take_b.view(view), b.x_adv, a.x_adv))
+
+
+def cached_boundary_distance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cache_dir: str | Path,
+                             norm: str = "Linf", steps: int = 100, alphas: tuple[float, ...] = (1.0, 0.3, 3.0),
+                             known: torch.Tensor | None = None, batch_size: int = 500, chunk: int = 500,
+                             progress: bool = True) -> FMNResult:
+    """`boundary_distance` computed once: stored in cache_dir under the hash of what it depends on
+    (the model's content, x, y, the known adversarials and every setting) and resumable by chunk.
+    A changed model or data set gets a new file, never a stale one."""
+    known_key = None if known is None else data_fingerprint(known, y)
+    settings = {"attack": "boundary_distance", "norm": norm, "steps": steps, "alphas": list(alphas),
+                "known": known_key, "batch_size": batch_size}
+    bound = binding(model, x, y, settings, f"0..{len(x) - 1}")
+    path = cached_state_path(cache_dir, {**bound, "chunk": chunk}, "distances")
+
+    def work(start: int, end: int) -> dict:
+        part = None if known is None else known[start:end]
+        r = boundary_distance(model, x[start:end], y[start:end], norm, steps, alphas, part, batch_size)
+        return {"distances": r.distances, "x_adv": r.x_adv}
+
+    out = run_chunks(len(x), chunk, work, path, bound, "boundary distance", progress)
+    return FMNResult(out["distances"], out["x_adv"])

@@ -50,6 +50,13 @@ def binding(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: 
             "settings": settings, "version": __version__}
 
 
+def cached_state_path(cache_dir: str | Path, bound: dict, prefix: str) -> Path:
+    """cache_dir/<prefix>-<sha256 of the binding>.safetensors: one state file per distinct evaluation,
+    so a later one with the same binding (another script, the study) finds and reuses it."""
+    digest = hashlib.sha256(json.dumps(bound, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return Path(cache_dir) / f"{prefix}-{digest}.safetensors"
+
+
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     keys = sorted(set(old) | set(new))
     out = []

@@ -5,10 +5,15 @@ tight distances to its boundary (`boundary_distance` with AutoAttack's adversari
 distance-based robust accuracy is checked against AutoAttack's. For each pruned model: clean,
 PGD ("reported-style"), AutoAttack, sparsity, the four populations against the dense model by clean
 and by robust correctness with AUC and Mann-Whitney U, and its margin-vs-distance scatter; all
-security curves in one plot. Resumable: AutoAttack chunks are kept in the output folder.
+security curves in one plot. Resumable and reusable: AutoAttack and distance states live in
+cache_dir (default: the output folder) under the hash of what they depend on, so a rerun, or another
+script that evaluated the same model on the same data with the same settings, skips the work.
+Masked (ANP) models are attacked as their compact form when the deploy extra is installed: the same
+function (checked on the data), fewer FLOPs per attack step.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -18,7 +23,7 @@ from torch import nn
 from ..nn import masks, sparsity
 from .autoattack import autoattack
 from .curves import plot_curves, security_curve
-from .fmn import boundary_distance
+from .fmn import boundary_distance, cached_boundary_distance
 from .robustness import predictions
 from .thin_ice import thin_ice
 
@@ -32,21 +37,46 @@ def _sparsity(model: nn.Module) -> dict:
     return {"sparsity": units if units > 0 else weight_sparsity(model), "structured": units > 0}
 
 
-def _attacked(model, x, y, eps, out: Path, name: str, plus_n: int, progress: bool) -> tuple[dict, object]:
-    aa = autoattack(model, x, y, eps, state_path=out / f"aa_{name}.safetensors", progress=progress)
+def attack_form(model: nn.Module, x: torch.Tensor, tolerance: float = 1e-4) -> tuple[nn.Module, float]:
+    """The network to attack and the max |logit difference| from `model` on x: a masked model's
+    compact form (the same function, fewer FLOPs; refused unless it has model's predictions on x and
+    logits within tolerance), any other model (or without the deploy extra) the model itself."""
+    if not masks(model) or importlib.util.find_spec("torch_pruning") is None:
+        return model, 0.0
+    from ..deploy import compact
+
+    was = model.training
+    model.eval()
+    form = compact(model, (1, *x.shape[1:]))
+    model.train(was)
+    with torch.no_grad():
+        diff = max(float((model(x[i:i + 500]) - form(x[i:i + 500])).abs().max()) for i in range(0, len(x), 500))
+    if diff > tolerance or not torch.equal(predictions(model, x), predictions(form, x)):
+        raise RuntimeError(f"compact model differs from the masked one (max |logit diff| {diff:.3g})")
+    return form, diff
+
+
+def attack_rows(model, x, y, eps, cache_dir: Path, plus_n: int, progress: bool, chunk: int = 250) -> tuple[dict, object]:
+    """AutoAttack standard on x (plus on the first plus_n), states cached in cache_dir."""
+    kw = dict(chunk=chunk, batch_size=chunk, cache_dir=cache_dir, progress=progress)
+    aa = autoattack(model, x, y, eps, **kw)
     row = {"clean_acc": aa.clean_acc, "pgd_acc": aa.pgd_robust_acc, "autoattack_acc": aa.autoattack_robust_acc,
            "robust_acc_worst_case": aa.robust_acc, "autoattack_plus_acc": None}
     if plus_n:
-        plus = autoattack(model, x[:plus_n], y[:plus_n], eps, version="plus",
-                          state_path=out / f"aa_plus_{name}.safetensors", progress=progress)
+        plus = autoattack(model, x[:plus_n], y[:plus_n], eps, version="plus", **kw)
         row["autoattack_plus_acc"] = plus.autoattack_robust_acc
     return row, aa
 
 
-def tight_distances(model: nn.Module, x: torch.Tensor, known: torch.Tensor, steps: int = 100) -> torch.Tensor:
+def tight_distances(model: nn.Module, x: torch.Tensor, known: torch.Tensor, steps: int = 100,
+                    cache_dir: str | Path | None = None, progress: bool = False) -> torch.Tensor:
     """Distances to the model's boundary around its own predictions (what `thin_ice` takes):
-    `boundary_distance` with the adversarials already known, e.g. AutoAttack's."""
-    return boundary_distance(model, x, predictions(model, x), steps=steps, known=known).distances
+    `boundary_distance` with the adversarials already known, e.g. AutoAttack's; with cache_dir,
+    computed once (`cached_boundary_distance`)."""
+    around = predictions(model, x)
+    if cache_dir is None:
+        return boundary_distance(model, x, around, steps=steps, known=known).distances
+    return cached_boundary_distance(model, x, around, cache_dir, steps=steps, known=known, progress=progress).distances
 
 
 def distance_consistency(distances: torch.Tensor, correct: torch.Tensor, robust: torch.Tensor, eps: float) -> dict:
@@ -62,22 +92,33 @@ def _curve(model: nn.Module, x, y, distances: torch.Tensor, eps: float):
     return security_curve(torch.where(correct, distances, torch.zeros_like(distances)), eps_max=3 * eps)
 
 
+def _evaluated(model, x, y, eps, cache: Path, steps: int, plus_n: int, progress: bool):
+    """AutoAttack rows, tight distances and their consistency for one model (attacked in attack_form)."""
+    form, diff = attack_form(model, x)
+    row, aa = attack_rows(form, x, y, eps, cache, plus_n, progress)
+    d = tight_distances(form, x, aa.x_adv, steps, cache, progress)
+    row.update(distance_consistency(d, predictions(form, x) == y, aa.robust_flags, eps),
+               compact_max_abs_logit_difference=diff)
+    return row, aa, d
+
+
 def study(dense: nn.Module, pruned: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, eps: float,
-          out_dir: str | Path, steps: int = 100, plus_n: int = 0, progress: bool = True) -> dict:
+          out_dir: str | Path, steps: int = 100, plus_n: int = 0, progress: bool = True,
+          cache_dir: str | Path | None = None) -> dict:
     """Run the study (Linf) and write study.json, study.md, security_curves.png and one thin-ice
-    folder per pruned model into out_dir; returns the JSON."""
+    folder per pruned model into out_dir; returns the JSON. cache_dir holds the AutoAttack and
+    distance states (default: out_dir)."""
     if not pruned:
         raise ValueError("give at least one pruned model")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dense_row, dense_aa = _attacked(dense, x, y, eps, out, "dense", plus_n, progress)
-    d = tight_distances(dense, x, dense_aa.x_adv, steps)
-    dense_row.update(distance_consistency(d, predictions(dense, x) == y, dense_aa.robust_flags, eps))
+    cache = Path(cache_dir) if cache_dir is not None else out
+    dense_row, dense_aa, d = _evaluated(dense, x, y, eps, cache, steps, plus_n, progress)
     curves = {"dense": _curve(dense, x, y, d, eps)}
     rows = {}
     for name, model in pruned.items():
-        row, aa = _attacked(model, x, y, eps, out, name, plus_n, progress)
-        curves[name] = _curve(model, x, y, tight_distances(model, x, aa.x_adv, steps), eps)
+        row, aa, d_model = _evaluated(model, x, y, eps, cache, steps, plus_n, progress)
+        curves[name] = _curve(model, x, y, d_model, eps)
         clean = thin_ice(dense, model, x, y, distances=d)
         robust = thin_ice(dense, model, x, y, distances=d, correct_dense=dense_aa.robust_flags,
                           correct_pruned=aa.robust_flags)
