@@ -85,6 +85,12 @@ def _add_prune(sub) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("sparsity", "eps", "step_size", "lr", "score_lr"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--boundary", choices=("near", "band"), default=None,
+                   help="boundary-aware: weight each sample by the dense network's distance to its boundary "
+                        "(near: closer, more weight; band: around eps); distances cached beside DENSE")
+    p.add_argument("--boundary-mix", type=float, default=d.boundary_mix, help="share of the weight that is boundary")
+    p.add_argument("--distill", type=float, default=d.distill,
+                   help="distil the dense logits on the adversarial examples (weight of the KL term)")
     p.add_argument("--out", default=d.out, help="folder for checkpoint.safetensors")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

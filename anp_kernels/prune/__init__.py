@@ -6,14 +6,16 @@
 
 Unstructured results are dense models with zero weights (`masks.weight_sparsity`); structured ones
 zero whole output units (`masks.unit_sparsity`) and compact with `deploy.compact_zeroed`. ANP-VS
-is the third method: `anp train --method anp-vs --init DENSE_CHECKPOINT`.
+is the third method: `anp train --method anp-vs --init DENSE_CHECKPOINT`. Boundary-aware pruning
+(`boundary_objective`) reweights either method's objective toward the dense boundary's samples.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .finetune import adversarial_epochs
+from .boundary import boundary_objective, boundary_weights
+from .finetune import AdversarialObjective, adversarial_epochs
 from .hydra import ScoredMask, hydra
 from .magnitude import magnitude, magnitude_masks
 from .masks import attach, bake, keep_top, prunable_layers, unit_sparsity, weight_sparsity
@@ -21,11 +23,12 @@ from .masks import attach, bake, keep_top, prunable_layers, unit_sparsity, weigh
 
 def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
              epochs: int = 20, lr: float = 0.01, batch_size: int = 64, seed: int = 0,
-             progress: bool = True) -> nn.Module:
+             progress: bool = True, objective: AdversarialObjective | None = None) -> nn.Module:
     """Adversarially fine-tune a model with attached masks (pruned weights stay zero), then bake them."""
-    adversarial_epochs(model, model.parameters(), x, y, eps, step_size, steps, epochs, lr, batch_size, seed, progress)
+    adversarial_epochs(model, model.parameters(), x, y, eps, step_size, steps, epochs, lr, batch_size, seed, progress,
+                       objective)
     return bake(model)
 
 
-__all__ = ["magnitude", "magnitude_masks", "hydra", "finetune", "ScoredMask", "adversarial_epochs", "attach", "bake",
+__all__ = ["boundary_objective", "boundary_weights", "AdversarialObjective", "magnitude", "magnitude_masks", "hydra", "finetune", "ScoredMask", "adversarial_epochs", "attach", "bake",
            "keep_top", "prunable_layers", "unit_sparsity", "weight_sparsity"]

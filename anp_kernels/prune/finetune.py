@@ -1,7 +1,9 @@
 """Adversarial training of selected parameters (PGD-AT on CE(x_adv)) for the pruning methods:
-HYDRA's score search and the fine-tuning of kept weights."""
+HYDRA's score search and the fine-tuning of kept weights. An `AdversarialObjective` may weight the
+samples and distil a teacher's logits (boundary-aware pruning); the default is plain mean CE."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -12,15 +14,51 @@ from tqdm.auto import tqdm
 from ..attacks import pgd
 
 
+@dataclass
+class AdversarialObjective:
+    """mean_i w_i * (CE(model(x_adv_i), y_i) + distill * T^2 KL(teacher(x_adv_i)/T || model(x_adv_i)/T)).
+
+    weights: one per training sample (None: all 1); teacher: a frozen network whose logits are
+    distilled (None, or distill 0: no distillation)."""
+    weights: torch.Tensor | None = None
+    teacher: nn.Module | None = None
+    distill: float = 0.0
+    temperature: float = 1.0
+
+    def check(self, n: int) -> None:
+        if self.weights is not None and (self.weights.shape != (n,) or not bool((self.weights >= 0).all())):
+            raise ValueError(f"sample weights must be {n} values >= 0, got shape {tuple(self.weights.shape)}")
+        if self.distill < 0 or self.temperature <= 0 or (self.distill > 0 and self.teacher is None):
+            raise ValueError("distillation needs a teacher, distill >= 0 and temperature > 0")
+
+    def __call__(self, logits: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(logits, y, reduction="none")
+        if self.distill > 0:
+            t = self.temperature
+            with torch.no_grad():
+                target = F.softmax(self.teacher(x_adv) / t, 1)
+            kl = F.kl_div(F.log_softmax(logits / t, 1), target, reduction="none").sum(1)
+            loss = loss + self.distill * t * t * kl
+        if self.weights is not None:
+            loss = loss * self.weights.to(loss.device)[idx]
+        return loss.mean()
+
+
 def adversarial_epochs(model: nn.Module, params: Iterable[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                        eps: float, step_size: float, steps: int, epochs: int, lr: float,
-                       batch_size: int = 64, seed: int = 0, progress: bool = True) -> list[float]:
-    """SGD (momentum 0.9, cosine lr) on CE(model(PGD(x))) over `params` only; the mean loss per epoch."""
+                       batch_size: int = 64, seed: int = 0, progress: bool = True,
+                       objective: AdversarialObjective | None = None) -> list[float]:
+    """SGD (momentum 0.9, cosine lr) on CE(model(PGD(x))) (or `objective`) over `params` only; the
+    mean loss per epoch."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters given")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    objective = objective or AdversarialObjective()
+    objective.check(len(x))
+    if objective.teacher is not None:
+        objective.teacher.eval()
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
     total = epochs * -(-len(x) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
@@ -34,7 +72,7 @@ def adversarial_epochs(model: nn.Module, params: Iterable[torch.Tensor], x: torc
             xb, yb = x[idx], y[idx]
             x_adv = pgd(model, xb, yb, eps, step_size, steps)
             model.train()
-            loss = F.cross_entropy(model(x_adv), yb)
+            loss = objective(model(x_adv), x_adv, yb, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

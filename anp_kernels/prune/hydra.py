@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .finetune import adversarial_epochs
+from .finetune import AdversarialObjective, adversarial_epochs
 from .masks import attach, bake, check_sparsity, keep_top, prunable_layers, unit_mask_to_weight
 
 
@@ -54,9 +54,10 @@ class ScoredMask(nn.Module):
 def hydra(model: nn.Module, sparsity: float, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float,
           steps: int, structured: bool = False, score_epochs: int = 20, finetune_epochs: int = 20,
           score_lr: float = 0.1, finetune_lr: float = 0.01, batch_size: int = 64, seed: int = 0,
-          progress: bool = True) -> nn.Module:
+          progress: bool = True, objective: AdversarialObjective | None = None) -> nn.Module:
     """Prune `model` (a dense, adversarially trained network) in place with HYDRA and return it:
-    plain layers, pruned weights zero. Structured results compact with `deploy.compact_zeroed`."""
+    plain layers, pruned weights zero. Structured results compact with `deploy.compact_zeroed`.
+    objective: what the score search and the fine-tuning minimise (default: CE on PGD examples)."""
     sparsity = check_sparsity(sparsity)
     layers = prunable_layers(model, structured)
     requires = {p: p.requires_grad for p in model.parameters()}
@@ -68,7 +69,7 @@ def hydra(model: nn.Module, sparsity: float, x: torch.Tensor, y: torch.Tensor, e
         parametrize.register_parametrization(layer, "weight", scored[name])
     try:
         adversarial_epochs(model, [s.scores for s in scored.values()], x, y, eps, step_size, steps, score_epochs,
-                           score_lr, batch_size, seed, progress)
+                           score_lr, batch_size, seed, progress, objective)
     finally:
         for name, layer in layers.items():
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
@@ -78,5 +79,5 @@ def hydra(model: nn.Module, sparsity: float, x: torch.Tensor, y: torch.Tensor, e
         keep = scored[name].keep()
         attach(layer, unit_mask_to_weight(layer, keep) if structured else keep, keep if structured else None)
     adversarial_epochs(model, model.parameters(), x, y, eps, step_size, steps, finetune_epochs, finetune_lr,
-                       batch_size, seed + 1, progress)
+                       batch_size, seed + 1, progress, objective)
     return bake(model)

@@ -12,6 +12,7 @@ from .. import data as data_mod
 from ..checkpoint import load_model, save_state
 from ..train import CHECKPOINT, prepare_run_folder
 from .finetune import adversarial_epochs
+from .boundary import boundary_objective
 from .hydra import hydra
 from .magnitude import magnitude
 from .masks import bake, unit_sparsity, weight_sparsity
@@ -37,6 +38,9 @@ class PruneConfig:
     batch_size: int = 64
     seed: int = 0
     out: str = "runs/pruned"
+    boundary: str | None = None  # boundary-aware weighting: "near" | "band" (None: plain CE)
+    boundary_mix: float = 0.5
+    distill: float = 0.0  # distil the dense logits on the adversarial examples, boundary-weighted
 
 
 def prune_checkpoint(cfg: PruneConfig, overwrite: bool = False, progress: bool = True) -> dict:
@@ -53,13 +57,19 @@ def prune_checkpoint(cfg: PruneConfig, overwrite: bool = False, progress: bool =
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     args = (ds.x_train, ds.y_train, cfg.eps, cfg.step_size, cfg.steps)
+    objective = None
+    if cfg.boundary is not None or cfg.distill > 0:
+        objective = boundary_objective(model, ds.x_train, ds.y_train, cfg.eps, Path(cfg.dense).parent / "distances",
+                                       kernel=cfg.boundary or "near", mix=cfg.boundary_mix if cfg.boundary else 0.0,
+                                       distill=cfg.distill, progress=progress)
     if cfg.method == "hydra":
         model = hydra(model, cfg.sparsity, *args, structured=cfg.structured, score_epochs=cfg.score_epochs,
                       finetune_epochs=cfg.epochs, score_lr=cfg.score_lr, finetune_lr=cfg.lr,
-                      batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
+                      batch_size=cfg.batch_size, seed=cfg.seed, progress=progress, objective=objective)
     else:
         magnitude(model, cfg.sparsity, cfg.structured, cfg.scope)
-        adversarial_epochs(model, model.parameters(), *args, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, progress)
+        adversarial_epochs(model, model.parameters(), *args, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, progress,
+                           objective)
         model = bake(model)
     figures = {"weight_sparsity": weight_sparsity(model), "unit_sparsity": unit_sparsity(model),
                "seconds": time.perf_counter() - started}
