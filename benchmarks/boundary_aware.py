@@ -17,7 +17,7 @@ and by robust (AutoAttack) correctness. Writes results/<data>_boundary_aware.{js
   - `--data digits` (small, minutes on a CPU): lenet_digits trained with AT here, eps 0.1, PGD-5,
     first --n test images.
 
-    python benchmarks/boundary_aware.py --data digits|mnist [--variants near,band,...] [--threads N]
+    python benchmarks/boundary_aware.py --data digits|mnist [--stage prune|study|all] [--variants near,...]
 """
 from __future__ import annotations
 
@@ -122,6 +122,7 @@ def rows_of(result: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--stage", default="all", choices=("prune", "study", "all"))
     p.add_argument("--data", default="digits", choices=("digits", "mnist"))
     p.add_argument("--mnist", default=str(MNIST))
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
@@ -137,6 +138,8 @@ def main() -> None:
     s = setting(args)
     dense_network(args, s)
     checkpoints = prune_all(args, s, names)
+    if args.stage == "prune":
+        return
     dense, _ = load_model(s["dense"])
     pruned = {name: load_model(path)[0] for name, path in checkpoints.items()}
     x, y = held_out_split(s["spec"], s["n"], dense)

@@ -66,6 +66,9 @@ def test_training_distances_are_computed_once_and_redone_for_other_data(tmp_path
     assert {f: f.stat().st_mtime_ns for f in tmp_path.iterdir()} == files  # reused, not recomputed
     boundary_objective(dense, x[:30], y[:30], 0.1, tmp_path, steps=5, progress=False)
     assert len(list(tmp_path.iterdir())) == 2  # other data: its own distances
+    only = boundary_objective(dense, x[:20], y[:20], 0.1, tmp_path, kernel=None, distill=1.0, progress=False)
+    assert only.weights is None and only.teacher is not None
+    assert len(list(tmp_path.iterdir())) == 2  # distillation alone computes no distances
 
 
 def test_anp_prune_boundary_aware(tmp_path):

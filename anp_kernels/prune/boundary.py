@@ -49,13 +49,16 @@ def boundary_weights(distances: torch.Tensor, correct: torch.Tensor, eps: float,
 
 
 def boundary_objective(dense: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, cache_dir: str | Path,
-                       kernel: str = "near", width: float | None = None, mix: float = 0.5, distill: float = 0.0,
-                       steps: int = 100, progress: bool = True) -> AdversarialObjective:
+                       kernel: str | None = "near", width: float | None = None, mix: float = 0.5,
+                       distill: float = 0.0, steps: int = 100, progress: bool = True) -> AdversarialObjective:
     """The boundary-aware objective for pruning `dense` on (x, y): call before pruning (the dense
-    network is copied as the teacher when distill > 0)."""
+    network is copied as the teacher when distill > 0). kernel None: no weights (and no distances
+    computed), distillation only."""
     dense.eval()
-    distances = cached_boundary_distance(dense, x, y, cache_dir, steps=steps, progress=progress).distances
-    weights = boundary_weights(distances, predictions(dense, x).cpu() == y.cpu(), eps, kernel, width, mix)
+    weights = None
+    if kernel is not None:
+        distances = cached_boundary_distance(dense, x, y, cache_dir, steps=steps, progress=progress).distances
+        weights = boundary_weights(distances, predictions(dense, x).cpu() == y.cpu(), eps, kernel, width, mix)
     teacher = None
     if distill > 0:
         teacher = copy.deepcopy(dense).eval()

@@ -60,8 +60,8 @@ def prune_checkpoint(cfg: PruneConfig, overwrite: bool = False, progress: bool =
     objective = None
     if cfg.boundary is not None or cfg.distill > 0:
         objective = boundary_objective(model, ds.x_train, ds.y_train, cfg.eps, Path(cfg.dense).parent / "distances",
-                                       kernel=cfg.boundary or "near", mix=cfg.boundary_mix if cfg.boundary else 0.0,
-                                       distill=cfg.distill, progress=progress)
+                                       kernel=cfg.boundary, mix=cfg.boundary_mix, distill=cfg.distill,
+                                       progress=progress)
     if cfg.method == "hydra":
         model = hydra(model, cfg.sparsity, *args, structured=cfg.structured, score_epochs=cfg.score_epochs,
                       finetune_epochs=cfg.epochs, score_lr=cfg.score_lr, finetune_lr=cfg.lr,
