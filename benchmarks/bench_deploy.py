@@ -83,7 +83,8 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['model']} | {r['unit_sparsity']:.2%} | {r['batch']} | {r['runtime']} | "
                      f"{r['memory_percent_of_dense']:.2f} | {r['flop_ratio']:.2f} | {r['dense_ms']:.2f} | "
-                     f"{r['compact_ms']:.2f} | {r['latency_speedup']:.2f}x | {r['speedup_fraction_of_flop_ratio']:.0%} |")
+                     f"{r['compact_ms']:.2f} | {r['latency_speedup']:.2f}x | "
+                     f"{r['speedup_fraction_of_flop_ratio']:.0%} |")
     write_results(f"deploy_{args.device}", rows, "\n".join(lines))
 
 

@@ -30,5 +30,6 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, ste
     return bake(model)
 
 
-__all__ = ["boundary_objective", "boundary_weights", "AdversarialObjective", "magnitude", "magnitude_masks", "hydra", "finetune", "ScoredMask", "adversarial_epochs", "attach", "bake",
-           "keep_top", "prunable_layers", "unit_sparsity", "weight_sparsity"]
+__all__ = ["boundary_objective", "boundary_weights", "AdversarialObjective", "magnitude", "magnitude_masks", "hydra",
+           "finetune", "ScoredMask", "adversarial_epochs", "attach", "bake", "keep_top", "prunable_layers",
+           "unit_sparsity", "weight_sparsity"]
