@@ -156,10 +156,17 @@ def _thin_ice(args: argparse.Namespace) -> int:
 def _add_study(sub) -> None:
     st = sub.add_parser("study", help="the thin-ice study: one dense checkpoint against several pruned ones")
     st.add_argument("--dense", required=True, help="the dense (AT) checkpoint")
-    st.add_argument("--pruned", nargs="+", required=True, metavar="NAME=CHECKPOINT",
+    st.add_argument("--pruned", nargs="+", default=[], metavar="NAME=CHECKPOINT",
                     help="pruned checkpoints (anp train --method anp-vs, anp prune), each named")
+    st.add_argument("--prune", nargs="+", default=[], metavar="SPEC",
+                    help="prune the dense network here too: hydra|magnitude-channel|weight-PERCENT, e.g. "
+                         "hydra-channel-75 magnitude-weight-90 (kept in OUT/SPEC, reused on a rerun)")
     st.add_argument("--data", required=True)
     st.add_argument("--eps", type=float, required=True)
+    st.add_argument("--step-size", type=float, default=None, help="--prune: training PGD step (default eps / 4)")
+    st.add_argument("--train-steps", type=int, default=10, help="--prune: training PGD steps")
+    st.add_argument("--epochs", type=int, default=20, help="--prune: adversarial fine-tuning epochs")
+    st.add_argument("--score-epochs", type=int, default=20, help="--prune hydra: score-search epochs")
     st.add_argument("--n", type=int, default=None, help="first N test samples (default: all)")
     st.add_argument("--plus-n", type=int, default=0, help="AutoAttack plus on the first N samples too")
     st.add_argument("--steps", type=int, default=100, help="FMN steps")
@@ -178,14 +185,27 @@ def _study(args: argparse.Namespace) -> int:
     pairs = [item.partition("=") for item in args.pruned]
     if any(not name or not sep or not path for name, sep, path in pairs):
         raise ValueError(f"--pruned takes NAME=CHECKPOINT items, got {args.pruned}")
+    pairs += [(spec, "=", str(_pruned_here(args, spec))) for spec in args.prune]
+    if not pairs:
+        raise ValueError("give --pruned NAME=CHECKPOINT ... and/or --prune SPEC ...")
     if len({name for name, _, _ in pairs}) != len(pairs):
-        raise ValueError("--pruned names must differ")
+        raise ValueError("--pruned / --prune names must differ")
     dense, _ = load_model(args.dense)
     pruned = {name: load_model(path)[0] for name, _, path in pairs}
     x, y = held_out_split(args.data, args.n, dense)
     study(dense, pruned, x, y, args.eps, args.out, steps=args.steps, plus_n=args.plus_n, progress=not args.quiet)
     print((Path(args.out) / "study.md").read_text())
     return 0
+
+
+def _pruned_here(args: argparse.Namespace, spec: str) -> Path:
+    from .prune.run import PruneConfig, ensure_pruned, method_spec
+
+    step = args.step_size if args.step_size is not None else args.eps / 4
+    cfg = PruneConfig(dense=args.dense, data=args.data, eps=args.eps, step_size=step, steps=args.train_steps,
+                      epochs=args.epochs, score_epochs=args.score_epochs, out=str(Path(args.out) / spec),
+                      **method_spec(spec))
+    return ensure_pruned(cfg, progress=not args.quiet)
 
 
 def _add_deploy(sub) -> None:

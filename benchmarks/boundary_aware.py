@@ -35,7 +35,7 @@ from _harness import stamp, write_results  # noqa: E402
 from anp_kernels.checkpoint import load_model  # noqa: E402
 from anp_kernels.evaluate.report import held_out_split  # noqa: E402
 from anp_kernels.evaluate.study import study  # noqa: E402
-from anp_kernels.prune.run import PruneConfig, prune_checkpoint  # noqa: E402
+from anp_kernels.prune.run import PruneConfig, ensure_pruned  # noqa: E402
 from anp_kernels.train import TrainConfig, ensure_trained  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -73,14 +73,14 @@ def dense_network(args, s: dict) -> None:
 def prune_all(args, s: dict, names: list[str]) -> dict[str, Path]:
     """The base and each variant, pruned from the dense network (a finished checkpoint is kept)."""
     runs = {BASE: (s["base"], {})} | {f"{BASE}+{v}": (s["out"] / f"{BASE}+{v}", VARIANTS[v]) for v in names}
+    paths = {}
     for name, (folder, extra) in runs.items():
-        if (folder / "checkpoint.safetensors").exists():
-            continue
         cfg = PruneConfig(dense=str(s["dense"]), method="hydra", sparsity=0.75, structured=True, data=s["spec"],
                           eps=s["eps"], step_size=s["step_size"], steps=s["steps"], score_epochs=10, epochs=10,
                           batch_size=64, seed=0, out=str(folder), **extra)
-        print(f"[prune] {name}: {json.dumps(prune_checkpoint(cfg, progress=not args.quiet))}", flush=True)
-    return {name: folder / "checkpoint.safetensors" for name, (folder, _) in runs.items()}
+        paths[name] = ensure_pruned(cfg, progress=not args.quiet)
+        print(f"[prune] {name}: {json.dumps(load_model(paths[name])[1]['prune']['seconds'])} s", flush=True)
+    return paths
 
 
 def flips_by_distance(out: Path, names: list[str], eps: float) -> dict:

@@ -33,7 +33,7 @@ from _harness import stamp, write_results  # noqa: E402
 from anp_kernels.checkpoint import load_model  # noqa: E402
 from anp_kernels.evaluate.report import held_out_split  # noqa: E402
 from anp_kernels.evaluate.study import study  # noqa: E402
-from anp_kernels.prune.run import PruneConfig, prune_checkpoint  # noqa: E402
+from anp_kernels.prune.run import PruneConfig, ensure_pruned  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPRO = HERE / "results" / "mnist_repro"
@@ -46,6 +46,7 @@ METHODS = {
     "ANP-VS": None,
     "HYDRA-weight-90": dict(method="hydra", sparsity=0.90, structured=False, score_epochs=10, epochs=10),
 }
+FIGURES = ("weight_sparsity", "unit_sparsity", "seconds")
 FIELDS = ("clean_acc", "pgd_acc", "autoattack_acc", "autoattack_plus_acc", "distance_robust_acc",
           "fmn_aa_disagreements")
 
@@ -57,13 +58,12 @@ def checkpoint(args, name: str) -> Path:
 
 
 def stage_prune(args, names: list[str]) -> None:
-    for name in names:
-        if METHODS[name] is None or checkpoint(args, name).exists():
-            continue
+    for name in (n for n in names if METHODS[n] is not None):
         cfg = PruneConfig(dense=str(args.dense), data=f"mnist:{args.mnist}", eps=EPS, step_size=TRAIN_STEP,
                           steps=PGD_STEPS, batch_size=64, seed=0, out=str(checkpoint(args, name).parent),
                           **METHODS[name])
-        print(f"[prune] {name}: {json.dumps(prune_checkpoint(cfg, progress=not args.quiet))}", flush=True)
+        _, state = load_model(ensure_pruned(cfg, progress=not args.quiet))
+        print(f"[prune] {name}: {json.dumps({k: state['prune'][k] for k in FIGURES})}", flush=True)
 
 
 def issue_schema(result: dict) -> dict:

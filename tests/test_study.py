@@ -100,3 +100,32 @@ def test_autoattack_takes_a_state_path_or_a_cache_dir_not_both(tmp_path):
     x = torch.rand(2, 1, 8, 8)
     with pytest.raises(ValueError, match="not both"):
         autoattack(dense, x, dense(x).argmax(1), 0.1, state_path=tmp_path / "s", cache_dir=tmp_path)
+
+
+def test_method_specs_parse_and_bad_ones_are_refused():
+    from anp_kernels.prune.run import method_spec
+
+    assert method_spec("hydra-channel-75") == {"method": "hydra", "structured": True, "sparsity": 0.75}
+    assert method_spec("magnitude-weight-90") == {"method": "magnitude", "structured": False, "sparsity": 0.9}
+    for bad in ("hydra-75", "lottery-channel-75", "hydra-unit-75", "hydra-channel-100", "hydra-channel-x"):
+        with pytest.raises(ValueError, match="METHOD-channel"):
+            method_spec(bad)
+
+
+def test_anp_study_prunes_what_it_is_asked_and_reuses_it(tmp_path, capsys):
+    from anp_kernels.cli import main
+
+    dense = tmp_path / "dense"
+    assert main(["train", "--model", "lenet_digits", "--data", "digits", "--method", "standard", "--epochs", "1",
+                 "--subset", "128", "--out", str(dense), "--quiet"]) == 0
+    cmd = ["study", "--dense", str(dense / "checkpoint.safetensors"), "--prune", "magnitude-channel-50",
+           "--data", "digits", "--eps", "0.1", "--n", "8", "--steps", "5", "--train-steps", "1", "--epochs", "1",
+           "--out", str(tmp_path / "study"), "--quiet"]
+    assert main(cmd) == 0
+    ckpt = tmp_path / "study" / "magnitude-channel-50" / "checkpoint.safetensors"
+    stamp = ckpt.stat().st_mtime_ns
+    result = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert result["methods"]["magnitude-channel-50"]["sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert main(cmd) == 0 and ckpt.stat().st_mtime_ns == stamp  # the pruned network is reused
+    assert main(cmd[:-3] + ["--epochs", "2", "--out", str(tmp_path / "study"), "--quiet"]) == 2
+    assert "other settings (epochs)" in capsys.readouterr().err

@@ -43,6 +43,33 @@ class PruneConfig:
     distill: float = 0.0  # distil the dense logits on the adversarial examples, boundary-weighted
 
 
+def method_spec(spec: str) -> dict:
+    """'hydra-channel-75' / 'magnitude-weight-90' -> PruneConfig fields (method, structured, sparsity)."""
+    parts = spec.split("-")
+    kinds = {"channel": True, "weight": False}
+    if len(parts) != 3 or parts[0] not in METHODS or parts[1] not in kinds or not parts[2].isdigit() \
+            or not 0 < int(parts[2]) < 100:
+        raise ValueError(f"a pruning spec is METHOD-channel|weight-PERCENT with METHOD in {METHODS} "
+                         f"(e.g. hydra-channel-75), got {spec!r}")
+    return {"method": parts[0], "structured": kinds[parts[1]], "sparsity": int(parts[2]) / 100}
+
+
+def ensure_pruned(cfg: PruneConfig, progress: bool = True) -> Path:
+    """cfg.out's checkpoint: pruned now, or the one a previous run of the same settings left."""
+    path = Path(cfg.out) / CHECKPOINT
+    if path.exists():
+        _, state = load_model(path)
+        saved = {k: v for k, v in state.get("prune", {}).items() if k in asdict(cfg) and k != "out"}
+        wanted = {k: v for k, v in asdict(cfg).items() if k in saved}
+        differ = sorted(k for k in saved if saved[k] != wanted[k])
+        if differ:
+            raise ValueError(f"{path} was pruned with other settings ({', '.join(differ)}); remove it or choose "
+                             "another output folder")
+        return path
+    prune_checkpoint(cfg, progress=progress)
+    return path
+
+
 def prune_checkpoint(cfg: PruneConfig, overwrite: bool = False, progress: bool = True) -> dict:
     """Prune cfg.dense, fine-tune, save OUT/checkpoint.safetensors; returns the sparsity figures."""
     if cfg.method not in METHODS:
