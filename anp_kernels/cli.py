@@ -85,6 +85,7 @@ def _add_prune(sub) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("sparsity", "eps", "step_size", "lr", "score_lr"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--device", default=d.device, help="auto (cuda when available) | cpu | cuda")
     p.add_argument("--boundary", choices=("near", "band"), default=None,
                    help="boundary-aware: weight each sample by the dense network's distance to its boundary "
                         "(near: closer, more weight; band: around eps); distances cached beside DENSE")

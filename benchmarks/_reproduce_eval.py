@@ -57,6 +57,8 @@ def evaluate_one(name: str, cfg, args, x, y, plus_n: int) -> dict:
             return row
     masked = bool(state["arch"]["masked"])
     attacked, diff = attack_form(model, x)  # a masked model as its compact form (the same function, checked)
+    costs = _costs(model, attacked, masked)  # on the CPU (its latency is the CPU's), before moving to --device
+    model, attacked = model.to(args.device), attacked.to(args.device)
     x_pgd = pgd_examples(attacked, x, y, EPS, PAPER_STEP, 40, seed=0, progress=not args.quiet)
     check_perturbations(x, x_pgd, EPS, "Linf")
     kw = dict(chunk=CHUNK, batch_size=CHUNK, cache_dir=cache_dir(args), progress=not args.quiet)
@@ -69,9 +71,9 @@ def evaluate_one(name: str, cfg, args, x, y, plus_n: int) -> dict:
            "autoattack_worst_case_acc": aa.robust_acc, "autoattack_pgd_check_acc": aa.pgd_robust_acc,
            "autoattack_plus_acc": None if plus is None else plus.autoattack_robust_acc,
            "autoattack_plus_n": None if plus is None else len(plus.robust_flags),
-           "vulnerability": vulnerability(model, x, x_pgd)["network"], **_costs(model, attacked, masked),
+           "vulnerability": vulnerability(model, x, x_pgd)["network"], **costs,
            "epochs": state["epoch"], "train_seconds": sum(m["epoch_seconds"] for m in history),
-           "compact_max_abs_logit_difference": diff, "model_fingerprint": key}
+           "compact_max_abs_logit_difference": diff, "attack_device": str(args.device), "model_fingerprint": key}
     save_state(out / "robust_flags.safetensors", {"robust": aa.robust_flags, "clean": predictions(attacked, x) == y,
                                                   "x_adv": aa.x_adv})
     done.write_text(json.dumps(row, indent=2))

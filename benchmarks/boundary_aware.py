@@ -77,7 +77,7 @@ def prune_all(args, s: dict, names: list[str]) -> dict[str, Path]:
     for name, (folder, extra) in runs.items():
         cfg = PruneConfig(dense=str(s["dense"]), method="hydra", sparsity=0.75, structured=True, data=s["spec"],
                           eps=s["eps"], step_size=s["step_size"], steps=s["steps"], score_epochs=10, epochs=10,
-                          batch_size=64, seed=0, out=str(folder), **extra)
+                          batch_size=64, seed=0, out=str(folder), device=args.device, **extra)
         paths[name] = ensure_pruned(cfg, progress=not args.quiet)
         print(f"[prune] {name}: {json.dumps(load_model(paths[name])[1]['prune']['seconds'])} s", flush=True)
     return paths
@@ -128,6 +128,7 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
     p.add_argument("--n", type=int, default=0, help="held-out images (0: all 2,000 for MNIST, 360 for digits)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="where pruning and attacks run (cpu | cuda)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -140,13 +141,13 @@ def main() -> None:
     checkpoints = prune_all(args, s, names)
     if args.stage == "prune":
         return
-    dense, _ = load_model(s["dense"])
-    pruned = {name: load_model(path)[0] for name, path in checkpoints.items()}
+    dense = load_model(s["dense"])[0].to(args.device)
+    pruned = {name: load_model(path)[0].to(args.device) for name, path in checkpoints.items()}
     x, y = held_out_split(s["spec"], s["n"], dense)
     result = study(dense, pruned, x, y, s["eps"], s["out"] / "study", progress=not args.quiet, cache_dir=s["cache"])
     bins = flips_by_distance(s["out"], list(pruned), s["eps"])
     plot_flips(bins, RESULTS / f"{args.data}_boundary_aware_flips.png")
-    data = {"device": stamp("cpu"), "setup": __doc__.split("\n\n")[1], "eps": s["eps"], "n": len(x),
+    data = {"device": stamp(args.device), "setup": __doc__.split("\n\n")[1], "eps": s["eps"], "n": len(x),
             "dense": result["dense"], "rows": rows_of(result), "flips_by_distance": bins}
     lines = [f"Device: {data['device']}; {args.data}, {len(x)} held-out images, eps {s['eps']:g}", "",
              "| model | sparsity | clean | AutoAttack | flips (clean) | flips (robust) | fixes | AUC flip (clean) |",

@@ -92,6 +92,8 @@ def main() -> None:
     p.add_argument("--models", default="", help="eval only these (comma-separated run folders: at, anpvs_ft, "
                    "anp_ft, anpvs, anp); default all")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cpu", help="eval: where the attacks run (cpu | cuda); the states are "
+                   "shared whatever the device")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
     if args.threads:

@@ -61,7 +61,7 @@ def stage_prune(args, names: list[str]) -> None:
     for name in (n for n in names if METHODS[n] is not None):
         cfg = PruneConfig(dense=str(args.dense), data=f"mnist:{args.mnist}", eps=EPS, step_size=TRAIN_STEP,
                           steps=PGD_STEPS, batch_size=64, seed=0, out=str(checkpoint(args, name).parent),
-                          **METHODS[name])
+                          device=args.device, **METHODS[name])
         _, state = load_model(ensure_pruned(cfg, progress=not args.quiet))
         print(f"[prune] {name}: {json.dumps({k: state['prune'][k] for k in FIGURES})}", flush=True)
 
@@ -82,12 +82,12 @@ def stage_study(args, names: list[str]) -> None:
     missing = [str(checkpoint(args, n)) for n in names if not checkpoint(args, n).exists()]
     if missing:
         raise SystemExit(f"not trained yet: {missing} (run reproduce_mnist.py --stage train, then --stage prune)")
-    dense, _ = load_model(args.dense)
-    pruned = {name: load_model(checkpoint(args, name))[0] for name in names}
+    dense = load_model(args.dense)[0].to(args.device)
+    pruned = {name: load_model(checkpoint(args, name))[0].to(args.device) for name in names}
     x, y = held_out_split(f"mnist:{args.mnist}", args.n, dense)
     result = study(dense, pruned, x, y, EPS, args.out, plus_n=args.plus_n, progress=not args.quiet,
                    cache_dir=REPRO / "eval_cache")
-    data = {"device": stamp("cpu"), "setup": __doc__.split("\n\n")[1], **issue_schema(result)}
+    data = {"device": stamp(args.device), "setup": __doc__.split("\n\n")[1], **issue_schema(result)}
     write_results("mnist_thin_ice_study", data, (Path(args.out) / "study.md").read_text().rstrip())
 
 
@@ -101,6 +101,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--plus-n", type=int, default=500)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cpu", help="where pruning and attacks run (cpu | cuda)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
     names = [n.strip() for n in args.methods.split(",") if n.strip()]

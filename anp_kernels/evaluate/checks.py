@@ -11,6 +11,16 @@ class EvaluationError(ValueError):
     """The evaluation set-up would give a wrong (usually inflated) robustness figure."""
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters (or buffers) live: evaluation moves each batch there and gives
+    its results back on the data's device, so data may stay on the CPU while a GPU attacks."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
 def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
     """Validate model mode, data range, labels and outputs; returns what was checked."""
     if model.training:
@@ -25,7 +35,7 @@ def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
                               "put the normalisation inside the model")
     if y.dtype != torch.int64:
         raise EvaluationError(f"labels must be int64 class indices, got {y.dtype}")
-    probe = x[: min(len(x), 64)]
+    probe = x[: min(len(x), 64)].to(model_device(model))
     with torch.no_grad():
         first, second = model(probe), model(probe)
     if first.dim() != 2:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..attacks import frozen
-from .checks import perturbation_norms
+from .checks import model_device, perturbation_norms
 from .resumable import binding, cached_state_path, data_fingerprint, run_chunks
 
 DUAL = {"Linf": 1, "L2": 2}
@@ -103,9 +103,10 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "Linf", 
     was = model.training
     model.eval()
     dists, advs = [], []
+    dev = model_device(model)
     try:
         for i in range(0, len(x), batch_size):
-            xb, yb = x[i:i + batch_size].detach(), y[i:i + batch_size]
+            xb, yb = x[i:i + batch_size].detach().to(dev), y[i:i + batch_size].to(dev)
             with torch.no_grad():
                 wrong = model(xb).argmax(1) != yb
             with frozen(model):
@@ -137,8 +138,9 @@ def boundary_distance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: 
             was = model.training
             model.eval()
             try:
-                wrong = torch.cat([model(known[i:i + batch_size]).argmax(1) != y[i:i + batch_size]
-                                   for i in range(0, len(x), batch_size)]).cpu()
+                dev = model_device(model)
+                wrong = torch.cat([model(known[i:i + batch_size].to(dev)).argmax(1).cpu() != y[i:i + batch_size].cpu()
+                                   for i in range(0, len(x), batch_size)])
             finally:
                 model.train(was)
         inside = (known >= 0).flatten(1).all(1).cpu() & (known <= 1).flatten(1).all(1).cpu()

@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 from .. import ops
 from ..attacks import pgd
 from ..nn.convert import require_latent
+from .checks import model_device
 
 
 @torch.no_grad()
@@ -39,9 +40,11 @@ def layer_vulnerability(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, 
     model.eval()
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
+    dev = model_device(model)
     try:
         for i in range(0, len(x), batch_size):
-            clean, adv = latent_features(model, x[i:i + batch_size]), latent_features(model, x_adv[i:i + batch_size])
+            clean = latent_features(model, x[i:i + batch_size].to(dev))
+            adv = latent_features(model, x_adv[i:i + batch_size].to(dev))
             for name, f in clean.items():
                 d = ops.channel_distortion(f, adv[name])
                 sums[name] = sums[name] + d if name in sums else d
@@ -62,10 +65,11 @@ def pgd_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                  batch_size: int = 500, seed: int = 0, progress: bool = False, norm: str = "Linf") -> torch.Tensor:
     """PGD examples in batches (random start from a generator seeded with `seed`)."""
     g = torch.Generator().manual_seed(seed)
+    dev = model_device(model)
     chunks = []
     for i in tqdm(range(0, len(x), batch_size), desc=f"PGD-{steps}", disable=not progress, leave=False):
-        chunks.append(pgd(model, x[i:i + batch_size], y[i:i + batch_size], eps, step_size, steps, norm=norm,
-                          generator=g))
+        chunks.append(pgd(model, x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev), eps, step_size, steps,
+                          norm=norm, generator=g).to(x.device))
     return torch.cat(chunks) if chunks else x.clone()
 
 
@@ -74,6 +78,8 @@ def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> tor
     was = model.training
     model.eval()
     try:
-        return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+        dev = model_device(model)
+        return torch.cat([model(x[i:i + batch_size].to(dev)).argmax(1).to(x.device)
+                          for i in range(0, len(x), batch_size)])
     finally:
         model.train(was)

@@ -13,6 +13,7 @@ function (checked on the data), fewer FLOPs per attack step.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import nn
 
 from ..nn import masks, sparsity
 from .autoattack import autoattack
+from .checks import model_device
 from .curves import plot_curves, security_curve
 from .fmn import boundary_distance, cached_boundary_distance
 from .robustness import predictions
@@ -45,12 +47,14 @@ def attack_form(model: nn.Module, x: torch.Tensor, tolerance: float = 1e-4) -> t
         return model, 0.0
     from ..deploy import compact
 
+    dev = model_device(model)
+    form = compact(copy.deepcopy(model).cpu().eval(), (1, *x.shape[1:])).to(dev)  # compacted on the CPU
     was = model.training
     model.eval()
-    form = compact(model, (1, *x.shape[1:]))
-    model.train(was)
     with torch.no_grad():
-        diff = max(float((model(x[i:i + 500]) - form(x[i:i + 500])).abs().max()) for i in range(0, len(x), 500))
+        diff = max(float((model(x[i:i + 500].to(dev)) - form(x[i:i + 500].to(dev))).abs().max())
+                   for i in range(0, len(x), 500))
+    model.train(was)
     if diff > tolerance or not torch.equal(predictions(model, x), predictions(form, x)):
         raise RuntimeError(f"compact model differs from the masked one (max |logit diff| {diff:.3g})")
     return form, diff

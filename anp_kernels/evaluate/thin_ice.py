@@ -20,7 +20,7 @@ from torch import nn
 
 from .._extras import require
 from .._plot import figure, save
-from .checks import check_inputs
+from .checks import check_inputs, model_device
 from .fmn import fmn, logit_margin
 
 POPULATIONS = ("11", "10", "01", "00")
@@ -118,7 +118,8 @@ def _separation(distance: np.ndarray, flipped: np.ndarray, stable: np.ndarray):
 
 @torch.no_grad()
 def _logits(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    dev = model_device(model)
+    return torch.cat([model(x[i:i + batch_size].to(dev)).to(x.device) for i in range(0, len(x), batch_size)])
 
 
 def thin_ice(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "Linf",

@@ -10,7 +10,7 @@ import torch
 
 from .. import data as data_mod
 from ..checkpoint import load_model, save_state
-from ..train import CHECKPOINT, prepare_run_folder
+from ..train import CHECKPOINT, prepare_run_folder, resolve_device
 from .finetune import adversarial_epochs
 from .boundary import boundary_objective
 from .hydra import hydra
@@ -41,6 +41,7 @@ class PruneConfig:
     boundary: str | None = None  # boundary-aware weighting: "near" | "band" (None: plain CE)
     boundary_mix: float = 0.5
     distill: float = 0.0  # distil the dense logits on the adversarial examples, boundary-weighted
+    device: str = "auto"  # where it trains (auto: cuda when torch sees one); not part of the result
 
 
 def method_spec(spec: str) -> dict:
@@ -59,7 +60,7 @@ def ensure_pruned(cfg: PruneConfig, progress: bool = True) -> Path:
     path = Path(cfg.out) / CHECKPOINT
     if path.exists():
         _, state = load_model(path)
-        saved = {k: v for k, v in state.get("prune", {}).items() if k in asdict(cfg) and k != "out"}
+        saved = {k: v for k, v in state.get("prune", {}).items() if k in asdict(cfg) and k not in ("out", "device")}
         wanted = {k: v for k, v in asdict(cfg).items() if k in saved}
         differ = sorted(k for k in saved if saved[k] != wanted[k])
         if differ:
@@ -83,10 +84,12 @@ def prune_checkpoint(cfg: PruneConfig, overwrite: bool = False, progress: bool =
     ds = data_mod.load(cfg.data)
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
-    args = (ds.x_train, ds.y_train, cfg.eps, cfg.step_size, cfg.steps)
+    dev = resolve_device(cfg.device)
+    model = model.to(dev)
+    args = (ds.x_train.to(dev), ds.y_train.to(dev), cfg.eps, cfg.step_size, cfg.steps)
     objective = None
     if cfg.boundary is not None or cfg.distill > 0:
-        objective = boundary_objective(model, ds.x_train, ds.y_train, cfg.eps, Path(cfg.dense).parent / "distances",
+        objective = boundary_objective(model, *args[:2], cfg.eps, Path(cfg.dense).parent / "distances",
                                        kernel=cfg.boundary, mix=cfg.boundary_mix, distill=cfg.distill,
                                        progress=progress)
     if cfg.method == "hydra":
@@ -98,6 +101,7 @@ def prune_checkpoint(cfg: PruneConfig, overwrite: bool = False, progress: bool =
         adversarial_epochs(model, model.parameters(), *args, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, progress,
                            objective)
         model = bake(model)
+    model = model.cpu()
     figures = {"weight_sparsity": weight_sparsity(model), "unit_sparsity": unit_sparsity(model),
                "seconds": time.perf_counter() - started}
     arch = {k: state["arch"][k] for k in ("model", "num_classes", "in_channels")}
