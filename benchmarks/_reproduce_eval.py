@@ -93,6 +93,16 @@ def _selected(args) -> tuple[str, ...]:
     return tuple(n for n in ORDER if n in wanted or folder(n) in wanted)
 
 
+def stage_progress(args, cfgs: dict) -> None:
+    """results/mnist_reproduction_progress.{json,md}: epochs and AutoAttack chunks done per model."""
+    from _progress import progress_row, write_progress
+
+    x, y = _held_out(args)
+    rows = {name: progress_row(Path(cfgs[name].out) / "checkpoint.safetensors", cfgs[name].epochs, x, y, EPS,
+                               cache_dir(args), CHUNK, args.plus_n) for name in ORDER}
+    write_progress("mnist_reproduction", rows, "benchmarks/reproduce_mnist.py")
+
+
 def stage_eval(args, cfgs: dict) -> None:
     x, y = _held_out(args)
     for plus_n, name in [(p, n) for p in sorted({0, args.plus_n}) for n in _selected(args)]:  # standard first

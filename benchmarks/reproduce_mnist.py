@@ -26,7 +26,7 @@ Everything is resumable (training checkpoints, evaluation chunks); rerun the sam
 live in benchmarks/results/mnist_repro (tracked: the finished checkpoints and evaluation states are
 committed, so a later session continues where this one stopped).
 
-    python benchmarks/reproduce_mnist.py [--stage train|eval|report|all] [--runs benchmarks/results/mnist_repro]
+    python benchmarks/reproduce_mnist.py [--stage train|eval|report|all|progress] [--runs DIR]
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def stage_train(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stage", default="all", choices=("train", "eval", "report", "all"))
+    p.add_argument("--stage", default="all", choices=("train", "eval", "report", "all", "progress"))
     p.add_argument("--mnist", default=str(MNIST))
     p.add_argument("--runs", default=str(HERE / "results" / "mnist_repro"))
     p.add_argument("--epochs", type=int, default=20)
@@ -98,6 +98,10 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.stage == "progress":  # where the runs stand, nothing run
+        from _reproduce_eval import stage_progress
+
+        stage_progress(args, configs(args))
     if args.stage in ("train", "all"):
         stage_train(args)
     if args.stage in ("eval", "all"):

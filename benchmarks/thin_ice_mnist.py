@@ -17,7 +17,7 @@ Everything is resumable: a finished pruned checkpoint is kept, AutoAttack runs i
 images; rerun the same command. Writes benchmarks/results/mnist_thin_ice/ (study.json/md, plots,
 the pruned checkpoints) and benchmarks/results/mnist_thin_ice_study.{json,md}.
 
-    python benchmarks/thin_ice_mnist.py [--stage prune|study|all] [--methods NAME,...] [--threads N]
+    python benchmarks/thin_ice_mnist.py [--stage prune|study|all|progress] [--methods NAME,...] [--device D]
 """
 from __future__ import annotations
 
@@ -78,6 +78,17 @@ def issue_schema(result: dict) -> dict:
             "methods": methods}
 
 
+def stage_progress(args, names: list[str]) -> None:
+    """results/mnist_thin_ice_study_progress.{json,md}: the dense network and each method."""
+    from _progress import progress_row, write_progress
+
+    x, y = held_out_split(f"mnist:{args.mnist}", args.n, load_model(args.dense)[0])
+    entries = {"dense (AT)": Path(args.dense), **{n: checkpoint(args, n) for n in names}}
+    rows = {n: progress_row(path, None, x, y, EPS, REPRO / "eval_cache", 250, args.plus_n)
+            for n, path in entries.items()}
+    write_progress("mnist_thin_ice_study", rows, "benchmarks/thin_ice_mnist.py")
+
+
 def stage_study(args, names: list[str]) -> None:
     missing = [str(checkpoint(args, n)) for n in names if not checkpoint(args, n).exists()]
     if missing:
@@ -93,7 +104,7 @@ def stage_study(args, names: list[str]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stage", default="all", choices=("prune", "study", "all"))
+    p.add_argument("--stage", default="all", choices=("prune", "study", "all", "progress"))
     p.add_argument("--mnist", default=str(MNIST))
     p.add_argument("--dense", default=str(REPRO / "at" / "checkpoint.safetensors"))
     p.add_argument("--out", default=str(HERE / "results" / "mnist_thin_ice"))
@@ -112,6 +123,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if not Path(args.dense).exists():
         raise SystemExit(f"{args.dense} does not exist: run benchmarks/reproduce_mnist.py --stage train first")
+    if args.stage == "progress":  # where the runs stand, nothing run
+        stage_progress(args, names)
     if args.stage in ("prune", "all"):
         stage_prune(args, names)
     if args.stage in ("study", "all"):

@@ -6,6 +6,7 @@ import torch
 
 from anp_kernels import data, models, prune
 from anp_kernels.evaluate import autoattack, boundary_distance
+from anp_kernels.evaluate.autoattack import autoattack_done
 from anp_kernels.evaluate.fmn import cached_boundary_distance
 from anp_kernels.evaluate.study import attack_form, study
 from anp_kernels.nn import convert, masks, sparsity
@@ -73,6 +74,9 @@ def test_study_attacks_masked_models_compact_and_reuses_its_cache(tmp_path):
     assert 0 <= row["distance_robust_acc"] <= row["clean_acc"] and row["fmn_aa_disagreements"] >= 0
     files = {f: f.stat().st_mtime_ns for f in cache.iterdir()}
     assert len(files) == 4  # AutoAttack and distances, for each of the two models
+    where = autoattack_done(dense, x, y, 0.1, cache, batch_size=250, chunk=250)
+    assert where["done"] == where["of"] == 16 and where["autoattack_acc"] == first["dense"]["autoattack_acc"]
+    assert autoattack_done(dense, x, y, 0.2, cache, batch_size=250, chunk=250)["done"] == 0  # never run
     again = study(dense, {"anp-50": masked}, x, y, 0.1, tmp_path / "b", steps=10, progress=False, cache_dir=cache)
     assert again == first and {f: f.stat().st_mtime_ns for f in cache.iterdir()} == files  # nothing recomputed
     study(dense, {"anp-50": masked}, x[:12], y[:12], 0.1, tmp_path / "c", steps=10, progress=False, cache_dir=cache)

@@ -10,8 +10,8 @@ from torch import nn
 
 from .._extras import require
 from ..attacks import frozen
-from .checks import EvaluationError, check_attack_settings, check_inputs, check_perturbations
-from .resumable import binding, cached_state_path, run_chunks
+from .checks import EvaluationError, check_attack_settings, check_inputs, check_perturbations, model_device
+from .resumable import binding, cached_state_path, finished_part, run_chunks
 from .robustness import pgd_examples, predictions
 
 PLUS_SETTINGS = {"apgd-ce/apgd-dlr restarts": 5, "fab restarts": 5, "square queries": 5000,
@@ -43,6 +43,30 @@ def _fresh_autoattack(model, eps, norm, version, seed, device):
     return attack
 
 
+def _binding(model, x, y, eps, norm, version, seed, pgd_steps, batch_size) -> tuple[dict, dict]:
+    """The attack's settings and what its state is bound to."""
+    config = {"eps": eps, "norm": norm, "version": version, "seed": seed, "pgd_steps": pgd_steps,
+              "n": len(x), "settings": PLUS_SETTINGS if version == "plus" else "standard"}
+    bound = binding(model, x, y, {"attack": "autoattack", **config, "batch_size": batch_size}, f"0..{len(x) - 1}")
+    return config, bound
+
+
+def autoattack_done(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, cache_dir: str | Path,
+                    norm: str = "Linf", version: str = "standard", batch_size: int = 250, seed: int = 0,
+                    pgd_steps: int = 40, chunk: int = 500) -> dict:
+    """Where an AutoAttack evaluation (same arguments as `autoattack` with cache_dir) stands in
+    cache_dir, without running it: samples done and, on those, clean / AutoAttack / worst-case
+    accuracy (None before the first chunk)."""
+    _, bound = _binding(model, x, y, eps, norm, version, seed, pgd_steps, batch_size)
+    part = finished_part(cached_state_path(cache_dir, {**bound, "chunk": chunk}, f"autoattack-{version}"), bound,
+                         chunk)
+    if not part:
+        return {"done": 0, "of": len(x), "clean_acc": None, "autoattack_acc": None, "worst_case_acc": None}
+    mean = lambda t: float(t.float().mean())  # noqa: E731
+    return {"done": len(part["aa"]), "of": len(x), "clean_acc": mean(part["clean"]), "autoattack_acc": mean(part["aa"]),
+            "worst_case_acc": mean(part["aa"] & part["pgd"] & part["clean"])}
+
+
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
                version: str = "standard", batch_size: int = 250, state_path: str | Path | None = None,
                seed: int = 0, pgd_steps: int = 40, chunk: int = 500, progress: bool = True,
@@ -63,9 +87,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
         raise ValueError(f"version must be 'standard' or 'plus', got {version!r}")
     check_attack_settings(eps=eps, norm=norm, steps=pgd_steps, batch_size=batch_size)
     checks = check_inputs(model, x, y)
-    device = next(iter(model.parameters())).device
-    config = {"eps": eps, "norm": norm, "version": version, "seed": seed, "pgd_steps": pgd_steps,
-              "n": len(x), "settings": PLUS_SETTINGS if version == "plus" else "standard"}
+    device = model_device(model)
+    config, bound = _binding(model, x, y, eps, norm, version, seed, pgd_steps, batch_size)
     step = eps / 4 if norm == "Linf" else eps / 8
 
     def work(start: int, end: int) -> dict:
@@ -77,7 +100,6 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
         return {"clean": predictions(model, xs) == ys, "aa": predictions(model, x_aa) == ys,
                 "pgd": predictions(model, x_pgd) == ys, "x_aa": x_aa, "x_pgd": x_pgd}
 
-    bound = binding(model, x, y, {"attack": "autoattack", **config, "batch_size": batch_size}, f"0..{len(x) - 1}")
     if cache_dir is not None:
         state_path = cached_state_path(cache_dir, {**bound, "chunk": chunk}, f"autoattack-{version}")
     out = run_chunks(len(x), chunk, work, state_path, bound, f"AutoAttack-{version}", progress, fresh)
@@ -94,4 +116,4 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
                         checks, pgd_robust_acc=pgd_acc, autoattack_robust_acc=aa_acc)
 
 
-__all__ = ["AttackResult", "autoattack", "EvaluationError"]
+__all__ = ["AttackResult", "autoattack", "autoattack_done", "EvaluationError"]

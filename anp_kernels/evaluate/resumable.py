@@ -87,6 +87,21 @@ def _load_done(state_path: Path, config: dict, fresh: bool) -> dict[int, dict[st
     return {int(k): v for k, v in state["chunks"].items()}
 
 
+def _with_chunk(config: dict, chunk: int) -> dict:
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk (--checkpoint-every) must be a positive int, got {chunk!r}")
+    return json.loads(json.dumps({**config, "chunk": chunk}, sort_keys=True, default=str))
+
+
+def finished_part(state_path: str | Path, config: dict, chunk: int) -> dict[str, torch.Tensor]:
+    """The per-sample results a run_chunks state of this config has finished so far, chunks in order
+    ({} when there is none): where a long evaluation stands, without running it."""
+    done = _load_done(Path(state_path), _with_chunk(config, chunk), fresh=False)
+    starts = sorted(done)
+    names = done[starts[0]].keys() if starts else []
+    return {name: torch.cat([done[s][name] for s in starts]) for name in names}
+
+
 def run_chunks(n: int, chunk: int, work: Callable[[int, int], dict[str, torch.Tensor]], state_path: str | Path | None,
                config: dict, desc: str, progress: bool = True, fresh: bool = False) -> dict[str, torch.Tensor]:
     """Run work(start, end) over [0, n) in chunks; results (per-sample tensors) are concatenated.
@@ -94,9 +109,7 @@ def run_chunks(n: int, chunk: int, work: Callable[[int, int], dict[str, torch.Te
     With state_path, each finished chunk is saved (atomically) with `config` (see `binding`); a rerun
     with the same config skips the chunks already done. A different config is an error.
     """
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk (--checkpoint-every) must be a positive int, got {chunk!r}")
-    config = json.loads(json.dumps({**config, "chunk": chunk}, sort_keys=True, default=str))
+    config = _with_chunk(config, chunk)
     done = _load_done(Path(state_path), config, fresh) if state_path is not None else {}
     starts = list(range(0, n, chunk))
     bar = tqdm(total=n, desc=desc, disable=not progress, leave=False)

@@ -30,7 +30,8 @@ from .robustness import predictions
 from .thin_ice import thin_ice
 
 
-def _sparsity(model: nn.Module) -> dict:
+def model_sparsity(model: nn.Module) -> dict:
+    """{sparsity, structured}: a masked model's unit sparsity, else a pruned one's units or weights."""
     if masks(model):
         return {"sparsity": sparsity(model)["total"], "structured": True}
     from ..prune.masks import unit_sparsity, weight_sparsity
@@ -128,7 +129,7 @@ def study(dense: nn.Module, pruned: dict[str, nn.Module], x: torch.Tensor, y: to
         robust = thin_ice(dense, model, x, y, distances=d, correct_dense=dense_aa.robust_flags,
                           correct_pruned=aa.robust_flags)
         clean.write(out / name)
-        rows[name] = {**_sparsity(model), **row, "clean": clean.to_json(), "robust": robust.to_json()}
+        rows[name] = {**model_sparsity(model), **row, "clean": clean.to_json(), "robust": robust.to_json()}
     plot_curves(curves, out / "security_curves.png", mark_eps=eps)
     result = {"eps": eps, "n": len(x), "dense": dense_row, "methods": rows}
     (out / "study.json").write_text(json.dumps(result, indent=2))
