@@ -35,7 +35,8 @@ from _harness import stamp, write_results  # noqa: E402
 from anp_kernels.checkpoint import load_model  # noqa: E402
 from anp_kernels.evaluate.report import held_out_split  # noqa: E402
 from anp_kernels.evaluate.study import study  # noqa: E402
-from anp_kernels.prune.run import PruneConfig, ensure_pruned  # noqa: E402
+from anp_kernels.prune.run import ensure_pruned  # noqa: E402
+from thin_ice_mnist import CACHE, METHODS, prune_config  # noqa: E402
 from anp_kernels.train import TrainConfig, ensure_trained  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -51,7 +52,7 @@ def setting(args) -> dict:
     if args.data == "mnist":
         return dict(dense=RESULTS / "mnist_repro" / "at" / "checkpoint.safetensors", spec=f"mnist:{args.mnist}",
                     eps=0.3, step_size=0.03, steps=20, base=RESULTS / "mnist_thin_ice" / BASE,
-                    out=RESULTS / "mnist_boundary", cache=RESULTS / "mnist_repro" / "eval_cache", n=args.n or 2000)
+                    out=RESULTS / "mnist_boundary", cache=CACHE, n=args.n or 2000)
     out = RESULTS / "digits_boundary"
     return dict(dense=out / "at" / "checkpoint.safetensors", spec="digits", eps=0.1, step_size=0.025, steps=5,
                 base=out / BASE, out=out, cache=out / "eval_cache", n=args.n or 360)
@@ -75,9 +76,8 @@ def prune_all(args, s: dict, names: list[str]) -> dict[str, Path]:
     runs = {BASE: (s["base"], {})} | {f"{BASE}+{v}": (s["out"] / f"{BASE}+{v}", VARIANTS[v]) for v in names}
     paths = {}
     for name, (folder, extra) in runs.items():
-        cfg = PruneConfig(dense=str(s["dense"]), method="hydra", sparsity=0.75, structured=True, data=s["spec"],
-                          eps=s["eps"], step_size=s["step_size"], steps=s["steps"], score_epochs=10, epochs=10,
-                          batch_size=64, seed=0, out=str(folder), device=args.device, **extra)
+        attack = {"eps": s["eps"], "step_size": s["step_size"], "steps": s["steps"]}
+        cfg = prune_config(s["dense"], s["spec"], folder, args.device, **METHODS[BASE], **attack, **extra)
         paths[name] = ensure_pruned(cfg, progress=not args.quiet)
         print(f"[prune] {name}: {json.dumps(load_model(paths[name])[1]['prune']['seconds'])} s", flush=True)
     return paths

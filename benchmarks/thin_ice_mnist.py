@@ -36,7 +36,8 @@ from anp_kernels.evaluate.study import study  # noqa: E402
 from anp_kernels.prune.run import PruneConfig, ensure_pruned  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-REPRO = HERE / "results" / "mnist_repro"
+REPRO = HERE / "results" / "mnist_repro"  # reproduce_mnist.py's runs
+CACHE = REPRO / "eval_cache"  # AutoAttack and distance states, shared with the reproduction
 MNIST = HERE.parents[1] / "shared" / "data" / "mnist"
 EPS, TRAIN_STEP, PGD_STEPS, EPOCHS = 0.3, 0.03, 20, 20
 # name -> the pruning run (None: the reproduction's ANP-VS fine-tuned from AT)
@@ -57,11 +58,16 @@ def checkpoint(args, name: str) -> Path:
     return Path(args.out) / name / "checkpoint.safetensors"
 
 
+def prune_config(dense: str, data: str, out: Path, device: str, **method) -> PruneConfig:
+    """The study's pruning run of one method (MNIST's training attack unless given in method)."""
+    attack = {"eps": EPS, "step_size": TRAIN_STEP, "steps": PGD_STEPS, **method}
+    return PruneConfig(dense=str(dense), data=data, batch_size=64, seed=0, out=str(out), device=device, **attack)
+
+
 def stage_prune(args, names: list[str]) -> None:
     for name in (n for n in names if METHODS[n] is not None):
-        cfg = PruneConfig(dense=str(args.dense), data=f"mnist:{args.mnist}", eps=EPS, step_size=TRAIN_STEP,
-                          steps=PGD_STEPS, batch_size=64, seed=0, out=str(checkpoint(args, name).parent),
-                          device=args.device, **METHODS[name])
+        cfg = prune_config(args.dense, f"mnist:{args.mnist}", checkpoint(args, name).parent, args.device,
+                           **METHODS[name])
         _, state = load_model(ensure_pruned(cfg, progress=not args.quiet))
         print(f"[prune] {name}: {json.dumps({k: state['prune'][k] for k in FIGURES})}", flush=True)
 
@@ -84,7 +90,7 @@ def stage_progress(args, names: list[str]) -> None:
 
     x, y = held_out_split(f"mnist:{args.mnist}", args.n, load_model(args.dense)[0])
     entries = {"dense (AT)": Path(args.dense), **{n: checkpoint(args, n) for n in names}}
-    rows = {n: progress_row(path, None, x, y, EPS, REPRO / "eval_cache", 250, args.plus_n)
+    rows = {n: progress_row(path, None, x, y, EPS, CACHE, 250, args.plus_n)
             for n, path in entries.items()}
     write_progress("mnist_thin_ice_study", rows, "benchmarks/thin_ice_mnist.py")
 
@@ -97,7 +103,7 @@ def stage_study(args, names: list[str]) -> None:
     pruned = {name: load_model(checkpoint(args, name))[0].to(args.device) for name in names}
     x, y = held_out_split(f"mnist:{args.mnist}", args.n, dense)
     result = study(dense, pruned, x, y, EPS, args.out, plus_n=args.plus_n, progress=not args.quiet,
-                   cache_dir=REPRO / "eval_cache")
+                   cache_dir=CACHE)
     data = {"device": stamp(args.device), "setup": __doc__.split("\n\n")[1], **issue_schema(result)}
     write_results("mnist_thin_ice_study", data, (Path(args.out) / "study.md").read_text().rstrip())
 
