@@ -8,7 +8,7 @@ import torch
 
 from anp_kernels import data as data_mod
 from anp_kernels import models, profile
-from anp_kernels.checkpoint import load_model, load_state, save_state
+from anp_kernels.checkpoint import load_model
 from anp_kernels.evaluate import (autoattack, check_perturbations, pgd_examples, predictions, thin_ice,
                                   vulnerability)
 from anp_kernels.evaluate.study import attack_form, distance_consistency, tight_distances
@@ -74,8 +74,6 @@ def evaluate_one(name: str, cfg, args, x, y, plus_n: int) -> dict:
            "vulnerability": vulnerability(model, x, x_pgd)["network"], **costs,
            "epochs": state["epoch"], "train_seconds": sum(m["epoch_seconds"] for m in history),
            "compact_max_abs_logit_difference": diff, "attack_device": str(args.device), "model_fingerprint": key}
-    save_state(out / "robust_flags.safetensors", {"robust": aa.robust_flags, "clean": predictions(attacked, x) == y,
-                                                  "x_adv": aa.x_adv})
     done.write_text(json.dumps(row, indent=2))
     return row
 
@@ -110,28 +108,27 @@ def stage_eval(args, cfgs: dict) -> None:
         print(f"[eval] {name}: {json.dumps({k: v for k, v in row.items() if k != 'model_fingerprint'})}", flush=True)
 
 
-def _dense_distances(args, dense, x, y, out: Path) -> tuple[torch.Tensor, dict]:
-    """Tight distances of the AT network to its boundary (FMN-100 from three step sizes and AutoAttack's
-    adversarials, per-sample minimum) and their consistency with AutoAttack."""
-    saved = load_state(out / "robust_flags.safetensors")
-    d = tight_distances(dense, x, saved["x_adv"], steps=100, cache_dir=cache_dir(args), progress=not args.quiet)
-    consistency = {**distance_consistency(d, predictions(dense, x) == y, saved["robust"], EPS),
-                   "autoattack_robust_acc": float(saved["robust"].float().mean())}
-    return d, consistency
+def _attack(args, cfg, x, y):
+    """A model, the network it is attacked as and its AutoAttack result (read from the cache)."""
+    model, _ = load_model(Path(cfg.out) / "checkpoint.safetensors")
+    attacked, _ = attack_form(model, x)
+    return model, attacked, autoattack(attacked, x, y, EPS, chunk=CHUNK, batch_size=CHUNK, cache_dir=cache_dir(args),
+                                       progress=False)
 
 
 def _thin_ice(args, cfgs: dict, x, y) -> dict:
-    """Thin ice between the AT network and each pruned network: clean and robust populations."""
-    dense, _ = load_model(Path(cfgs["AT"].out) / "checkpoint.safetensors")
-    out = Path(cfgs["AT"].out) / "eval"
-    d, consistency = _dense_distances(args, dense, x, y, out)
-    robust_dense = load_state(out / "robust_flags.safetensors")["robust"]
-    result = {"distances": consistency}
+    """Thin ice between the AT network and each pruned network (clean and robust populations), and
+    the consistency of the AT network's tight distances (FMN-100 from three step sizes and
+    AutoAttack's adversarials, per-sample minimum) with its AutoAttack accuracy."""
+    dense, _, dense_aa = _attack(args, cfgs["AT"], x, y)
+    d = tight_distances(dense, x, dense_aa.x_adv, steps=100, cache_dir=cache_dir(args), progress=not args.quiet)
+    result = {"distances": {**distance_consistency(d, predictions(dense, x) == y, dense_aa.robust_flags, EPS),
+                            "autoattack_robust_acc": float(dense_aa.robust_flags.float().mean())}}
     for name in ("ANP", "ANP-VS", "ANP (from AT)", "ANP-VS (from AT)"):
-        pruned, _ = load_model(Path(cfgs[name].out) / "checkpoint.safetensors")
-        robust = load_state(Path(cfgs[name].out) / "eval" / "robust_flags.safetensors")["robust"]
+        pruned, _, aa = _attack(args, cfgs[name], x, y)
         clean = thin_ice(dense, pruned, x, y, distances=d).to_json()
-        rob = thin_ice(dense, pruned, x, y, distances=d, correct_dense=robust_dense, correct_pruned=robust).to_json()
+        rob = thin_ice(dense, pruned, x, y, distances=d, correct_dense=dense_aa.robust_flags,
+                       correct_pruned=aa.robust_flags).to_json()
         result[name] = {"clean": clean, "robust": rob}
     return result
 
