@@ -7,6 +7,9 @@
 # each model's row.json) and OUT/mnist_models.tar.gz (the checkpoints this run wrote); the large
 # AutoAttack states stay on that machine (the device tool returns at most 16 MiB a file).
 # The package must be installed there first (benchmarks/gpu_suite.sh's build step, or pip install -e .).
+# The device tool sends at most 64 MiB of working tree: when the committed evaluation states make it larger,
+# move benchmarks/results/mnist_repro/eval_cache out of the tree for the call (the GPU recomputes what it
+# lacks in minutes) and back afterwards.
 #   bash benchmarks/gpu_mnist.sh [OUT]        (OUT: $OUT, else gpu_mnist/)
 set -uo pipefail
 cd "$(dirname "$0")/.."
