@@ -11,13 +11,12 @@ from anp_kernels import models, profile
 from anp_kernels.checkpoint import load_model
 from anp_kernels.evaluate import (autoattack, check_perturbations, pgd_examples, predictions, thin_ice,
                                   vulnerability)
-from anp_kernels.evaluate.study import attack_form, distance_consistency, tight_distances
+from anp_kernels.evaluate.study import CHUNK, attack_form, distance_consistency, tight_distances
 from anp_kernels.evaluate.resumable import model_fingerprint
 from anp_kernels.nn import sparsity
 from _harness import stamp, write_results
 
 EPS, PAPER_STEP = 0.3, 0.01
-CHUNK = 250  # AutoAttack images per saved chunk: an interrupted evaluation loses at most this much
 ORDER = ("AT", "ANP (from AT)", "ANP-VS (from AT)", "ANP", "ANP-VS")
 
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _harness import stamp, write_results  # noqa: E402
 from anp_kernels.checkpoint import load_model  # noqa: E402
 from anp_kernels.evaluate.report import held_out_split  # noqa: E402
-from anp_kernels.evaluate.study import study  # noqa: E402
+from anp_kernels.evaluate.study import CHUNK, study  # noqa: E402
 from anp_kernels.prune.run import PruneConfig, ensure_pruned  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -90,7 +90,7 @@ def stage_progress(args, names: list[str]) -> None:
 
     x, y = held_out_split(f"mnist:{args.mnist}", args.n, load_model(args.dense)[0])
     entries = {"dense (AT)": Path(args.dense), **{n: checkpoint(args, n) for n in names}}
-    rows = {n: progress_row(path, None, x, y, EPS, CACHE, 250, args.plus_n)
+    rows = {n: progress_row(path, None, x, y, EPS, CACHE, CHUNK, args.plus_n)
             for n, path in entries.items()}
     write_progress("mnist_thin_ice_study", rows, "benchmarks/thin_ice_mnist.py")
 

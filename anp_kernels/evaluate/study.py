@@ -61,8 +61,11 @@ def attack_form(model: nn.Module, x: torch.Tensor, tolerance: float = 1e-4) -> t
     return form, diff
 
 
+CHUNK = 250  # AutoAttack images per saved chunk (and batch): part of the state's binding, shared by the scripts
+
+
 def attack_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, cache_dir: Path, plus_n: int,
-                progress: bool, chunk: int = 250) -> tuple[dict, object]:
+                progress: bool, chunk: int = CHUNK) -> tuple[dict, object]:
     """AutoAttack standard on x (plus on the first plus_n), states cached in cache_dir."""
     kw = dict(chunk=chunk, batch_size=chunk, cache_dir=cache_dir, progress=progress)
     aa = autoattack(model, x, y, eps, **kw)

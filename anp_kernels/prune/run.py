@@ -40,7 +40,7 @@ class PruneConfig:
     out: str = "runs/pruned"
     boundary: str | None = None  # boundary-aware weighting: "near" | "band" (None: plain CE)
     boundary_mix: float = 0.5
-    distill: float = 0.0  # distil the dense logits on the adversarial examples, boundary-weighted
+    distill: float = 0.0  # distil the dense logits on the adversarial examples (boundary-weighted with boundary)
     device: str = "auto"  # where it trains (auto: cuda when torch sees one); not part of the result
 
 
