@@ -25,6 +25,28 @@ def frozen(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def _uses_conv2d(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+@contextlib.contextmanager
+def fast_layout(model: nn.Module) -> Iterator[None]:
+    """A CPU conv network temporarily in channels_last, the layout oneDNN runs fastest (LeNet-5's
+    forward + input-gradient pass ~1.7x faster on this project's CPU: NCHW max pooling is slow there);
+    the values and the model's content hash are unchanged and its own layout comes back afterwards.
+    Evaluation wraps its attacks in it; elsewhere (CUDA, no Conv2d, already channels_last) a no-op."""
+    params = [t for t in [*model.parameters(), *model.buffers()] if t.dim() == 4]
+    if (not params or params[0].device.type != "cpu" or not _uses_conv2d(model)
+            or any(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in params)):
+        yield
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
 def _check_attack_inputs(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")

@@ -115,6 +115,30 @@ def test_autoattack_reports_checks_and_worst_case(tmp_path):
     assert json.dumps(res.to_json())
 
 
+def test_fast_layout_runs_attacks_in_channels_last_and_restores_the_model():
+    from anp_kernels.attacks import fast_layout, pgd
+    from anp_kernels.evaluate.resumable import model_fingerprint
+
+    torch.manual_seed(0)
+    model = models.lenet_digits().eval()
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    before, ref = model_fingerprint(model), pgd(model, x, y, 0.1, 0.02, 5, random_start=False)
+    with fast_layout(model):
+        assert model.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+        assert not model.conv2.weight.is_contiguous()
+        assert model_fingerprint(model) == before
+        torch.testing.assert_close(pgd(model, x, y, 0.1, 0.02, 5, random_start=False), ref, atol=1e-6, rtol=0)
+    assert model.conv2.weight.is_contiguous() and model_fingerprint(model) == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with fast_layout(model):
+            raise RuntimeError("inside")
+    assert model.conv2.weight.is_contiguous()  # restored after an error too
+    model.to(memory_format=torch.channels_last)
+    with fast_layout(model):
+        pass
+    assert not model.conv2.weight.is_contiguous()  # a channels_last model keeps its own layout
+
+
 def test_bad_evaluation_setups_are_refused():
     model, x, y = _digits_model()
     model.train()

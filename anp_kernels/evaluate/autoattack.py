@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .._extras import require
-from ..attacks import frozen
+from ..attacks import fast_layout, frozen
 from .checks import EvaluationError, check_attack_settings, check_inputs, check_perturbations, model_device
 from .resumable import binding, cached_state_path, finished_part, run_chunks
 from .robustness import pgd_examples, predictions
@@ -94,11 +94,13 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     def work(start: int, end: int) -> dict:
         xs, ys = x[start:end].to(device), y[start:end].to(device)
         attack = _fresh_autoattack(model, eps, norm, version, seed + start, device)
-        with frozen(model):
-            x_aa, _ = attack.run_standard_evaluation(xs, ys, batch_size=batch_size)
-        x_pgd = pgd_examples(model, xs, ys, eps, step, pgd_steps, batch_size=batch_size, seed=seed + start, norm=norm)
-        return {"clean": predictions(model, xs) == ys, "aa": predictions(model, x_aa) == ys,
-                "pgd": predictions(model, x_pgd) == ys, "x_aa": x_aa, "x_pgd": x_pgd}
+        with fast_layout(model):
+            with frozen(model):
+                x_aa, _ = attack.run_standard_evaluation(xs, ys, batch_size=batch_size)
+            x_pgd = pgd_examples(model, xs, ys, eps, step, pgd_steps, batch_size=batch_size, seed=seed + start,
+                                 norm=norm)
+            return {"clean": predictions(model, xs) == ys, "aa": predictions(model, x_aa) == ys,
+                    "pgd": predictions(model, x_pgd) == ys, "x_aa": x_aa.contiguous(), "x_pgd": x_pgd.contiguous()}
 
     if cache_dir is not None:
         state_path = cached_state_path(cache_dir, {**bound, "chunk": chunk}, f"autoattack-{version}")

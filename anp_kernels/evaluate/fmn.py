@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..attacks import frozen
+from ..attacks import fast_layout, frozen
 from .checks import model_device, perturbation_norms
 from .resumable import binding, cached_state_path, data_fingerprint, run_chunks
 
@@ -109,13 +109,13 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "Linf", 
             xb, yb = x[i:i + batch_size].detach().to(dev), y[i:i + batch_size].to(dev)
             with torch.no_grad():
                 wrong = model(xb).argmax(1) != yb
-            with frozen(model):
+            with frozen(model), fast_layout(model):
                 d, adv = _fmn_batch(model, xb, yb, norm, steps, alpha_init, alpha_final, gamma_init, gamma_final)
             dists.append(torch.where(wrong, torch.zeros_like(d), d))
             advs.append(torch.where(wrong.view(-1, *[1] * (x.dim() - 1)), xb, adv))
     finally:
         model.train(was)
-    return FMNResult(torch.cat(dists).cpu(), torch.cat(advs).cpu())
+    return FMNResult(torch.cat(dists).cpu(), torch.cat(advs).cpu().contiguous())
 
 
 def boundary_distance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "Linf", steps: int = 100,
