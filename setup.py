@@ -39,7 +39,7 @@ def cuda_wanted() -> bool:
 
 def extension():
     here = os.path.dirname(os.path.abspath(__file__))
-    sources = [os.path.join("csrc", "anp_cpu.cpp")]
+    sources = [os.path.join("csrc", "anp_cpu.cpp"), os.path.join("csrc", "max_pool_cpu.cpp")]
     cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math"]
     kwargs = dict(include_dirs=[os.path.join(here, "csrc")], extra_link_args=["-fopenmp"])
     if cuda_wanted():

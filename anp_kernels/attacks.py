@@ -31,20 +31,26 @@ def _uses_conv2d(model: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def fast_layout(model: nn.Module) -> Iterator[None]:
-    """A CPU conv network temporarily in channels_last, the layout oneDNN runs fastest (LeNet-5's
-    forward + input-gradient pass ~1.7x faster on this project's CPU: NCHW max pooling is slow there);
-    the values and the model's content hash are unchanged and its own layout comes back afterwards.
-    Evaluation wraps its attacks in it; elsewhere (CUDA, no Conv2d, already channels_last) a no-op."""
+    """A CPU conv network temporarily in its fastest exact form: channels_last (the layout oneDNN runs
+    fastest) and its nn.MaxPool2d(2) layers computed by our pooling kernel (`nn.MaxPool2x2`; ATen's
+    NCHW pooling costs more than LeNet-5's convolutions on this project's CPU). Values, gradients
+    and the model's content hash are unchanged; its modules and layout come back afterwards.
+    Evaluation wraps its attacks in it; elsewhere (CUDA, no Conv2d) a no-op."""
     params = [t for t in [*model.parameters(), *model.buffers()] if t.dim() == 4]
-    if (not params or params[0].device.type != "cpu" or not _uses_conv2d(model)
-            or any(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in params)):
+    if not params or params[0].device.type != "cpu" or not _uses_conv2d(model):
         yield
         return
-    model.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        model.to(memory_format=torch.contiguous_format)
+    relayout = not any(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in params)
+    from .nn.pool import fast_pooling_during
+
+    with fast_pooling_during(model):
+        if relayout:
+            model.to(memory_format=torch.channels_last)
+        try:
+            yield
+        finally:
+            if relayout:
+                model.to(memory_format=torch.contiguous_format)
 
 
 def _check_attack_inputs(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str) -> None:

@@ -5,13 +5,16 @@ VGG-16: no CIFAR-trained model exists on this machine, so its masks are set to t
 unit sparsity (76.53%, spread uniformly over layers) on untrained weights: latency and FLOPs depend
 on shapes, not on weight values. Both models have BatchNorm folded into the conv before it (dense
 and compact alike, as an inference engine would), and each row times dense and compact in one
-interleaved run in the same runtime and layout.
+interleaved run in the same runtime and layout. The "anp pooling" rows run both models with their
+nn.MaxPool2d(2) layers as `deploy.MaxPool2x2` (`deploy.fast_pooling`: the same function computed
+by our CPU kernel instead of ATen's pooling); the other rows use ATen's.
 
     python benchmarks/bench_deploy.py [--lenet CKPT] [--runs 20] [--device cpu|cuda]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 from pathlib import Path
@@ -37,11 +40,12 @@ def vgg_at_paper_sparsity(fraction: float = 0.7653) -> torch.nn.Module:
     return model
 
 
-def _settings(device: str) -> list[tuple[str, str, bool]]:
-    """(label, runtime, channels_last) rows to measure on this device."""
-    rows = [("torch NCHW", "torch", False), ("torch NHWC", "torch", True)]
+def _settings(device: str) -> list[tuple[str, str, bool, bool]]:
+    """(label, runtime, channels_last, anp pooling) rows to measure on this device."""
+    rows = [("torch NCHW", "torch", False, False), ("torch NHWC", "torch", True, False)]
     if device == "cpu":
-        rows.append(("onnxruntime", "onnxruntime", False))
+        rows += [("torch NCHW, anp pooling", "torch", False, True), ("torch NHWC, anp pooling", "torch", True, True),
+                 ("onnxruntime", "onnxruntime", False, False)]
     return rows
 
 
@@ -50,10 +54,12 @@ def measure(name: str, masked, arch: str, device: str, runs: int, folder: Path) 
     compact = deploy.compact(masked, shape1, fold_bn=True)
     dense = models.build(arch).eval()
     deploy.fold_batchnorm(dense)
+    fast = {False: (dense, compact),
+            True: (deploy.fast_pooling(copy.deepcopy(dense)), deploy.fast_pooling(copy.deepcopy(compact)))}
     rows = []
     for batch in (64, 256):
-        for label, runtime, nhwc in _settings(device):
-            cmp = profile.compare(dense, compact, (batch, *shape1[1:]), device, runs, channels_last=nhwc,
+        for label, runtime, nhwc, pooling in _settings(device):
+            cmp = profile.compare(*fast[pooling], (batch, *shape1[1:]), device, runs, channels_last=nhwc,
                                   runtime=runtime, onnx_dir=folder)
             rows.append({"model": name, "batch": batch, "runtime": label, "unit_sparsity": sparsity(masked)["total"],
                          **{k: v for k, v in cmp.items() if k not in ("dense", "compact", "runtime")},

@@ -126,9 +126,11 @@ def test_fast_layout_runs_attacks_in_channels_last_and_restores_the_model():
     with fast_layout(model):
         assert model.conv2.weight.is_contiguous(memory_format=torch.channels_last)
         assert not model.conv2.weight.is_contiguous()
+        assert type(model.pool1).__name__ == "MaxPool2x2"
         assert model_fingerprint(model) == before
         torch.testing.assert_close(pgd(model, x, y, 0.1, 0.02, 5, random_start=False), ref, atol=1e-6, rtol=0)
     assert model.conv2.weight.is_contiguous() and model_fingerprint(model) == before
+    assert type(model.pool1) is nn.MaxPool2d
     with pytest.raises(RuntimeError, match="inside"):
         with fast_layout(model):
             raise RuntimeError("inside")

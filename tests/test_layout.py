@@ -85,7 +85,7 @@ def test_no_private_torch_c_apis():
 def test_every_kernel_op_file_registers_its_own_fake_and_autograd():
     ops = PACKAGE / "ops"
     for name in ("channel_distortion", "relaxed_mask", "sample_mask", "masked_activation", "channel_scale",
-                 "channel_sparse_conv"):
+                 "channel_sparse_conv", "max_pool2x2"):
         text = (ops / f"{name}.py").read_text()
         op = "channel_sparse_conv2d" if name == "channel_sparse_conv" else name
         assert "register_autograd" in text and ("register_fake" in text), name

@@ -6,8 +6,10 @@ Runtime sessions (see deploy.export), `fold_batchnorm`.
 from .compact import Pruned, compact, compact_zeroed, fold_masks, zeroed_units
 from .export import export_onnx, onnx_logits, onnx_session
 from .fold_bn import fold_batchnorm
+from ..nn.pool import MaxPool2x2, fast_pooling
 from .layers import ConstantInputConv2d, SelectLinear
 from .serialize import FORMAT, describe, load, save
 
 __all__ = ["compact", "compact_zeroed", "zeroed_units", "fold_masks", "Pruned", "fold_batchnorm", "save", "load",
-           "describe", "FORMAT", "export_onnx", "onnx_session", "onnx_logits", "ConstantInputConv2d", "SelectLinear"]
+           "describe", "FORMAT", "export_onnx", "onnx_session", "onnx_logits", "ConstantInputConv2d", "SelectLinear",
+           "MaxPool2x2", "fast_pooling"]

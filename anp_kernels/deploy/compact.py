@@ -25,6 +25,7 @@ from torch import nn
 from .._extras import require
 from ..nn.layers import ANPConv2d, ANPLayer
 from .fold_bn import fold_batchnorm
+from ..nn.pool import fast_pooling
 from .layers import ConstantInputConv2d, SelectLinear
 
 LAYERS = (nn.Conv2d, nn.Linear)
@@ -231,15 +232,17 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def compact(model: nn.Module, input_shape: tuple, round_to: int = 8, fold_bn: bool = False) -> nn.Module:
+def compact(model: nn.Module, input_shape: tuple, round_to: int = 8, fold_bn: bool = False,
+            fast_pool: bool = False) -> nn.Module:
     """A plain model with the pruned units physically removed (see the module docstring).
 
     round_to: leave every pruned layer a multiple of this many channels (oneDNN and cuDNN run odd
     widths slowly); 1 removes every removable channel. fold_bn: fold BatchNorm into the layer
-    before it (exact in eval mode; what an inference engine would do).
+    before it (exact in eval mode; what an inference engine would do). fast_pool: nn.MaxPool2d(2)
+    layers become `MaxPool2x2` (the same function; our CPU kernel, see `fast_pooling`).
     """
     plain, pruned = fold_masks(model)
-    return _remove_pruned(plain, pruned, input_shape, round_to, fold_bn)
+    return _remove_pruned(plain, pruned, input_shape, round_to, fold_bn, fast_pool)
 
 
 def zeroed_units(model: nn.Module) -> Pruned:
@@ -257,14 +260,16 @@ def zeroed_units(model: nn.Module) -> Pruned:
     return pruned
 
 
-def compact_zeroed(model: nn.Module, input_shape: tuple, round_to: int = 8, fold_bn: bool = False) -> nn.Module:
+def compact_zeroed(model: nn.Module, input_shape: tuple, round_to: int = 8, fold_bn: bool = False,
+                   fast_pool: bool = False) -> nn.Module:
     """compact() for a plain model whose pruned units are zeroed weights (see zeroed_units): e.g. the
     structured results of `anp_kernels.prune`. Exact, like compact()."""
     plain = copy.deepcopy(model).eval()
-    return _remove_pruned(plain, zeroed_units(plain), input_shape, round_to, fold_bn)
+    return _remove_pruned(plain, zeroed_units(plain), input_shape, round_to, fold_bn, fast_pool)
 
 
-def _remove_pruned(plain: nn.Module, pruned: Pruned, input_shape: tuple, round_to: int, fold_bn: bool) -> nn.Module:
+def _remove_pruned(plain: nn.Module, pruned: Pruned, input_shape: tuple, round_to: int, fold_bn: bool,
+                   fast_pool: bool) -> nn.Module:
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to must be a positive int, got {round_to!r}")
     outputs = {m: i for m, i in pruned.outputs.items() if i}
@@ -283,4 +288,4 @@ def _remove_pruned(plain: nn.Module, pruned: Pruned, input_shape: tuple, round_t
         _select_inputs(plain, set(pruned.inputs))
     if fold_bn:
         fold_batchnorm(plain)
-    return plain
+    return fast_pooling(plain) if fast_pool else plain

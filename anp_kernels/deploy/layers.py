@@ -1,4 +1,4 @@
-"""The two layers a compact model may hold besides standard torch.nn ones."""
+"""The layers a compact model may hold besides standard torch.nn ones (and `nn.MaxPool2x2`)."""
 from __future__ import annotations
 
 import torch
@@ -97,3 +97,4 @@ class SelectLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, of {self.full_in_features} input features"
+

@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import models
 from ..checkpoint import CheckpointError, atomic_save_file, check_arch, check_tensors_fit, parse_json, read_safetensors
+from ..nn.pool import MaxPool2x2
 from .layers import ConstantInputConv2d, SelectLinear
 
 FORMAT = "anp_kernels.compact/2"
@@ -49,6 +50,8 @@ def describe_layer(m: nn.Module) -> dict | None:
                 "affine": m.affine, "track": m.track_running_stats}
     if isinstance(m, nn.Identity):
         return {"type": "Identity"}
+    if isinstance(m, MaxPool2x2):
+        return {"type": "MaxPool2x2"}
     return None
 
 
@@ -146,7 +149,7 @@ def _expected(spec: Any, where: str) -> dict[str, tuple]:
         if _flag(spec, "track", where):
             shapes.update(running_mean=(num,), running_var=(num,), num_batches_tracked=())
         return shapes
-    if kind == "Identity":
+    if kind in ("Identity", "MaxPool2x2"):
         return {}
     raise CheckpointError(f"{where}: unknown layer type {kind!r}")
 
@@ -165,6 +168,8 @@ def _build_layer(spec: dict) -> nn.Module:
     if kind in NORMS:
         return NORMS[kind](spec["num"], eps=spec["eps"], momentum=spec["momentum"], affine=spec["affine"],
                            track_running_stats=spec["track"])
+    if kind == "MaxPool2x2":
+        return MaxPool2x2()
     return nn.Identity()
 
 

@@ -7,6 +7,7 @@ from .channel_scale import broadcast_over_channels, channel_scale, channel_scale
 from .channel_sparse_conv import channel_sparse_conv2d, channel_sparse_conv2d_reference, conv_dispatch_log
 from .kumaraswamy import eval_mask, expected_keep, kl_kumaraswamy_beta
 from .masked_activation import masked_activation, masked_activation_reference
+from .max_pool2x2 import max_pool2x2, max_pool2x2_reference
 from .relaxed_mask import relaxed_mask, relaxed_mask_reference
 from .sample_mask import sample_mask, sample_mask_reference
 
@@ -18,4 +19,5 @@ __all__ = [
     "masked_activation", "masked_activation_reference", "channel_scale", "channel_scale_reference",
     "broadcast_over_channels", "expected_keep", "eval_mask", "kl_kumaraswamy_beta",
     "channel_sparse_conv2d", "channel_sparse_conv2d_reference", "conv_dispatch_log", "autotune",
+    "max_pool2x2", "max_pool2x2_reference",
 ]

@@ -1,0 +1,104 @@
+"""max_pool2x2 (C++ CPU kernel) against F.max_pool2d: values, gradients, layouts, dtypes, ties, NaN;
+MaxPool2x2 / fast_pooling in deployment (save/load, ONNX)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import anp_kernels
+from anp_kernels import _backend, deploy, models, ops
+
+SHAPES = [(2, 3, 8, 8), (1, 5, 7, 9), (3, 1, 2, 2), (2, 20, 24, 24), (4, 17, 5, 4)]
+DTYPES = [(torch.float32, 0), (torch.float16, 0), (torch.bfloat16, 0)]
+
+
+def _layout(x: torch.Tensor, nhwc: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if nhwc else x.contiguous()
+
+
+def _pair(x: torch.Tensor):
+    """(ours, ATen's) outputs and input gradients for one x."""
+    a, b = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    ya, yb = ops.max_pool2x2(a), F.max_pool2d(b, 2, 2)
+    g = torch.randn(ya.shape, dtype=torch.float32).to(x.dtype)
+    ya.backward(g)
+    yb.backward(g)
+    return ya, yb, a.grad, b.grad
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [d for d, _ in DTYPES])
+@pytest.mark.parametrize("nhwc", [False, True])
+def test_matches_aten_forward_and_backward(shape, dtype, nhwc):
+    torch.manual_seed(0)
+    x = _layout(torch.randn(shape).to(dtype), nhwc)
+    ya, yb, ga, gb = _pair(x)
+    assert torch.equal(ya, yb)  # max is exact in every dtype
+    assert torch.equal(ga, gb)
+    assert ya.is_contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+    assert ga.stride() == x.stride()
+
+
+@pytest.mark.parametrize("nhwc", [False, True])
+def test_ties_and_nan_follow_aten(nhwc):
+    """The first maximum of the row-major window gets the gradient; a NaN wins (the last one seen)."""
+    x = torch.zeros(2, 3, 6, 6)  # all ties: ReLU output that is zero everywhere
+    x[0, 0, 0, 1] = x[0, 0, 1, 0] = 5.0  # tie of two positives
+    x[1, 2, 2, 2], x[1, 2, 3, 3] = float("nan"), float("nan")
+    x[1, 1, 4, 5] = float("nan")
+    x[1, 1, 5, 4] = 9.0
+    ya, yb, ga, gb = _pair(_layout(x, nhwc))
+    assert torch.equal(ya.isnan(), yb.isnan()) and torch.equal(ya.nan_to_num(), yb.nan_to_num())
+    assert torch.equal(ga.nan_to_num(), gb.nan_to_num())
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        ops.max_pool2x2(torch.randn(3, 4, 4))
+    with pytest.raises(ValueError, match="H, W >= 2"):
+        ops.max_pool2x2(torch.randn(1, 2, 1, 5))
+    with pytest.raises(TypeError, match="float"):
+        ops.max_pool2x2(torch.ones(1, 1, 4, 4, dtype=torch.int32))
+
+
+def test_reference_backend_and_float64_run_aten():
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ops.max_pool2x2, (x,))
+    with anp_kernels.use_backend("reference"):
+        y = ops.max_pool2x2(x.detach().float())
+    assert torch.equal(y, F.max_pool2d(x.detach().float(), 2))
+
+
+def test_opcheck():
+    k = _backend.kernels("cpu")
+    for nhwc in (False, True):
+        x = _layout(torch.randn(2, 4, 6, 7), nhwc).requires_grad_()
+        torch.library.opcheck(k.max_pool2x2, (x,))
+        torch.library.opcheck(k.max_pool2x2_backward, (torch.randn(2, 4, 3, 3), x.detach()))
+
+
+def test_fast_pooling_swaps_only_plain_2x2_pools():
+    model = nn.Sequential(nn.MaxPool2d(2), nn.MaxPool2d(3), nn.MaxPool2d(2, ceil_mode=True),
+                          nn.Sequential(nn.MaxPool2d((2, 2), stride=2)), nn.MaxPool2d(2, padding=1))
+    deploy.fast_pooling(model)
+    kinds = [type(m).__name__ for m in (model[0], model[1], model[2], model[3][0], model[4])]
+    assert kinds == ["MaxPool2x2", "MaxPool2d", "MaxPool2d", "MaxPool2x2", "MaxPool2d"]
+
+
+def test_fast_pooled_compact_model_saves_loads_and_exports(tmp_path):
+    torch.manual_seed(0)
+    dense = models.lenet5_caffe().eval()
+    fast = deploy.compact(dense, (1, 1, 28, 28), fast_pool=True)
+    assert sum(isinstance(m, anp_kernels.nn.MaxPool2x2) for m in fast.modules()) == 2
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(fast(x), dense(x))
+    deploy.save(fast, tmp_path / "m")
+    loaded = deploy.load(tmp_path / "m", model=models.lenet5_caffe())
+    assert sum(isinstance(m, anp_kernels.nn.MaxPool2x2) for m in loaded.modules()) == 2
+    with torch.no_grad():
+        assert torch.equal(loaded(x), fast(x))
+    pytest.importorskip("onnxruntime")
+    session = deploy.onnx_session(deploy.export_onnx(fast, tmp_path / "m.onnx", (1, 1, 28, 28)))
+    with torch.no_grad():
+        assert (deploy.onnx_logits(session, x) - fast(x)).abs().max() <= 1e-4
