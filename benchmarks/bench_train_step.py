@@ -9,11 +9,20 @@
             passes with independent masks (one for the mask objective, a clean and an adversarial one
             for the weights' objective with VS), two optimisers: three train-mode forwards
 
+The anp-vs row has nothing pruned yet (the first step of a run), its most expensive point: pruned
+units leave the layers' compute (channel-sparse convs, kept linear inputs). `--trajectory RUN` also
+times the ANP-VS step at the per-layer unit sparsity each epoch of a finished run starts from (its
+metrics.jsonl; units pruned by count, weights as at init: the cost depends on the shapes only) and
+reports the run's mean step cost against AT: what a whole training run pays (an upper bound, since
+sparsity grows within an epoch).
+
     python benchmarks/bench_train_step.py [--batch 64] [--rounds 15] [--device cpu|cuda]
+        [--trajectory benchmarks/results/mnist_repro/anpvs_ft]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -25,6 +34,7 @@ import anp_kernels  # noqa: E402
 from anp_kernels import models  # noqa: E402
 from anp_kernels.attacks import pgd  # noqa: E402
 from anp_kernels.nn import convert, mask_parameters, masks, parameter_groups, weight_parameters  # noqa: E402
+from anp_kernels.nn.mask import INIT_B_UC  # noqa: E402
 from _harness import interleaved_medians, stamp, write_results  # noqa: E402
 
 EPS, STEP, STEPS, BETA, LAM, N = 0.3, 0.03, 10, 4.0, 1e-3, 60000
@@ -35,6 +45,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--trajectory", default=None, help="a finished run folder (its metrics.jsonl)")
     args = p.parse_args()
     torch.manual_seed(0)
     dev = args.device
@@ -91,14 +102,73 @@ def main() -> None:
             loss_w.backward()
             opt_w.step()
 
-    t = interleaved_medians({"at": at_step, "anp-vs": anp_step, "anp-vs-joint": joint_step,
-                             "original": original_step}, dev,
-                            rounds=args.rounds, warmup=2)
+    steps = {"at": at_step, "anp-vs": anp_step, "anp-vs-joint": joint_step, "original": original_step}
+    epochs = _trajectory(args.trajectory) if args.trajectory else []
+    for config in sorted({_key(e) for e in epochs if _name(_key(e)) not in steps}):
+        steps[_name(config)] = _sparse_step(dense, config, training_step, dev)
+    t = interleaved_medians(steps, dev, rounds=args.rounds, warmup=2)
     lines = [f"Device: {stamp(dev)}; LeNet-5, batch {args.batch}, PGD-{STEPS}", "",
              "| step | ms | vs AT | vs original-code step |", "|---|---:|---:|---:|"]
     for name in ("at", "anp-vs", "anp-vs-joint", "original"):
         lines.append(f"| {name} | {t[name] * 1e3:.1f} | {t[name] / t['at']:.2f}x | {t[name] / t['original']:.2f}x |")
-    write_results(f"train_step_{dev}", {"device": stamp(dev), "seconds": t}, "\n".join(lines))
+    data = {"device": stamp(dev), "seconds": {k: t[k] for k in ("at", "anp-vs", "anp-vs-joint", "original")}}
+    if epochs:
+        data["trajectory"] = _trajectory_rows(epochs, t)
+        lines += _trajectory_table(args.trajectory, data["trajectory"], t["at"])
+    write_results(f"train_step_{dev}", data, "\n".join(lines))
+
+
+def _trajectory(run: str) -> list[dict]:
+    """Per epoch of a finished run: {layer: unit sparsity} and the overall sparsity."""
+    rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if not rows or any("layer_sparsity" not in r for r in rows):
+        raise SystemExit(f"{run}/metrics.jsonl has no per-layer sparsity to follow")
+    start = {"sparsity": 0.0, "layer_sparsity": {k: 0.0 for k in rows[0]["layer_sparsity"]}}
+    # each epoch's steps are timed at the sparsity it starts from (the previous epoch's end): an upper bound
+    return [{"epoch": r["epoch"], "sparsity": prev["sparsity"], "layers": prev["layer_sparsity"]}
+            for prev, r in zip([start, *rows], rows)]
+
+
+def _key(epoch: dict) -> tuple:
+    return tuple(sorted((k, round(v, 6)) for k, v in epoch["layers"].items()))
+
+
+def _name(layers: tuple) -> str:
+    if not any(v for _, v in layers):
+        return "anp-vs"  # nothing pruned: the anp-vs row itself
+    return "anp-vs@" + ",".join(f"{k}={v:.3f}" for k, v in layers)
+
+
+def _sparse_step(dense, layers: tuple, training_step, dev):
+    """The ANP-VS step of a network whose masked layers have the given unit sparsity: the first
+    round(s * units) units of each layer pruned (a_uc at its floor, E[pi] below the threshold)."""
+    model = convert(models.lenet5_caffe().to(dev))
+    model.load_state_dict(dense.state_dict(), strict=False)
+    found = masks(model)
+    with torch.no_grad():
+        for name, sparsity in layers:
+            mask = found[name]
+            mask.a_uc[: round(sparsity * mask.num_features)] = -10.0
+            mask.b_uc.fill_(INIT_B_UC)
+        for name, sparsity in layers:
+            if found[name].num_features - found[name].num_active() != round(sparsity * found[name].num_features):
+                raise SystemExit(f"could not set {name} to {sparsity:.3f} unit sparsity")
+    return training_step(model, anp_kernels.ANPVSLoss(model, beta=BETA, lam=LAM, num_train=N),
+                         torch.optim.Adam(parameter_groups(model, 1e-3)))
+
+
+def _trajectory_rows(epochs: list[dict], t: dict) -> list[dict]:
+    return [{"epoch": e["epoch"], "sparsity": e["sparsity"], "seconds": t[_name(_key(e))],
+             "vs_at": t[_name(_key(e))] / t["at"]} for e in epochs]
+
+
+def _trajectory_table(run: str, rows: list[dict], at: float) -> list[str]:
+    mean = sum(r["seconds"] for r in rows) / len(rows)
+    lines = ["", f"The ANP-VS step at the unit sparsity of each epoch of `{run}`:", "",
+             "| epoch | unit sparsity | ms | vs AT |", "|---:|---:|---:|---:|"]
+    lines += [f"| {r['epoch']} | {r['sparsity']:.2%} | {r['seconds'] * 1e3:.1f} | {r['vs_at']:.2f}x |" for r in rows]
+    lines += ["", f"Mean over the run's {len(rows)} epochs: {mean * 1e3:.1f} ms per step, {mean / at:.2f}x AT's."]
+    return lines
 
 
 if __name__ == "__main__":

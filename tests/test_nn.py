@@ -48,26 +48,34 @@ def test_mask_rejects_bad_settings():
 
 
 @pytest.mark.parametrize("training", [False, True])
-def test_anp_conv_matches_conv_then_mask(training):
+@pytest.mark.parametrize("pruned", [[1, 5], [1, 4, 5, 6, 7], [3]])  # 6/8 and 3/8 kept: sparse conv; 7/8: dense
+def test_anp_conv_matches_conv_then_mask(training, pruned, monkeypatch):
+    from anp_kernels.nn import layers
+
+    calls = []
+    sparse_conv = ops.channel_sparse_conv2d
+    monkeypatch.setattr(layers.ops, "channel_sparse_conv2d", lambda *a, **k: calls.append(1) or sparse_conv(*a, **k))
     conv = nn.Conv2d(3, 8, 3, padding=1, bias=True)
     layer = ANPConv2d(conv)
     with torch.no_grad():
-        layer.mask.a_uc[[1, 5]] = -9.0  # pruned: the sparse conv path, in training too
+        layer.mask.a_uc[pruned] = -9.0  # pruned, in training too
     layer.train(training)
     x = torch.randn(2, 3, 6, 6)
     layer.mask.generator = torch.Generator().manual_seed(3)
     out = layer(x)
+    assert bool(calls) == (8 - len(pruned) <= layers.SPARSE_CONV_KEPT * 8)
     if training:
         layer.mask.generator = torch.Generator().manual_seed(3)
         z = layer.mask.sample(2)
-        z[:, [1, 5]] = 0
+        z[:, pruned] = 0
         expected = conv(x) * z[:, :, None, None]
     else:
         expected = conv(x) * layer.mask.eval_scale().view(1, -1, 1, 1)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    assert (out[:, [1, 5]] == 0).all()
+    assert (out[:, pruned] == 0).all()
     out.sum().backward()
     assert conv.weight.grad is not None and layer.mask.a_uc.grad is not None
+    assert (layer.mask.a_uc.grad[pruned] == 0).all() and (conv.weight.grad[pruned] == 0).all()
 
 
 @pytest.mark.parametrize("shape,frozen", [((2, 3, 8, 8), False), ((2, 3, 8, 8), True), ((1, 3, 2, 2), False)])
