@@ -26,6 +26,7 @@ from .checkpoint import load_model
 from .evaluate import autoattack, fmn, pgd_examples, security_curve, thin_ice, vulnerability, vulnerability_histogram
 from .evaluate.curves import plot_curves
 from .evaluate.robustness import predictions
+from .evaluate.study import attack_form
 from .nn import sparsity
 from .train import TrainConfig, ensure_trained, save_epoch, setup, train_epoch
 
@@ -205,10 +206,11 @@ def run_demo(quick: bool = False, out: str = "anp_demo", data: str = "digits") -
     dense, _ = load_model(out_dir / "runs" / "at" / "checkpoint.safetensors")
     pruned, _ = load_model(out_dir / "runs" / "anp-vs" / "checkpoint.safetensors")
     x, y = (ds.x_test, ds.y_test) if s.eval_n is None else (ds.x_test[: s.eval_n], ds.y_test[: s.eval_n])
-    compact = deploy.compact(pruned, shape)  # attacked as its compact form: the same function (checked below)
+    compact = deploy.compact(pruned, shape)
     _say(2, f"evaluating both on {len(x)} test images: AutoAttack (standard) + PGD cross-check, FMN "
             f"({s.fmn_steps} steps), vulnerability, thin ice")
-    figures, ice = evaluate_models(s, dense, pruned, compact, x, y, out_dir)
+    # attacked with BatchNorm folded, ANP-VS as its compact form: the same functions (checked on x)
+    figures, ice = evaluate_models(s, attack_form(dense, x)[0], pruned, attack_form(pruned, x)[0], x, y, out_dir)
     _say(3, "exporting the compact ANP-VS model; benchmarking dense vs compact")
     figures["deploy"] = deploy_model(pruned, compact, x, shape, ds, s, quick, out_dir)
     if figures["deploy"]["max_abs_logit_difference"] > 1e-4 or not figures["deploy"]["same_predictions"]:
@@ -257,7 +259,8 @@ def report(f: dict, thin_ice_md: str) -> str:
                      f"{r['fmn_robust_acc_at_eps']:.4f} | {r['vulnerability']:.4f} | {r['unit_sparsity']:.2%} |")
     lines += ["", "Worst case = robust against both AutoAttack and PGD-40, per sample. Checks passed on every "
                   "evaluation: eval mode, deterministic logits, inputs in [0, 1], logits not probabilities, "
-                  "perturbations within eps. ANP-VS is attacked as its compact model (the same function: "
+                  "perturbations within eps. Both are attacked with BatchNorm folded into the conv before it, "
+                  "ANP-VS as its compact model (the same functions: "
                   f"max |logit difference| {dep['max_abs_logit_difference']:.1e}, identical predictions); its "
                   "vulnerability is measured on the masked layers, so pruned features count as zero.", "",
               "![security curves](security_curve.png)", "",

@@ -8,8 +8,9 @@ and by robust correctness with AUC and Mann-Whitney U, and its margin-vs-distanc
 security curves in one plot. Resumable and reusable: AutoAttack and distance states live in
 cache_dir (default: the output folder) under the hash of what they depend on, so a rerun, or another
 script that evaluated the same model on the same data with the same settings, skips the work.
-Masked (ANP) models are attacked as their compact form when the deploy extra is installed: the same
-function (checked on the data), fewer FLOPs per attack step.
+Masked (ANP) models are attacked as their compact form when the deploy extra is installed, and
+BatchNorm is folded into the layer before it (`attack_form`): the same function (checked on the
+data), fewer operations per attack step.
 """
 from __future__ import annotations
 
@@ -40,24 +41,35 @@ def model_sparsity(model: nn.Module) -> dict:
     return {"sparsity": units if units > 0 else weight_sparsity(model), "structured": units > 0}
 
 
-def attack_form(model: nn.Module, x: torch.Tensor, tolerance: float = 1e-4) -> tuple[nn.Module, float]:
-    """The network to attack and the max |logit difference| from `model` on x: a masked model's
-    compact form (the same function, fewer FLOPs; refused unless it has model's predictions on x and
-    logits within tolerance), any other model (or without the deploy extra) the model itself."""
-    if not masks(model) or importlib.util.find_spec("torch_pruning") is None:
-        return model, 0.0
-    from ..deploy import compact
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
-    dev = model_device(model)
-    form = compact(copy.deepcopy(model).cpu().eval(), (1, *x.shape[1:])).to(dev)  # compacted on the CPU
-    was = model.training
+
+def attack_form(model: nn.Module, x: torch.Tensor, tolerance: float = 1e-4) -> tuple[nn.Module, float]:
+    """The network to attack and the max |logit difference| from `model` on x: the same function with
+    fewer operations per attack step, built on a CPU copy and refused unless it has model's predictions
+    on x and logits within tolerance. A masked model: its compact form (with the deploy extra), BatchNorm
+    folded; a model with BatchNorm: BatchNorm folded into the layer before it (~20% less time per
+    attack step for vgg_digits_wide here); any other model: the model itself."""
+    masked = bool(masks(model))
+    if (masked and importlib.util.find_spec("torch_pruning") is None) or (not masked and not _has_batchnorm(model)):
+        return model, 0.0
+    from ..deploy import compact, fold_batchnorm
+
+    dev, was = model_device(model), model.training
+    form = copy.deepcopy(model).cpu().eval()
+    if masked:
+        form = compact(form, (1, *x.shape[1:]), fold_bn=True)
+    else:
+        fold_batchnorm(form)
+    form = form.to(dev)
     model.eval()
     with torch.no_grad():
         diff = max(float((model(x[i:i + 500].to(dev)) - form(x[i:i + 500].to(dev))).abs().max())
                    for i in range(0, len(x), 500))
     model.train(was)
     if diff > tolerance or not torch.equal(predictions(model, x), predictions(form, x)):
-        raise RuntimeError(f"compact model differs from the masked one (max |logit diff| {diff:.3g})")
+        raise RuntimeError(f"the attacked form differs from the model (max |logit diff| {diff:.3g})")
     return form, diff
 
 
