@@ -89,7 +89,8 @@ def test_cached_boundary_distance_matches_and_is_bound_to_the_model(tmp_path):
     y = dense(x).argmax(1)
     direct = boundary_distance(dense, x, y, steps=10)
     cached = cached_boundary_distance(dense, x, y, tmp_path, steps=10, chunk=4, progress=False)
-    assert torch.allclose(cached.distances, direct.distances)
+    # equal up to float rounding: attacks run channels-last, whose oneDNN kernels round differently per batch size
+    torch.testing.assert_close(cached.distances, direct.distances, rtol=1e-4, atol=1e-6)
     assert len(list(tmp_path.iterdir())) == 1
     cached_boundary_distance(dense, x, y, tmp_path, steps=10, chunk=4, progress=False)
     assert len(list(tmp_path.iterdir())) == 1  # reused
