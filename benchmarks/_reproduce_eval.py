@@ -17,7 +17,7 @@ from anp_kernels.nn import sparsity
 from _harness import stamp, write_results
 
 EPS, PAPER_STEP = 0.3, 0.01
-ORDER = ("AT", "ANP (from AT)", "ANP-VS (from AT)", "ANP", "ANP-VS")
+ORDER = ("AT", "ANP (from AT)", "ANP-VS (from AT)", "ANP", "ANP-VS", "ANP-VS (paper's KL weight)")
 
 
 def cache_dir(args) -> Path:
@@ -123,7 +123,7 @@ def _thin_ice(args, cfgs: dict, x, y) -> dict:
     d = tight_distances(dense, x, dense_aa.x_adv, steps=100, cache_dir=cache_dir(args), progress=not args.quiet)
     result = {"distances": {**distance_consistency(d, predictions(dense, x) == y, dense_aa.robust_flags, EPS),
                             "autoattack_robust_acc": float(dense_aa.robust_flags.float().mean())}}
-    for name in ("ANP", "ANP-VS", "ANP (from AT)", "ANP-VS (from AT)"):
+    for name in (n for n in ORDER if n != "AT"):
         pruned, _, aa = _attack(args, cfgs[name], x, y)
         clean = thin_ice(dense, pruned, x, y, distances=d).to_json()
         rob = thin_ice(dense, pruned, x, y, distances=d, correct_dense=dense_aa.robust_flags,
@@ -154,7 +154,7 @@ def stage_report(args, cfgs: dict) -> None:
 
     x, y = _held_out(args)
     rows = {}
-    for name in ("AT", "ANP", "ANP-VS", "ANP (from AT)", "ANP-VS (from AT)"):
+    for name in ORDER:
         rows[name] = json.loads((Path(cfgs[name].out) / "eval" / "row.json").read_text())
         rows[name].pop("model_fingerprint", None)
     ice = _thin_ice(args, cfgs, x, y)

@@ -14,7 +14,9 @@ every model, because we train ~75x fewer steps than the original's 200 epochs of
     94% of the units in two epochs and takes the accuracy with it.
 
   1. clean warm start (2 epochs);
-  2. AT, ANP and ANP-VS from it, --epochs each;
+  2. AT, ANP and ANP-VS from it, --epochs each; and ANP-VS with beta 4 x 8,000 / 60,000: the KL enters
+     as beta * KL / N, so with N = 8,000 beta 4 weighs the prior 7.5x the paper's per example; this row
+     gives it the paper's weight;
   3. ANP and ANP-VS fine-tuned from the AT network, --ft-epochs each (thin ice before/after pruning);
   4. every model on all 2,000 held-out images: clean, PGD-40 (step 0.01, the paper's), AutoAttack
      standard (and plus on the first --plus-n), vulnerability on the PGD-40 examples, unit sparsity,
@@ -47,26 +49,29 @@ EPS, TRAIN_STEP, PGD_STEPS = 0.3, 0.03, 20
 PAPER = {"AT": {"clean_acc": 0.9914, "pgd_acc": 0.8803, "vulnerability": 0.045},
          "ANP-VS": {"clean_acc": 0.9905, "pgd_acc": 0.9131, "vulnerability": 0.017, "memory_pct": 6.81,
                     "flops_reduction": 10.57, "unit_sparsity": 0.8416}}
-# name -> (method, warm start from, epochs argument)
+PAPER_TRAIN = 60000  # the paper's training images: its beta 4 divided by this N
+BETA = 4.0
+# name -> (method, warm start from, epochs argument, beta)
 # (trained in this order: the networks the thin-ice study prunes from AT first)
-MODELS = {"AT": ("at", "clean", "epochs"), "ANP-VS (from AT)": ("anp-vs", "AT", "ft_epochs"),
-          "ANP (from AT)": ("anp", "AT", "ft_epochs"), "ANP-VS": ("anp-vs", "clean", "epochs"),
-          "ANP": ("anp", "clean", "epochs")}
+MODELS = {"AT": ("at", "clean", "epochs", BETA), "ANP-VS (from AT)": ("anp-vs", "AT", "ft_epochs", BETA),
+          "ANP (from AT)": ("anp", "AT", "ft_epochs", BETA), "ANP-VS": ("anp-vs", "clean", "epochs", BETA),
+          "ANP": ("anp", "clean", "epochs", BETA),
+          "ANP-VS (paper's KL weight)": ("anp-vs", "clean", "epochs", BETA * 8000 / PAPER_TRAIN)}
 
 
 def folder(name: str) -> str:
-    return name.lower().replace(" (from at)", "_ft").replace("-", "")
+    return name.lower().replace(" (from at)", "_ft").replace(" (paper's kl weight)", "_paperkl").replace("-", "")
 
 
 def configs(args) -> dict[str, TrainConfig]:
     runs = Path(args.runs)
     common = dict(model="lenet5_caffe", data=f"mnist:{args.mnist}", batch_size=64, lr=1e-3, eps=EPS,
-                  step_size=TRAIN_STEP, steps=PGD_STEPS, beta=4.0, lam=1e-3, mask_lr_factor=args.mask_lr_factor,
+                  step_size=TRAIN_STEP, steps=PGD_STEPS, lam=1e-3, mask_lr_factor=args.mask_lr_factor,
                   init_a=args.init_a, seed=0)
-    cfgs = {"clean": TrainConfig(method="standard", epochs=2, out=str(runs / "clean"), **common)}
-    for name, (method, init, epochs) in MODELS.items():
+    cfgs = {"clean": TrainConfig(method="standard", epochs=2, out=str(runs / "clean"), beta=BETA, **common)}
+    for name, (method, init, epochs, beta) in MODELS.items():
         cfgs[name] = TrainConfig(method=method, epochs=getattr(args, epochs), out=str(runs / folder(name)),
-                                 init=str(Path(cfgs[init].out) / "checkpoint.safetensors"), **common)
+                                 init=str(Path(cfgs[init].out) / "checkpoint.safetensors"), beta=beta, **common)
     return cfgs
 
 
@@ -89,8 +94,8 @@ def main() -> None:
     p.add_argument("--init-a", type=float, default=2.0)
     p.add_argument("--plus-n", type=int, default=500)
     p.add_argument("--n", type=int, default=2000, help="held-out images to evaluate (all 2,000 by default)")
-    p.add_argument("--models", default="", help="eval only these (comma-separated run folders: at, anpvs_ft, "
-                   "anp_ft, anpvs, anp); default all")
+    p.add_argument("--models", default="", help="eval (or train) only these (comma-separated run folders: at, "
+                   "anpvs_ft, anp_ft, anpvs, anp, anpvs_paperkl); default all")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu", help="eval: where the attacks run (cpu | cuda); the states are "
                    "shared whatever the device")
