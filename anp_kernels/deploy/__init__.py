@@ -3,10 +3,10 @@
 `compact` (see deploy.compact), `save` / `load` (see deploy.serialize), `export_onnx` and ONNX
 Runtime sessions (see deploy.export), `fold_batchnorm`.
 """
+from ..nn.pool import MaxPool2x2, fast_pooling
 from .compact import Pruned, compact, compact_zeroed, fold_masks, zeroed_units
 from .export import export_onnx, onnx_logits, onnx_session
 from .fold_bn import fold_batchnorm
-from ..nn.pool import MaxPool2x2, fast_pooling
 from .layers import ConstantInputConv2d, SelectLinear
 from .serialize import FORMAT, describe, load, save
 

@@ -24,8 +24,8 @@ from torch import nn
 
 from .._extras import require
 from ..nn.layers import ANPConv2d, ANPLayer
-from .fold_bn import fold_batchnorm
 from ..nn.pool import fast_pooling
+from .fold_bn import fold_batchnorm
 from .layers import ConstantInputConv2d, SelectLinear
 
 LAYERS = (nn.Conv2d, nn.Linear)

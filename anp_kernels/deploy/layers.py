@@ -97,4 +97,3 @@ class SelectLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, of {self.full_in_features} input features"
-
