@@ -85,7 +85,6 @@ class ANPConv2d(ANPLayer):
         return ops.channel_sparse_conv2d(x, conv.weight, conv.bias, out_keep=kept, scale=scale.to(x.dtype),
                                          stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
 
-
     def _sample_zeroing_pruned(self, batch: int) -> torch.Tensor:
         """The training mask sample [B, C] with the pruned channels at exactly 0 (as the sparse conv has them)."""
         keep = torch.zeros(self.mask.num_features, device=self.weight.device)
