@@ -129,3 +129,44 @@ def test_anp_prune_writes_a_checkpoint_the_other_commands_read(tmp_path, capsys)
     assert prune.unit_sparsity(model) == pytest.approx(0.5, abs=0.02)
     assert main(cmd) == 2  # an existing result is not replaced without --overwrite
     assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method,stop_after", [("hydra", 1), ("hydra", 3), ("magnitude", 1)])
+def test_an_interrupted_pruning_run_continues_to_the_uninterrupted_result(tmp_path, monkeypatch, method, stop_after):
+    """Killed after `stop_after` saved epochs (HYDRA: 2 score + 2 fine-tuning epochs), the rerun continues
+    from the saved state and ends with exactly the weights of a run that was never interrupted."""
+    import importlib
+
+    from anp_kernels.checkpoint import load_state
+    from anp_kernels.cli import main
+    from anp_kernels.prune.run import PruneConfig, prune_checkpoint
+
+    finetune = importlib.import_module("anp_kernels.prune.finetune")  # the module (prune.finetune is a function)
+
+    dense = tmp_path / "dense"
+    assert main(["train", "--model", "lenet_digits", "--data", "digits", "--method", "standard", "--epochs", "1",
+                 "--subset", "256", "--out", str(dense), "--quiet"]) == 0
+    settings = dict(dense=str(dense / "checkpoint.safetensors"), method=method, sparsity=0.5, structured=True,
+                    data="digits", eps=0.1, step_size=0.05, steps=2, epochs=2, score_epochs=2)
+    prune_checkpoint(PruneConfig(out=str(tmp_path / "whole"), **settings), progress=False)
+    real, saved = finetune.save_state, []
+
+    def dies_after(path, state):
+        real(path, state)
+        saved.append(path)
+        if len(saved) == stop_after:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(finetune, "save_state", dies_after)
+    cfg = PruneConfig(out=str(tmp_path / "resumed"), **settings)
+    with pytest.raises(KeyboardInterrupt):
+        prune_checkpoint(cfg, progress=False)
+    assert not (tmp_path / "resumed" / "checkpoint.safetensors").exists()
+    rerun = []
+    monkeypatch.setattr(finetune, "save_state", lambda path, state: rerun.append(path) or real(path, state))
+    prune_checkpoint(cfg, progress=False)
+    assert len(rerun) == (4 if method == "hydra" else 2) - stop_after  # only the epochs not saved before
+    whole = load_state(tmp_path / "whole" / "checkpoint.safetensors")["model"]
+    resumed = load_state(tmp_path / "resumed" / "checkpoint.safetensors")["model"]
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert not list((tmp_path / "resumed").glob("*_state.safetensors"))  # removed once the run finished

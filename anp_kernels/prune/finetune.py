@@ -3,7 +3,9 @@ HYDRA's score search and the fine-tuning of kept weights. An `AdversarialObjecti
 samples and distil a teacher's logits (boundary-aware pruning); the default is plain mean CE."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -12,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..attacks import pgd
+from ..checkpoint import load_state, save_state
 
 
 @dataclass
@@ -44,12 +47,32 @@ class AdversarialObjective:
         return loss.mean()
 
 
+def _resume(state_path: Path | None, binding: dict, model: nn.Module, opt, sched, g: torch.Generator) -> list:
+    """The losses of the epochs a state file of this binding finished (model, optimiser, scheduler and
+    RNG states restored from it); [] when there is none, or it belongs to other settings (then removed)."""
+    if state_path is None or not state_path.exists():
+        return []
+    state = load_state(state_path)
+    if state.get("binding") != json.dumps(binding, sort_keys=True, default=str):
+        state_path.unlink()  # partial work of other settings: start over
+        return []
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    g.set_state(state["rng"]["order"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return list(state["losses"])
+
+
 def adversarial_epochs(model: nn.Module, params: Iterable[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                        eps: float, step_size: float, steps: int, epochs: int, lr: float,
                        batch_size: int = 64, seed: int = 0, progress: bool = True,
-                       objective: AdversarialObjective | None = None) -> list[float]:
+                       objective: AdversarialObjective | None = None, state_path: str | Path | None = None,
+                       binding: dict | None = None) -> list[float]:
     """SGD (momentum 0.9, cosine lr) on CE(model(PGD(x))) (or `objective`) over `params` only; the
-    mean loss per epoch."""
+    mean loss per epoch. state_path: after every epoch the model, optimiser, scheduler and RNG states
+    are saved there (atomically) with `binding` (the settings they belong to); a later call with the
+    same binding continues after the last saved epoch and ends where an uninterrupted run ends."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters given")
@@ -63,8 +86,10 @@ def adversarial_epochs(model: nn.Module, params: Iterable[torch.Tensor], x: torc
     total = epochs * -(-len(x) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     g = torch.Generator().manual_seed(seed)
-    losses = []
-    for epoch in range(epochs):
+    state_path = Path(state_path) if state_path is not None else None
+    binding = {**(binding or {}), "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "n": len(x)}
+    losses = _resume(state_path, binding, model, opt, sched, g)
+    for epoch in range(len(losses), epochs):
         order = torch.randperm(len(x), generator=g)
         running, batches = 0.0, range(0, len(x), batch_size)
         for start in tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
@@ -79,5 +104,10 @@ def adversarial_epochs(model: nn.Module, params: Iterable[torch.Tensor], x: torc
             sched.step()
             running += float(loss.detach()) * len(idx)
         losses.append(running / len(x))
+        if state_path is not None:
+            save_state(state_path, {"binding": json.dumps(binding, sort_keys=True, default=str), "losses": losses,
+                                    "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(),
+                                    "rng": {"order": g.get_state(), "torch": torch.get_rng_state()}})
     model.eval()
     return losses

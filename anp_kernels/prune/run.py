@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .. import data as data_mod
-from ..checkpoint import load_model, save_state
+from ..checkpoint import load_model, remove_stale_temporaries, save_state
 from ..train import CHECKPOINT, prepare_run_folder, resolve_device
 from .finetune import adversarial_epochs
 from .boundary import boundary_objective
@@ -18,6 +18,7 @@ from .magnitude import magnitude
 from .masks import bake, unit_sparsity, weight_sparsity
 
 METHODS = ("magnitude", "hydra")
+PHASES = ("scores", "finetune")  # the per-epoch states an interrupted run continues from (OUT/<phase>_state.safetensors)
 
 
 @dataclass
@@ -72,12 +73,16 @@ def ensure_pruned(cfg: PruneConfig, progress: bool = True) -> Path:
 
 
 def prune_checkpoint(cfg: PruneConfig, overwrite: bool = False, progress: bool = True) -> dict:
-    """Prune cfg.dense, fine-tune, save OUT/checkpoint.safetensors; returns the sparsity figures."""
+    """Prune cfg.dense, fine-tune, save OUT/checkpoint.safetensors; returns the sparsity figures. Each
+    adversarial epoch leaves its state in OUT, so an interrupted run of the same settings continues
+    from its last finished epoch and ends with the uninterrupted run's weights."""
     if cfg.method not in METHODS:
         raise ValueError(f"--method must be one of {METHODS}, got {cfg.method!r}")
     if (Path(cfg.out) / CHECKPOINT).exists() and not overwrite:
         raise ValueError(f"{cfg.out} already holds {CHECKPOINT}: pass --overwrite to replace it")
     out = prepare_run_folder(cfg, resume=False, overwrite=True)
+    for phase in PHASES:
+        remove_stale_temporaries(out, f"{phase}_state.safetensors")
     model, state = load_model(cfg.dense)
     if state["arch"].get("masked"):
         raise ValueError(f"{cfg.dense} is a masked (ANP) model: prune a dense network")
@@ -92,14 +97,16 @@ def prune_checkpoint(cfg: PruneConfig, overwrite: bool = False, progress: bool =
         objective = boundary_objective(model, *args[:2], cfg.eps, Path(cfg.dense).parent / "distances",
                                        kernel=cfg.boundary, mix=cfg.boundary_mix, distill=cfg.distill,
                                        progress=progress)
+    binding = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device")}  # what the states belong to
     if cfg.method == "hydra":
         model = hydra(model, cfg.sparsity, *args, structured=cfg.structured, score_epochs=cfg.score_epochs,
                       finetune_epochs=cfg.epochs, score_lr=cfg.score_lr, finetune_lr=cfg.lr,
-                      batch_size=cfg.batch_size, seed=cfg.seed, progress=progress, objective=objective)
+                      batch_size=cfg.batch_size, seed=cfg.seed, progress=progress, objective=objective,
+                      state_dir=out, binding=binding)
     else:
         magnitude(model, cfg.sparsity, cfg.structured, cfg.scope)
         adversarial_epochs(model, model.parameters(), *args, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, progress,
-                           objective)
+                           objective, state_path=out / "finetune_state.safetensors", binding=binding)
         model = bake(model)
     model = model.cpu()
     figures = {"weight_sparsity": weight_sparsity(model), "unit_sparsity": unit_sparsity(model),
@@ -107,4 +114,6 @@ def prune_checkpoint(cfg: PruneConfig, overwrite: bool = False, progress: bool =
     arch = {k: state["arch"][k] for k in ("model", "num_classes", "in_channels")}
     save_state(out / CHECKPOINT, {"arch": {**arch, "masked": False}, "model": model.state_dict(),
                                   "epoch": cfg.epochs, "prune": {**asdict(cfg), **figures}})
+    for phase in PHASES:  # the per-epoch states of the finished run
+        (out / f"{phase}_state.safetensors").unlink(missing_ok=True)
     return figures
