@@ -59,7 +59,7 @@ def _form(model: nn.Module, input_shape: tuple) -> nn.Module | None:
     pruned = zeroed_units(model) if can_compact else None
     if pruned is not None and (any(pruned.outputs.values()) or any(pruned.inputs.values())):
         return compact_zeroed(model, input_shape, fold_bn=True)
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if _has_batchnorm(model):
         fold_batchnorm(model)
         return model
     return None

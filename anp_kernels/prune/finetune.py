@@ -47,13 +47,18 @@ class AdversarialObjective:
         return loss.mean()
 
 
-def _resume(state_path: Path | None, binding: dict, model: nn.Module, opt, sched, g: torch.Generator) -> list:
+def phase_state(folder: str | Path, phase: str) -> Path:
+    """Where a pruning run keeps the per-epoch state of one phase ("scores" or "finetune")."""
+    return Path(folder) / f"{phase}_state.safetensors"
+
+
+def _resume(state_path: Path | None, binding: str, model: nn.Module, opt, sched, g: torch.Generator) -> list:
     """The losses of the epochs a state file of this binding finished (model, optimiser, scheduler and
     RNG states restored from it); [] when there is none, or it belongs to other settings (then removed)."""
     if state_path is None or not state_path.exists():
         return []
     state = load_state(state_path)
-    if state.get("binding") != json.dumps(binding, sort_keys=True, default=str):
+    if state.get("binding") != binding:
         state_path.unlink()  # partial work of other settings: start over
         return []
     model.load_state_dict(state["model"])
@@ -87,7 +92,8 @@ def adversarial_epochs(model: nn.Module, params: Iterable[torch.Tensor], x: torc
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     g = torch.Generator().manual_seed(seed)
     state_path = Path(state_path) if state_path is not None else None
-    binding = {**(binding or {}), "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "n": len(x)}
+    binding = json.dumps({**(binding or {}), "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
+                          "n": len(x)}, sort_keys=True, default=str)
     losses = _resume(state_path, binding, model, opt, sched, g)
     for epoch in range(len(losses), epochs):
         order = torch.randperm(len(x), generator=g)
@@ -105,7 +111,7 @@ def adversarial_epochs(model: nn.Module, params: Iterable[torch.Tensor], x: torc
             running += float(loss.detach()) * len(idx)
         losses.append(running / len(x))
         if state_path is not None:
-            save_state(state_path, {"binding": json.dumps(binding, sort_keys=True, default=str), "losses": losses,
+            save_state(state_path, {"binding": binding, "losses": losses,
                                     "model": model.state_dict(), "optimizer": opt.state_dict(),
                                     "scheduler": sched.state_dict(),
                                     "rng": {"order": g.get_state(), "torch": torch.get_rng_state()}})

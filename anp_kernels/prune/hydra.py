@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .finetune import AdversarialObjective, adversarial_epochs
+from .finetune import AdversarialObjective, adversarial_epochs, phase_state
 from .masks import attach, bake, check_sparsity, keep_top, prunable_layers, unit_mask_to_weight
 
 
@@ -90,4 +90,4 @@ def hydra(model: nn.Module, sparsity: float, x: torch.Tensor, y: torch.Tensor, e
 def _state(state_dir: str | Path | None, phase: str, binding: dict | None) -> tuple:
     if state_dir is None:
         return None, None
-    return Path(state_dir) / f"{phase}_state.safetensors", {**(binding or {}), "phase": phase}
+    return phase_state(state_dir, phase), {**(binding or {}), "phase": phase}

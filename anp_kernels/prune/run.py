@@ -11,14 +11,14 @@ import torch
 from .. import data as data_mod
 from ..checkpoint import load_model, remove_stale_temporaries, save_state
 from ..train import CHECKPOINT, prepare_run_folder, resolve_device
-from .finetune import adversarial_epochs
+from .finetune import adversarial_epochs, phase_state
 from .boundary import boundary_objective
 from .hydra import hydra
 from .magnitude import magnitude
 from .masks import bake, unit_sparsity, weight_sparsity
 
 METHODS = ("magnitude", "hydra")
-PHASES = ("scores", "finetune")  # the per-epoch states an interrupted run continues from (OUT/<phase>_state.safetensors)
+PHASES = ("scores", "finetune")  # the per-epoch states an interrupted run continues from (`phase_state`)
 
 
 @dataclass
@@ -82,7 +82,7 @@ def prune_checkpoint(cfg: PruneConfig, overwrite: bool = False, progress: bool =
         raise ValueError(f"{cfg.out} already holds {CHECKPOINT}: pass --overwrite to replace it")
     out = prepare_run_folder(cfg, resume=False, overwrite=True)
     for phase in PHASES:
-        remove_stale_temporaries(out, f"{phase}_state.safetensors")
+        remove_stale_temporaries(out, phase_state(out, phase).name)
     model, state = load_model(cfg.dense)
     if state["arch"].get("masked"):
         raise ValueError(f"{cfg.dense} is a masked (ANP) model: prune a dense network")
@@ -106,7 +106,7 @@ def prune_checkpoint(cfg: PruneConfig, overwrite: bool = False, progress: bool =
     else:
         magnitude(model, cfg.sparsity, cfg.structured, cfg.scope)
         adversarial_epochs(model, model.parameters(), *args, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, progress,
-                           objective, state_path=out / "finetune_state.safetensors", binding=binding)
+                           objective, state_path=phase_state(out, "finetune"), binding=binding)
         model = bake(model)
     model = model.cpu()
     figures = {"weight_sparsity": weight_sparsity(model), "unit_sparsity": unit_sparsity(model),
@@ -115,5 +115,5 @@ def prune_checkpoint(cfg: PruneConfig, overwrite: bool = False, progress: bool =
     save_state(out / CHECKPOINT, {"arch": {**arch, "masked": False}, "model": model.state_dict(),
                                   "epoch": cfg.epochs, "prune": {**asdict(cfg), **figures}})
     for phase in PHASES:  # the per-epoch states of the finished run
-        (out / f"{phase}_state.safetensors").unlink(missing_ok=True)
+        phase_state(out, phase).unlink(missing_ok=True)
     return figures
