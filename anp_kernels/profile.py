@@ -167,12 +167,14 @@ def _runners(models_: dict[str, nn.Module], x: torch.Tensor, runtime: str, folde
 
 
 def compare(dense: nn.Module, compact: nn.Module, input_shape: tuple, device: str | torch.device = "cpu",
-            runs: int = 30, channels_last: bool = False, runtime: str = "torch", onnx_dir: str | Path | None = None) -> dict:
+            runs: int = 30, channels_last: bool = False, runtime: str = "torch", onnx_dir: str | Path | None = None,
+            min_round_s: float = 0.0) -> dict:
     """The paper's columns: memory % of dense, x FLOPs, and measured speedup next to the FLOP ratio.
 
     Both latencies come from one interleaved run, both models in the same memory format (PyTorch)
     or both exported to ONNX and run by ONNX Runtime on the CPU (runtime="onnxruntime"; its logits
-    are checked against PyTorch's).
+    are checked against PyTorch's). min_round_s > 0 times each model in blocks of back-to-back calls
+    (steady state, as a served model runs) instead of one call right after the other model's.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -183,7 +185,7 @@ def compare(dense: nn.Module, compact: nn.Module, input_shape: tuple, device: st
     rc = report(compact, input_shape, device, runs=3, channels_last=channels_last)
     with torch.no_grad():
         runners, logits = _runners({"dense": dense, "compact": compact}, x, runtime, onnx_dir)
-        lat = latencies(runners, device, runs)
+        lat = latencies(runners, device, runs, min_round_s=min_round_s)
         reference = compact(x)
     rd["latency_s"], rc["latency_s"] = lat["dense"], lat["compact"]
     flop_ratio = rd["flops"] / max(rc["flops"], 1)

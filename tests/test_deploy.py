@@ -106,6 +106,23 @@ def test_profile_counts_flops_and_compares():
     assert cmp["flop_ratio"] > 1.5 and cmp["memory_percent_of_dense"] < 60
 
 
+def test_latencies_blocked_rounds_call_back_to_back():
+    import time
+
+    calls = {"a": 0, "b": 0}
+
+    def sleeper(name):
+        def fn():
+            calls[name] += 1
+            time.sleep(0.002)
+        return fn
+
+    lat = profile.latencies({"a": sleeper("a"), "b": sleeper("b")}, "cpu", runs=3, warmup=0, min_round_s=0.02)
+    assert calls["a"] >= 3 * 5 and calls["b"] >= 3 * 5  # >= 0.02 s of 2 ms calls per round
+    assert 0.002 <= lat["a"] < 0.02 and 0.002 <= lat["b"] < 0.02  # the mean per call, not the block's time
+    one = profile.latencies({"a": sleeper("a")}, "cpu", runs=3, warmup=0)
+    assert one["a"] >= 0.002
+
 def test_train_export_load_round_trip_on_mnist(tmp_path, mnist_dir, capsys):
     from anp_kernels import data
     from anp_kernels.cli import main
