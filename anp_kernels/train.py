@@ -30,7 +30,7 @@ from . import models
 from .attacks import pgd
 from .checkpoint import atomic_write_text, build_model, load_model, load_state, remove_stale_temporaries, save_state
 from .losses import MASK_OBJECTIVES, METHODS, ANPVSLoss
-from .nn import convert, parameter_groups, set_mask_generator, sparsity
+from .nn import convert, fast_pooling, parameter_groups, set_mask_generator, sparsity
 
 CHECKPOINT, METRICS = "checkpoint.safetensors", "metrics.jsonl"
 NOT_BINDING = ("out", "device")  # may differ on --resume: where the run lives and runs, not what it is
@@ -230,6 +230,8 @@ def _build_model(cfg: TrainConfig, ds, device: torch.device) -> tuple[nn.Module,
             raise ValueError(f"--init {cfg.init} is not a dense {cfg.model} for this data: {exc}") from exc
     if uses_masks:
         convert(model, **{k: v for k, v in mask_kwargs(cfg).items() if v is not None})
+    if device.type == "cpu":  # nn.MaxPool2d(2) on our kernel: the same values and gradients, ATen's is slow on CPU
+        fast_pooling(model)
     return model.to(device), arch
 
 

@@ -9,6 +9,10 @@
             passes with independent masks (one for the mask objective, a clean and an adversarial one
             for the weights' objective with VS), two optimisers: three train-mode forwards
 
+On CPU every row but "original" is also timed with the network's nn.MaxPool2d(2) layers on our
+kernel ("[anp pooling]", as `anp train` and `anp prune` run on CPU; ATen's NCHW pooling is slow
+there), each against the AT step with the same pooling.
+
 The anp-vs row has nothing pruned yet (the first step of a run), its most expensive point: pruned
 units leave the layers' compute (channel-sparse convs, kept linear inputs). `--trajectory RUN` also
 times the ANP-VS step at the per-layer unit sparsity each epoch of a finished run starts from (its
@@ -22,6 +26,7 @@ sparsity grows within an epoch).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -33,11 +38,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 import anp_kernels  # noqa: E402
 from anp_kernels import models  # noqa: E402
 from anp_kernels.attacks import pgd  # noqa: E402
-from anp_kernels.nn import convert, mask_parameters, masks, parameter_groups, weight_parameters  # noqa: E402
+from anp_kernels.nn import convert, fast_pooling, mask_parameters, masks, parameter_groups, weight_parameters  # noqa: E402
 from anp_kernels.nn.mask import INIT_B_UC  # noqa: E402
 from _harness import interleaved_medians, stamp, write_results  # noqa: E402
 
 EPS, STEP, STEPS, BETA, LAM, N = 0.3, 0.03, 10, 4.0, 1e-3, 60000
+FAST = " [anp pooling]"
 
 
 def main() -> None:
@@ -62,17 +68,22 @@ def main() -> None:
         return step
 
     dense = models.lenet5_caffe().to(dev)
-    at_step = training_step(dense, anp_kernels.ANPVSLoss(dense, adv_weight=2.0),
-                            torch.optim.Adam(parameter_groups(dense, 1e-3)))
-    masked = convert(models.lenet5_caffe().to(dev))
-    masked.load_state_dict(dense.state_dict(), strict=False)
-    anp_step = training_step(masked, anp_kernels.ANPVSLoss(masked, beta=BETA, lam=LAM, num_train=N),
-                             torch.optim.Adam(parameter_groups(masked, 1e-3)))
-    joint = convert(models.lenet5_caffe().to(dev))
-    joint.load_state_dict(dense.state_dict(), strict=False)
-    joint_step = training_step(joint, anp_kernels.ANPVSLoss(joint, beta=BETA, lam=LAM, num_train=N,
-                                                            mask_objective="joint"),
-                               torch.optim.Adam(parameter_groups(joint, 1e-3)))
+
+    def pooled(model, fast: bool):
+        return fast_pooling(model) if fast else model
+
+    steps = {}
+    for fast in (False, True) if dev == "cpu" else (False,):
+        tag = FAST if fast else ""
+        plain = pooled(copy.deepcopy(dense), fast)
+        steps["at" + tag] = training_step(plain, anp_kernels.ANPVSLoss(plain, adv_weight=2.0),
+                                          torch.optim.Adam(parameter_groups(plain, 1e-3)))
+        for name, objective in (("anp-vs", "adversarial"), ("anp-vs-joint", "joint")):
+            masked = pooled(convert(models.lenet5_caffe().to(dev)), fast)
+            masked.load_state_dict(dense.state_dict(), strict=False)
+            steps[name + tag] = training_step(masked, anp_kernels.ANPVSLoss(masked, beta=BETA, lam=LAM, num_train=N,
+                                                                            mask_objective=objective),
+                                              torch.optim.Adam(parameter_groups(masked, 1e-3)))
 
     orig = convert(models.lenet5_caffe().to(dev))
     opt_mask = torch.optim.Adam(mask_parameters(orig), 1e-2)
@@ -102,19 +113,27 @@ def main() -> None:
             loss_w.backward()
             opt_w.step()
 
-    steps = {"at": at_step, "anp-vs": anp_step, "anp-vs-joint": joint_step, "original": original_step}
+    steps["original"] = original_step
     epochs = _trajectory(args.trajectory) if args.trajectory else []
-    for config in sorted({_key(e) for e in epochs if _name(_key(e)) not in steps}):
-        steps[_name(config)] = _sparse_step(dense, config, training_step, dev)
+    tags = sorted({k[len("at"):] for k in steps if k.startswith("at")})  # "" and, on CPU, FAST
+    for tag in tags:
+        for config in sorted({_key(e) for e in epochs if _name(_key(e)) + tag not in steps}):
+            steps[_name(config) + tag] = _sparse_step(dense, config, training_step, dev, fast=bool(tag))
     t = interleaved_medians(steps, dev, rounds=args.rounds, warmup=2)
-    lines = [f"Device: {stamp(dev)}; LeNet-5, batch {args.batch}, PGD-{STEPS}", "",
-             "| step | ms | vs AT | vs original-code step |", "|---|---:|---:|---:|"]
-    for name in ("at", "anp-vs", "anp-vs-joint", "original"):
-        lines.append(f"| {name} | {t[name] * 1e3:.1f} | {t[name] / t['at']:.2f}x | {t[name] / t['original']:.2f}x |")
-    data = {"device": stamp(dev), "seconds": {k: t[k] for k in ("at", "anp-vs", "anp-vs-joint", "original")}}
+    lines = [f"Device: {stamp(dev)}; LeNet-5, batch {args.batch}, PGD-{STEPS}; \"{FAST.strip()}\": every "
+             "nn.MaxPool2d(2) on our kernel (what `anp train` and `anp prune` run on CPU), against AT on the same", "",
+             "| step | ms | vs AT (same pooling) | vs original-code step |", "|---|---:|---:|---:|"]
+    headline = [n + tag for tag in tags for n in ("at", "anp-vs", "anp-vs-joint")] + ["original"]
+    for name in headline:
+        at = t["at" + (FAST if name.endswith(FAST) else "")]
+        lines.append(f"| {name} | {t[name] * 1e3:.1f} | {t[name] / at:.2f}x | {t[name] / t['original']:.2f}x |")
+    data = {"device": stamp(dev), "seconds": {k: t[k] for k in headline}}
     if epochs:
-        data["trajectory"] = _trajectory_rows(epochs, t)
-        lines += _trajectory_table(args.trajectory, data["trajectory"], t["at"])
+        data["trajectory"] = {}
+        for tag in tags:
+            rows = _trajectory_rows(epochs, t, tag)
+            data["trajectory"]["anp" if tag else "aten"] = rows
+            lines += _trajectory_table(args.trajectory, rows, t["at" + tag], tag)
     write_results(f"train_step_{dev}", data, "\n".join(lines))
 
 
@@ -139,11 +158,13 @@ def _name(layers: tuple) -> str:
     return "anp-vs@" + ",".join(f"{k}={v:.3f}" for k, v in layers)
 
 
-def _sparse_step(dense, layers: tuple, training_step, dev):
+def _sparse_step(dense, layers: tuple, training_step, dev, fast: bool = False):
     """The ANP-VS step of a network whose masked layers have the given unit sparsity: the first
     round(s * units) units of each layer pruned (a_uc at its floor, E[pi] below the threshold)."""
     model = convert(models.lenet5_caffe().to(dev))
     model.load_state_dict(dense.state_dict(), strict=False)
+    if fast:
+        fast_pooling(model)
     found = masks(model)
     with torch.no_grad():
         for name, sparsity in layers:
@@ -157,14 +178,15 @@ def _sparse_step(dense, layers: tuple, training_step, dev):
                          torch.optim.Adam(parameter_groups(model, 1e-3)))
 
 
-def _trajectory_rows(epochs: list[dict], t: dict) -> list[dict]:
-    return [{"epoch": e["epoch"], "sparsity": e["sparsity"], "seconds": t[_name(_key(e))],
-             "vs_at": t[_name(_key(e))] / t["at"]} for e in epochs]
+def _trajectory_rows(epochs: list[dict], t: dict, tag: str) -> list[dict]:
+    return [{"epoch": e["epoch"], "sparsity": e["sparsity"], "seconds": t[_name(_key(e)) + tag],
+             "vs_at": t[_name(_key(e)) + tag] / t["at" + tag]} for e in epochs]
 
 
-def _trajectory_table(run: str, rows: list[dict], at: float) -> list[str]:
+def _trajectory_table(run: str, rows: list[dict], at: float, tag: str) -> list[str]:
     mean = sum(r["seconds"] for r in rows) / len(rows)
-    lines = ["", f"The ANP-VS step at the unit sparsity of each epoch of `{run}`:", "",
+    pooling = "our pooling kernel" if tag else "ATen's pooling"
+    lines = ["", f"The ANP-VS step at the unit sparsity of each epoch of `{run}`, {pooling} (AT with the same):", "",
              "| epoch | unit sparsity | ms | vs AT |", "|---:|---:|---:|---:|"]
     lines += [f"| {r['epoch']} | {r['sparsity']:.2%} | {r['seconds'] * 1e3:.1f} | {r['vs_at']:.2f}x |" for r in rows]
     lines += ["", f"Mean over the run's {len(rows)} epochs: {mean * 1e3:.1f} ms per step, {mean / at:.2f}x AT's."]

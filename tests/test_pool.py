@@ -102,3 +102,35 @@ def test_fast_pooled_compact_model_saves_loads_and_exports(tmp_path):
     session = deploy.onnx_session(deploy.export_onnx(fast, tmp_path / "m.onnx", (1, 1, 28, 28)))
     with torch.no_grad():
         assert (deploy.onnx_logits(session, x) - fast(x)).abs().max() <= 1e-4
+
+
+def test_training_step_with_fast_pooling_equals_atens():
+    """PGD and the ANP-VS objective's gradients are the same with our pooling as with ATen's."""
+    from anp_kernels.attacks import pgd
+    from anp_kernels.nn import convert, set_mask_generator
+
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    grads = []
+    for fast in (False, True):
+        torch.manual_seed(1)
+        model = convert(models.lenet5_caffe())
+        if fast:
+            deploy.fast_pooling(model)
+        set_mask_generator(model, torch.Generator().manual_seed(2))
+        x_adv = pgd(model, x, y, 0.3, 0.03, 3)
+        anp_kernels.ANPVSLoss(model, beta=4.0, lam=1e-3, num_train=100)(x, x_adv, y).total.backward()
+        grads.append((x_adv, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (xa, ga), (xb, gb) = grads
+    assert torch.equal(xa, xb) and ga.keys() == gb.keys() and len(ga) > 8
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], rtol=1e-5, atol=1e-7, msg=n)
+
+
+def test_training_on_cpu_runs_pools_on_our_kernel(tmp_path):
+    from anp_kernels.train import TrainConfig, setup
+
+    cfg = TrainConfig(model="lenet_digits", data="synthetic", method="at", epochs=1, steps=1, subset=64,
+                      out=str(tmp_path / "run"), device="cpu")
+    kinds = {type(m).__name__ for m in setup(cfg).model.modules() if isinstance(m, nn.MaxPool2d)}
+    assert kinds == {"MaxPool2x2"}

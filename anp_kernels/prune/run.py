@@ -10,6 +10,7 @@ import torch
 
 from .. import data as data_mod
 from ..checkpoint import load_model, remove_stale_temporaries, save_state
+from ..nn import fast_pooling
 from ..train import CHECKPOINT, prepare_run_folder, resolve_device
 from .finetune import adversarial_epochs, phase_state
 from .boundary import boundary_objective
@@ -91,6 +92,8 @@ def prune_checkpoint(cfg: PruneConfig, overwrite: bool = False, progress: bool =
     started = time.perf_counter()
     dev = resolve_device(cfg.device)
     model = model.to(dev)
+    if dev.type == "cpu":  # nn.MaxPool2d(2) on our kernel: the same values and gradients, ATen's is slow on CPU
+        fast_pooling(model)
     args = (ds.x_train.to(dev), ds.y_train.to(dev), cfg.eps, cfg.step_size, cfg.steps)
     objective = None
     if cfg.boundary is not None or cfg.distill > 0:
