@@ -69,9 +69,6 @@ def main() -> None:
 
     dense = models.lenet5_caffe().to(dev)
 
-    def pooled(model, fast: bool):
-        return fast_pooling(model) if fast else model
-
     steps = {}
     for fast in (False, True) if dev == "cpu" else (False,):
         tag = FAST if fast else ""
@@ -158,13 +155,16 @@ def _name(layers: tuple) -> str:
     return "anp-vs@" + ",".join(f"{k}={v:.3f}" for k, v in layers)
 
 
+def pooled(model, fast: bool):
+    """model with its nn.MaxPool2d(2) layers on our kernel (fast) or as they are."""
+    return fast_pooling(model) if fast else model
+
+
 def _sparse_step(dense, layers: tuple, training_step, dev, fast: bool = False):
     """The ANP-VS step of a network whose masked layers have the given unit sparsity: the first
     round(s * units) units of each layer pruned (a_uc at its floor, E[pi] below the threshold)."""
-    model = convert(models.lenet5_caffe().to(dev))
+    model = pooled(convert(models.lenet5_caffe().to(dev)), fast)
     model.load_state_dict(dense.state_dict(), strict=False)
-    if fast:
-        fast_pooling(model)
     found = masks(model)
     with torch.no_grad():
         for name, sparsity in layers:

@@ -172,10 +172,7 @@ Tensor max_pool2x2_backward_cpu(const Tensor& grad_in, const Tensor& x_in) {
   Tensor gx = at::empty_like(x, x.options().memory_format(format));
   if (H % 2) gx.select(2, H - 1).zero_();
   if (W % 2) gx.select(3, W - 1).zero_();
-  if (g.numel() == 0) {
-    gx.zero_();
-    return gx;
-  }
+  if (g.numel() == 0) return gx;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2x2_backward_cpu", [&] {
     if (nhwc)
       backward_nhwc(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), N, C, H, W, Ho, Wo);
