@@ -29,13 +29,46 @@ def _uses_conv2d(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+_FRESH_OUTPUT = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)  # outputs their backward does not keep
+
+
+def _safe_inplace_relus(model: nn.Module) -> list[nn.ReLU]:
+    """The ReLUs that may run in place without changing any value or gradient: inside an
+    nn.Sequential, fed (through Identity or eval-mode Dropout only) by a conv, linear or BatchNorm
+    layer's fresh output, which nothing else reads, with no hooks that could see that tensor, and
+    registered once in the model (a shared ReLU may also run elsewhere on a tensor read later)."""
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return []
+    uses: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        uses[id(m)] = uses.get(id(m), 0) + 1
+    found = []
+    for seq in model.modules():
+        if type(seq) is not nn.Sequential:
+            continue
+        children = list(seq.children())
+        for i, m in enumerate(children):
+            if type(m) is not nn.ReLU or m.inplace or uses[id(m)] > 1:
+                continue
+            j = i - 1
+            while j >= 0 and (type(children[j]) is nn.Identity
+                              or (type(children[j]) is nn.Dropout and not children[j].training)):
+                j -= 1
+            between = children[max(j, 0):i + 1]
+            if j >= 0 and type(children[j]) in _FRESH_OUTPUT and not any(
+                    c._forward_hooks or c._forward_pre_hooks for c in between):
+                found.append(m)
+    return found
+
+
 @contextlib.contextmanager
 def fast_layout(model: nn.Module) -> Iterator[None]:
     """A CPU conv network temporarily in its fastest exact form: channels_last (the layout oneDNN runs
-    fastest) and its nn.MaxPool2d(2) layers computed by our pooling kernel (`nn.MaxPool2x2`; ATen's
-    NCHW pooling costs more than LeNet-5's convolutions on this project's CPU). Values, gradients
-    and the model's content hash are unchanged; its modules and layout come back afterwards.
-    Evaluation wraps its attacks in it; elsewhere (CUDA, no Conv2d) a no-op."""
+    fastest), its nn.MaxPool2d(2) layers computed by our pooling kernel (`nn.MaxPool2x2`; ATen's
+    NCHW pooling costs more than LeNet-5's convolutions on this project's CPU) and the ReLUs after
+    a conv or linear layer in place (`_safe_inplace_relus`: no activation copy per query). Values,
+    gradients and the model's content hash are unchanged; its modules and layout come back
+    afterwards. Evaluation wraps its attacks in it; elsewhere (CUDA, no Conv2d) a no-op."""
     params = [t for t in [*model.parameters(), *model.buffers()] if t.dim() == 4]
     if not params or params[0].device.type != "cpu" or not _uses_conv2d(model):
         yield
@@ -43,12 +76,17 @@ def fast_layout(model: nn.Module) -> Iterator[None]:
     relayout = not any(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in params)
     from .nn.pool import fast_pooling_during
 
+    relus = _safe_inplace_relus(model)
     with fast_pooling_during(model):
         if relayout:
             model.to(memory_format=torch.channels_last)
+        for relu in relus:
+            relu.inplace = True
         try:
             yield
         finally:
+            for relu in relus:
+                relu.inplace = False
             if relayout:
                 model.to(memory_format=torch.contiguous_format)
 

@@ -57,7 +57,8 @@ def peak_extra_bytes(fn: Callable[[], object], device: str) -> int:
 def device_description(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    isa = torch.backends.cpu.get_cpu_capability()  # the vector ISA ATen and oneDNN dispatch to
+    return f"{platform.processor() or platform.machine()} CPU ({isa}), {torch.get_num_threads()} threads"
 
 
 def stamp(device: str) -> str:

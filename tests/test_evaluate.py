@@ -141,6 +141,29 @@ def test_fast_layout_runs_attacks_in_channels_last_and_restores_the_model():
     assert not model.conv2.weight.is_contiguous()  # a channels_last model keeps its own layout
 
 
+def test_fast_layout_runs_relus_in_place_only_where_no_other_reader_sees_the_tensor():
+    from anp_kernels.attacks import _safe_inplace_relus, fast_layout, pgd
+
+    torch.manual_seed(0)
+    vgg = models.vgg_digits().eval()
+    relus = _safe_inplace_relus(vgg)
+    assert relus and all(type(m) is nn.ReLU for m in relus)
+    x, y = torch.rand(12, 1, 8, 8), torch.randint(0, 10, (12,))
+    ref = pgd(vgg, x, y, 0.1, 0.02, 5, random_start=False)
+    with fast_layout(vgg):
+        assert all(m.inplace for m in relus)
+        torch.testing.assert_close(pgd(vgg, x, y, 0.1, 0.02, 5, random_start=False), ref, atol=1e-6, rtol=0)
+    assert not any(m.inplace for m in relus)
+    first, after_identity, after_sigmoid = nn.ReLU(), nn.ReLU(), nn.ReLU()
+    hooked, after_conv = nn.ReLU(), nn.ReLU()
+    odd = nn.Sequential(first, nn.Identity(), after_identity, nn.Conv2d(1, 2, 1), nn.Sigmoid(), after_sigmoid,
+                        nn.Conv2d(2, 2, 1), hooked, nn.Conv2d(2, 2, 1), nn.Identity(), after_conv)
+    hooked.register_forward_hook(lambda *a: None)
+    assert _safe_inplace_relus(odd) == [after_conv]
+    shared = nn.ReLU()
+    assert _safe_inplace_relus(nn.Sequential(nn.Sequential(nn.Linear(2, 2), shared), shared)) == []
+
+
 def test_bad_evaluation_setups_are_refused():
     model, x, y = _digits_model()
     model.train()

@@ -52,6 +52,18 @@ def test_ties_and_nan_follow_aten(nhwc):
     assert torch.equal(ga.nan_to_num(), gb.nan_to_num())
 
 
+@pytest.mark.parametrize("nhwc", [False, True])
+def test_without_autograd_the_kernel_runs_directly_with_the_same_values(nhwc):
+    x = _layout(torch.randn(3, 6, 8, 8), nhwc).requires_grad_()
+    ref = F.max_pool2d(x.detach(), 2, 2)
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            out = ops.max_pool2x2(x)
+        assert out.grad_fn is None and not out.requires_grad
+        assert torch.equal(out, ref) and out.is_contiguous(memory_format=torch.channels_last) == nhwc
+    assert ops.max_pool2x2(x).grad_fn is not None
+
+
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
         ops.max_pool2x2(torch.randn(3, 4, 4))
