@@ -287,7 +287,8 @@ def report(f: dict, thin_ice_md: str) -> str:
               "![security curves](security_curve.png)", "",
               "## The trade-off over ANP-VS training", "",
               "After each epoch: unit sparsity, PGD robust accuracy on held-out images and the latency of that "
-              "epoch's compact model (in serving form, as in the deployment table). Epoch 0 is the AT network with fresh masks: the original's mask init "
+              "epoch's compact model (in serving form, as in the deployment table). Epoch 0 is the AT network "
+              "with fresh masks: the original's mask init "
               "scales every feature below 1, so robustness drops before the weights adapt to the masks.", "",
               "![trade-off](tradeoff.png)", "",
               "## Samples on thin ice (dense = AT, pruned = ANP-VS)", "",

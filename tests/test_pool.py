@@ -53,7 +53,7 @@ def test_ties_and_nan_follow_aten(nhwc):
 
 
 @pytest.mark.parametrize("nhwc", [False, True])
-def test_without_autograd_the_kernel_runs_directly_with_the_same_values(nhwc):
+def test_without_autograd_the_op_gives_the_same_values_and_records_no_graph(nhwc):
     x = _layout(torch.randn(3, 6, 8, 8), nhwc).requires_grad_()
     ref = F.max_pool2d(x.detach(), 2, 2)
     for context in (torch.no_grad, torch.inference_mode):
