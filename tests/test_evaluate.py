@@ -61,6 +61,28 @@ def test_boundary_distance_is_the_tightest_of_its_attacks():
     assert with_known.distances[i] <= tight.distances[i] + 1e-7
 
 
+def test_fmn_examples_on_the_boundary_are_confirmed_on_the_model_as_it_runs():
+    """An example the attack's layout rounds across the boundary but the plain model does not is
+    stretched until the plain model misclassifies it, or counted as not found."""
+    from anp_kernels.evaluate.fmn import _confirmed
+
+    lin = nn.Linear(2, 2)
+    with torch.no_grad():  # class 1 iff x0 + x1 > 1; on the line x0 + x1 = 1 the tie goes to class 0
+        lin.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+        lin.bias.copy_(torch.tensor([0.0, -1.0]))
+    x = torch.tensor([[0.25, 0.25], [0.25, 0.25], [0.9, 0.9], [0.25, 0.25]])
+    y = torch.tensor([0, 0, 0, 0])
+    adv = torch.tensor([[0.5, 0.5],  # on the boundary: still class 0
+                        [0.6, 0.6],  # adversarial
+                        [0.9, 0.9],  # misclassified already (distance 0 stays)
+                        [0.25, 0.25]])  # "found" at distance 0.1 but not adversarial, and no stretch helps
+    dist = torch.tensor([0.25, 0.35, 0.0, 0.1])
+    d, a = _confirmed(lin, x, y, dist, adv, "Linf")
+    assert d[0] == pytest.approx(0.25 * 1.001) and bool(lin(a[:1]).argmax(1) == 1)
+    assert d[1] == pytest.approx(0.35) and torch.equal(a[1], adv[1])
+    assert d[2] == 0 and torch.isinf(d[3])
+
+
 def test_fmn_zero_for_misclassified_and_bounded_by_pgd():
     model = models.lenet_digits().eval()
     from anp_kernels import data
