@@ -89,28 +89,32 @@ def _architecture(target: str):
 
 def bench(target: str, device: str = "cpu", batch: int = 64, runs: int = 30, out: str = "anp_bench",
           round_to: int = 8, channels_last: bool = False, runtime: str = "torch",
-          sweep: list[float] | None = None) -> dict:
+          sweep: list[float] | None = None, serving: bool = False) -> dict:
     """Dense (the unpruned architecture) vs compact for a checkpoint, one model's report by name, or
-    (sweep) dense vs compact latency and FLOPs over channel sparsities, with a PNG."""
+    (sweep) dense vs compact latency and FLOPs over channel sparsities, with a PNG. serving: every
+    model timed in `deploy.serving_form` (BatchNorm folded, ReLU fused into pooling, our pooling)."""
     _check_bench_args(batch, runs, round_to, runtime)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name, build, trained = _architecture(target)
+    name, plain_build, trained = _architecture(target)
+    build = (lambda: deploy.serving_form(plain_build())) if serving else plain_build
     shape = models.input_shape(name, trained.anp_arch["in_channels"] if trained is not None else None, batch=batch)
     if sweep is not None:
         if not sweep or not all(0 <= s < 1 for s in sweep):
             raise ValueError(f"--sweep takes sparsities in [0, 1), got {sweep}")
-        rows = profile.sparsity_sweep(build, shape, sweep, device, runs, round_to, channels_last, runtime)
+        rows = profile.sparsity_sweep(plain_build, shape, sweep, device, runs, round_to, channels_last, runtime,
+                                      serving=serving)
         profile.plot_sweep(rows, out_dir / "sweep.png", f"{name}, batch {batch}, {runtime}")
-        result = {"model": name, "runtime": runtime, "sweep": rows}
+        result = {"model": name, "runtime": runtime, "serving_form": serving, "sweep": rows}
     elif trained is None:
         result = {"model": name, "report": profile.report(build(), shape, device, runs, channels_last=channels_last)}
     else:
         compact = deploy.compact(trained, (1, *shape[1:]), round_to=round_to)
-        result = {"model": name, "checkpoint": target,
+        compact = deploy.serving_form(compact) if serving else compact
+        result = {"model": name, "checkpoint": target, "serving_form": serving,
                   "compare": profile.compare(build(), compact, shape, device, runs, channels_last, runtime,
                                              onnx_dir=out_dir if runtime == "onnxruntime" else None)}
-        channel_chart(build(), compact, out_dir / "channels_kept.png")
+        channel_chart(plain_build(), compact, out_dir / "channels_kept.png")
     (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
     return result
 

@@ -225,6 +225,9 @@ def _add_deploy(sub) -> None:
     b.add_argument("--runs", type=int, default=30)
     b.add_argument("--out", default="anp_bench")
     b.add_argument("--channels-last", action="store_true", help="run both models in NHWC (faster convs on CPU)")
+    b.add_argument("--serving-form", action="store_true",
+                   help="time both models as deploy.serving_form makes them (BatchNorm folded, ReLU fused into "
+                        "pooling, our pooling kernel): the same function, fewer passes")
     b.add_argument("--runtime", default="torch", help="torch | onnxruntime (both models exported to ONNX)")
     b.add_argument("--round-to", type=int, default=8, help="keep compact layer widths multiples of this")
     b.add_argument("--sweep", type=_floats, default=None,
@@ -246,7 +249,8 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench_cli import bench, table
 
     print(table(bench(args.target, args.device, args.batch, args.runs, args.out, round_to=args.round_to,
-                      channels_last=args.channels_last, runtime=args.runtime, sweep=args.sweep)))
+                      channels_last=args.channels_last, runtime=args.runtime, sweep=args.sweep,
+                      serving=args.serving_form)))
     return 0
 
 

@@ -117,11 +117,10 @@ def _pgd_acc(model, ds, s: DemoSettings) -> float:
 
 
 def serving_form(model) -> torch.nn.Module:
-    """An eval-mode plain model as it is served, timed and attacked: BatchNorm folded, nn.MaxPool2d(2)
-    on our kernel, channels-last (each the same function; together the fastest form on CPU of the
-    dense and the compact networks alike, so neither's speed is read off a slow layout)."""
-    deploy.fold_batchnorm(model.eval())
-    return deploy.fast_pooling(model).to(memory_format=torch.channels_last)
+    """An eval-mode plain model as it is served, timed and attacked: `deploy.serving_form` in
+    channels-last (the fastest form on CPU of the dense and the compact networks alike, so neither's
+    speed is read off a slow layout)."""
+    return deploy.serving_form(model, channels_last=True)
 
 
 def _latency(model, shape, runs: int, min_round_s: float) -> float:

@@ -83,10 +83,10 @@ def peak_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return _live_outputs_peak(model, x)
 
 
-def latencies(fns: dict[str, Callable[[], object]], device: str | torch.device, runs: int = 30,
-              warmup: int = 5, no_grad: bool = True, min_round_s: float = 0.0) -> dict[str, float]:
-    """Median seconds per call of each function, timed in interleaved rounds (A, B, A, B, ...: drift
-    on a shared machine hits all alike; CUDA events on GPU).
+def latency_rounds(fns: dict[str, Callable[[], object]], device: str | torch.device, runs: int = 30,
+                   warmup: int = 5, no_grad: bool = True, min_round_s: float = 0.0) -> dict[str, list[float]]:
+    """Seconds per call of each function in each of `runs` interleaved rounds (A, B, A, B, ...:
+    drift on a shared machine hits all alike; CUDA events on GPU).
 
     min_round_s: within a round, call a function back to back until this much time has passed and
     take the mean per call (blocked timing, as torch.utils.benchmark does), so that sub-millisecond
@@ -102,7 +102,14 @@ def latencies(fns: dict[str, Callable[[], object]], device: str | torch.device, 
         for _ in range(runs):
             for name, fn in fns.items():
                 times[name].append(_timed_block(fn, device, min_round_s))
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def latencies(fns: dict[str, Callable[[], object]], device: str | torch.device, runs: int = 30,
+              warmup: int = 5, no_grad: bool = True, min_round_s: float = 0.0) -> dict[str, float]:
+    """Median seconds per call of each function over interleaved rounds (see latency_rounds)."""
+    rounds = latency_rounds(fns, device, runs, warmup, no_grad, min_round_s)
+    return {k: statistics.median(v) for k, v in rounds.items()}
 
 
 def _timed_block(fn: Callable[[], object], device: torch.device, min_s: float) -> float:
@@ -171,7 +178,9 @@ def compare(dense: nn.Module, compact: nn.Module, input_shape: tuple, device: st
             min_round_s: float = 0.0) -> dict:
     """The paper's columns: memory % of dense, x FLOPs, and measured speedup next to the FLOP ratio.
 
-    Both latencies come from one interleaved run, both models in the same memory format (PyTorch)
+    The speedup is the median over rounds of each round's dense / compact ratio (the two are timed
+    next to each other, so a slow spell of a shared machine cancels), with its quartiles. Both
+    latencies come from one interleaved run, both models in the same memory format (PyTorch)
     or both exported to ONNX and run by ONNX Runtime on the CPU (runtime="onnxruntime"; its logits
     are checked against PyTorch's). min_round_s > 0 times each model in blocks of back-to-back calls
     (steady state, as a served model runs) instead of one call right after the other model's.
@@ -185,15 +194,25 @@ def compare(dense: nn.Module, compact: nn.Module, input_shape: tuple, device: st
     rc = report(compact, input_shape, device, runs=3, channels_last=channels_last)
     with torch.no_grad():
         runners, logits = _runners({"dense": dense, "compact": compact}, x, runtime, onnx_dir)
-        lat = latencies(runners, device, runs, min_round_s=min_round_s)
+        rounds = latency_rounds(runners, device, runs, min_round_s=min_round_s)
         reference = compact(x)
-    rd["latency_s"], rc["latency_s"] = lat["dense"], lat["compact"]
+    rd["latency_s"], rc["latency_s"] = (statistics.median(rounds[k]) for k in ("dense", "compact"))
     flop_ratio = rd["flops"] / max(rc["flops"], 1)
-    speedup = lat["dense"] / lat["compact"]
+    ratios = [d / c for d, c in zip(rounds["dense"], rounds["compact"])]
+    speedup, quartiles = statistics.median(ratios), _quartiles(ratios)
     return {"dense": rd, "compact": rc, "runtime": runtime, "memory_percent_of_dense": 100.0 * rc["param_bytes"] / rd["param_bytes"],
             "flop_ratio": flop_ratio, "latency_speedup": speedup, "speedup_fraction_of_flop_ratio": speedup / flop_ratio,
+            "speedup_quartiles": quartiles, "speedup_fraction_quartiles": [q / flop_ratio for q in quartiles],
             "activation_memory_percent_of_dense": 100.0 * rc["peak_activation_bytes"] / max(rd["peak_activation_bytes"], 1),
             "runtime_max_abs_logit_difference": float((logits["compact"].to(reference.device) - reference).abs().max())}
+
+
+def _quartiles(values: list[float]) -> list[float]:
+    """[first, third] quartile (both the one value for fewer than two)."""
+    if len(values) < 2:
+        return [values[0], values[0]]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return [q[0], q[2]]
 
 
 def prune_randomly(model: nn.Module, fraction: float, seed: int = 0) -> nn.Module:
@@ -211,19 +230,22 @@ def prune_randomly(model: nn.Module, fraction: float, seed: int = 0) -> nn.Modul
 
 def sparsity_sweep(build: Callable[[], nn.Module], input_shape: tuple, sparsities: list[float], device="cpu",
                    runs: int = 20, round_to: int = 8, channels_last: bool = False, runtime: str = "torch",
-                   progress: bool = True) -> list[dict]:
+                   progress: bool = True, serving: bool = False) -> list[dict]:
     """Dense vs compact latency and FLOPs of an architecture at each channel sparsity (random units
-    pruned per masked layer, widths rounded to round_to); `faster` is False where compact is not."""
+    pruned per masked layer, widths rounded to round_to); `faster` is False where compact is not.
+    serving: time both models in `deploy.serving_form`."""
     from tqdm.auto import tqdm
 
     from .deploy import compact as compact_model
+    from .deploy import serving_form
     from .nn import convert, sparsity
 
+    form = serving_form if serving else (lambda m: m)
     rows = []
     for s in tqdm(sparsities, desc="sparsity sweep", disable=not progress):
         masked = prune_randomly(convert(build()).eval(), s)
         small = compact_model(masked, (1, *input_shape[1:]), round_to=round_to)
-        c = compare(build(), small, input_shape, device, runs, channels_last, runtime)
+        c = compare(form(build()), form(small), input_shape, device, runs, channels_last, runtime)
         rows.append({"target_sparsity": s, "unit_sparsity": sparsity(masked)["total"], "flop_ratio": c["flop_ratio"],
                      "latency_speedup": c["latency_speedup"], "dense_latency_s": c["dense"]["latency_s"],
                      "compact_latency_s": c["compact"]["latency_s"], "compact_flops": c["compact"]["flops"],

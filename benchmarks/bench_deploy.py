@@ -5,9 +5,10 @@ VGG-16: no CIFAR-trained model exists on this machine, so its masks are set to t
 unit sparsity (76.53%, spread uniformly over layers) on untrained weights: latency and FLOPs depend
 on shapes, not on weight values. Both models have BatchNorm folded into the conv before it (dense
 and compact alike, as an inference engine would), and each row times dense and compact in one
-interleaved run in the same runtime and layout. The "anp pooling" rows run both models with their
-nn.MaxPool2d(2) layers as `deploy.MaxPool2x2` (`deploy.fast_pooling`: the same function computed
-by our CPU kernel instead of ATen's pooling); the other rows use ATen's.
+interleaved run in the same runtime and layout; the speedup is the median of the rounds' paired
+ratios, with its quartiles. The "serving form" rows run both models as `deploy.serving_form` makes
+them (Dropout dropped, each ReLU that feeds a pool fused into it, the 2x2 pools on our CPU kernel
+instead of ATen's: the same function); the other torch rows run the plain modules.
 
     python benchmarks/bench_deploy.py [--lenet CKPT] [--runs 20] [--device cpu|cuda]
 """
@@ -41,10 +42,10 @@ def vgg_at_paper_sparsity(fraction: float = 0.7653) -> torch.nn.Module:
 
 
 def _settings(device: str) -> list[tuple[str, str, bool, bool]]:
-    """(label, runtime, channels_last, anp pooling) rows to measure on this device."""
+    """(label, runtime, channels_last, serving form) rows to measure on this device."""
     rows = [("torch NCHW", "torch", False, False), ("torch NHWC", "torch", True, False)]
     if device == "cpu":
-        rows += [("torch NCHW, anp pooling", "torch", False, True), ("torch NHWC, anp pooling", "torch", True, True),
+        rows += [("torch NCHW, serving form", "torch", False, True), ("torch NHWC, serving form", "torch", True, True),
                  ("onnxruntime", "onnxruntime", False, False)]
     return rows
 
@@ -54,20 +55,21 @@ def measure(name: str, masked, arch: str, device: str, runs: int, folder: Path, 
     compact = deploy.compact(masked, shape1, fold_bn=True)
     dense = models.build(arch).eval()
     deploy.fold_batchnorm(dense)
-    fast = {False: (dense, compact),
-            True: (deploy.fast_pooling(copy.deepcopy(dense)), deploy.fast_pooling(copy.deepcopy(compact)))}
+    forms = {False: (dense, compact),
+             True: (deploy.serving_form(copy.deepcopy(dense)), deploy.serving_form(copy.deepcopy(compact)))}
     rows = []
     for batch in (64, 256):
-        for label, runtime, nhwc, pooling in _settings(device):
-            cmp = profile.compare(*fast[pooling], (batch, *shape1[1:]), device, runs, channels_last=nhwc,
+        for label, runtime, nhwc, serving in _settings(device):
+            cmp = profile.compare(*forms[serving], (batch, *shape1[1:]), device, runs, channels_last=nhwc,
                                   runtime=runtime, onnx_dir=folder, min_round_s=min_round_s)
             rows.append({"model": name, "batch": batch, "runtime": label, "unit_sparsity": sparsity(masked)["total"],
                          "min_round_s": min_round_s,
                          **{k: v for k, v in cmp.items() if k not in ("dense", "compact", "runtime")},
                          "dense_ms": cmp["dense"]["latency_s"] * 1e3, "compact_ms": cmp["compact"]["latency_s"] * 1e3})
             r = rows[-1]
+            q1, q3 = r["speedup_fraction_quartiles"]
             print(f"{name} batch {batch} {label}: {r['flop_ratio']:.2f}x FLOPs, {r['latency_speedup']:.2f}x latency "
-                  f"({r['speedup_fraction_of_flop_ratio']:.0%})", flush=True)
+                  f"({r['speedup_fraction_of_flop_ratio']:.0%}, quartiles {q1:.0%}-{q3:.0%})", flush=True)
     return rows
 
 
@@ -86,17 +88,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         rows = [r for name, masked, arch in cases for r in measure(name, masked, arch, args.device, args.runs,
                                                                    Path(folder), args.min_round_s)]
-    timing = (f"each model timed in blocks of back-to-back calls of >= {args.min_round_s} s, {args.runs} rounds "
-              "interleaved, median" if args.min_round_s > 0 else f"one call per model per round, {args.runs} rounds "
-              "interleaved, median")
+    timing = (f"each model timed in blocks of back-to-back calls of >= {args.min_round_s} s" if args.min_round_s > 0
+              else "one call per model per round")
+    timing += f", {args.runs} rounds interleaved; ms: medians; speedup: median of the rounds' paired ratios"
     lines = [f"Device: {stamp(args.device)}; BatchNorm folded in dense and compact models; {timing}", "",
              "| model | unit sparsity | batch | runtime | memory % of dense | x FLOPs | dense ms | compact ms | "
-             "speedup | speedup / FLOP ratio |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "speedup | speedup / FLOP ratio | quartiles |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['unit_sparsity']:.2%} | {r['batch']} | {r['runtime']} | "
                      f"{r['memory_percent_of_dense']:.2f} | {r['flop_ratio']:.2f} | {r['dense_ms']:.2f} | "
                      f"{r['compact_ms']:.2f} | {r['latency_speedup']:.2f}x | "
-                     f"{r['speedup_fraction_of_flop_ratio']:.0%} |")
+                     f"{r['speedup_fraction_of_flop_ratio']:.0%} | "
+                     f"{r['speedup_fraction_quartiles'][0]:.0%}-{r['speedup_fraction_quartiles'][1]:.0%} |")
     write_results(f"deploy_{args.device}", rows, "\n".join(lines))
 
 

@@ -104,6 +104,9 @@ def test_profile_counts_flops_and_compares():
     model = _pruned("lenet5_caffe")
     cmp = profile.compare(models.lenet5_caffe(), deploy.compact(model, (1, 1, 28, 28)), (8, 1, 28, 28), runs=3)
     assert cmp["flop_ratio"] > 1.5 and cmp["memory_percent_of_dense"] < 60
+    q1, q3 = cmp["speedup_quartiles"]
+    assert 0 < q1 <= cmp["latency_speedup"] <= q3
+    assert cmp["speedup_fraction_quartiles"] == pytest.approx([q1 / cmp["flop_ratio"], q3 / cmp["flop_ratio"]])
 
 
 def test_latencies_blocked_rounds_call_back_to_back():
@@ -122,6 +125,8 @@ def test_latencies_blocked_rounds_call_back_to_back():
     assert 0.002 <= lat["a"] < 0.02 and 0.002 <= lat["b"] < 0.02  # the mean per call, not the block's time
     one = profile.latencies({"a": sleeper("a")}, "cpu", runs=3, warmup=0)
     assert one["a"] >= 0.002
+    rounds = profile.latency_rounds({"a": sleeper("a"), "b": sleeper("b")}, "cpu", runs=4, warmup=0)
+    assert [len(rounds["a"]), len(rounds["b"])] == [4, 4] and min(rounds["a"] + rounds["b"]) >= 0.002
 
 def test_train_export_load_round_trip_on_mnist(tmp_path, mnist_dir, capsys):
     from anp_kernels import data
@@ -217,6 +222,23 @@ def test_bench_runtime_and_sweep_commands(tmp_path, capsys):
     assert [round(r["target_sparsity"], 2) for r in rows] == [0.0, 0.5, 0.9]
     assert rows[2]["flop_ratio"] > rows[1]["flop_ratio"] > 1.0 >= rows[0]["flop_ratio"] * 0.999
     assert main(["bench", "lenet_digits", "--runtime", "tensorrt"]) == 2
+
+
+def test_bench_serving_form_times_both_models_in_serving_form(tmp_path, monkeypatch):
+    from anp_kernels.cli import main
+
+    served = []
+
+    def counting(model, channels_last=False):
+        served.append(type(model).__name__)
+        return serving_form(model, channels_last)
+
+    serving_form = deploy.serving_form
+    monkeypatch.setattr(deploy, "serving_form", counting)
+    assert main(["bench", "vgg_digits", "--sweep", "0.5", "--serving-form", "--runs", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["serving_form"] is True and len(served) == 2  # the dense and the compact model
+    assert result["sweep"][0]["flop_ratio"] > 1.5
 
 
 def test_a_missing_extra_names_its_pip_command(monkeypatch):

@@ -1,9 +1,10 @@
 """save / load of compact models: safetensors weights + a JSON description, no pickle anywhere.
 
 The description names every layer whose shape compaction may change (Conv2d, Linear, BatchNorm,
-SelectLinear, ConstantInputConv2d, and the Identity a folded BatchNorm or a removed Dropout
-became). `load` rebuilds the model from a fresh instance of its architecture, a built-in one by
-name or the user's own (`model=`), and replaces those layers by the described ones. Every
+SelectLinear, ConstantInputConv2d, our pooling layers, and the Identity a folded BatchNorm, a
+removed Dropout or a ReLU fused into its pooling became). `load` rebuilds the model from a fresh
+instance of its architecture, a built-in one by name or the user's own (`model=`), and replaces
+those layers by the described ones. Every
 description is validated (types, names present in the skeleton, sizes) and the tensor shapes it
 implies are compared with the file's tensors before any layer is built, so a corrupt, truncated or
 hostile file fails with a CheckpointError and never allocates what its metadata claims.
@@ -50,8 +51,8 @@ def describe_layer(m: nn.Module) -> dict | None:
                 "affine": m.affine, "track": m.track_running_stats}
     if isinstance(m, nn.Identity):
         return {"type": "Identity"}
-    if isinstance(m, MaxPool2x2):
-        return {"type": "MaxPool2x2"}
+    if isinstance(m, MaxPool2x2):  # a type of its own when fused: a reader that does not know it refuses it
+        return {"type": "ReLUMaxPool2x2" if m.relu else "MaxPool2x2"}
     return None
 
 
@@ -149,7 +150,7 @@ def _expected(spec: Any, where: str) -> dict[str, tuple]:
         if _flag(spec, "track", where):
             shapes.update(running_mean=(num,), running_var=(num,), num_batches_tracked=())
         return shapes
-    if kind in ("Identity", "MaxPool2x2"):
+    if kind in ("Identity", "MaxPool2x2", "ReLUMaxPool2x2"):
         return {}
     raise CheckpointError(f"{where}: unknown layer type {kind!r}")
 
@@ -168,8 +169,8 @@ def _build_layer(spec: dict) -> nn.Module:
     if kind in NORMS:
         return NORMS[kind](spec["num"], eps=spec["eps"], momentum=spec["momentum"], affine=spec["affine"],
                            track_running_stats=spec["track"])
-    if kind == "MaxPool2x2":
-        return MaxPool2x2()
+    if kind in ("MaxPool2x2", "ReLUMaxPool2x2"):
+        return MaxPool2x2(relu=kind == "ReLUMaxPool2x2")
     return nn.Identity()
 
 

@@ -3,9 +3,9 @@ from .convert import (ACTIVATIONS, convert, latent_layers, mask_parameters, mask
                       set_latent, set_mask_generator, sparsity, weight_parameters)
 from .layers import ANPConv2d, ANPLayer, ANPLinear
 from .mask import BetaBernoulliMask, shared_mask_sample
-from .pool import MaxPool2x2, fast_pooling, fast_pooling_during
+from .pool import MaxPool2x2, fast_pooling, fast_pooling_during, fuse_relu_pooling
 
 __all__ = ["BetaBernoulliMask", "ANPLayer", "ANPConv2d", "ANPLinear", "ACTIVATIONS", "convert", "masks", "sparsity",
            "mask_parameters", "weight_parameters", "parameter_groups", "latent_layers", "require_latent",
            "set_latent", "shared_mask_sample", "set_mask_generator", "MaxPool2x2", "fast_pooling",
-           "fast_pooling_during"]
+           "fast_pooling_during", "fuse_relu_pooling"]

@@ -1,4 +1,5 @@
-"""MaxPool2x2: nn.MaxPool2d(2) computed by `ops.max_pool2x2` (our CPU kernel), and the swaps to it."""
+"""MaxPool2x2: nn.MaxPool2d(2) computed by `ops.max_pool2x2` (our CPU kernel), the swaps to it, and
+the fusion of a ReLU into the pooling layer after it."""
 from __future__ import annotations
 
 import contextlib
@@ -10,19 +11,25 @@ from torch import nn
 
 class MaxPool2x2(nn.MaxPool2d):
     """nn.MaxPool2d(2) computed by `ops.max_pool2x2`: the same values and gradients, much faster than
-    ATen's pooling on CPU. Exported to ONNX, traced or scripted as the nn.MaxPool2d it is."""
+    ATen's pooling on CPU. relu=True pools relu(x) in the same pass (what `fuse_relu_pooling` makes
+    of a ReLU followed by the pool). Exported to ONNX, traced or scripted as the layers it stands for."""
 
     same_function_as = "MaxPool2d"  # evaluation states bound to a model's content do not tell them apart
 
-    def __init__(self):
+    def __init__(self, relu: bool = False):
         super().__init__(kernel_size=2, stride=2)
+        self.relu = bool(relu)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", relu=True" if self.relu else "")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or x.dim() != 4:
-            return super().forward(x)
+            y = super().forward(x)
+            return torch.relu(y) if self.relu else y
         from ..ops import max_pool2x2
 
-        return max_pool2x2(x)
+        return max_pool2x2(x, self.relu)
 
 
 def _pair(v) -> tuple:
@@ -44,6 +51,29 @@ def _swap(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
             setattr(parent, child, MaxPool2x2())
             swapped.append((parent, child, m))
     return swapped
+
+
+def _is_pool(m: nn.Module) -> bool:
+    return _is_plain_2x2(m) or (type(m) is MaxPool2x2 and not m.relu)
+
+
+def fuse_relu_pooling(model: nn.Module) -> nn.Module:
+    """In place, in every nn.Sequential: a ReLU whose output goes (through nn.Identity layers only)
+    into a 2x2 max pool becomes nn.Identity and the pool MaxPool2x2(relu=True). The same function
+    (max commutes with ReLU), one pass fewer over the unpooled activation. Only Sequentials are
+    touched: there the ReLU's output has no other reader. Returns model."""
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for i, name in enumerate(names):
+            if type(seq._modules[name]) is not nn.ReLU:
+                continue
+            j = i + 1
+            while j < len(names) and type(seq._modules[names[j]]) is nn.Identity:
+                j += 1
+            if j < len(names) and _is_pool(seq._modules[names[j]]):
+                setattr(seq, name, nn.Identity())
+                setattr(seq, names[j], MaxPool2x2(relu=True))
+    return model
 
 
 def fast_pooling(model: nn.Module) -> nn.Module:
