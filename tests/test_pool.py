@@ -129,6 +129,9 @@ def test_fuse_relu_pooling_fuses_a_relu_only_where_the_pool_is_its_one_reader():
     assert kinds == ["Conv2d", "Identity", "Identity", "MaxPool2x2+relu", "Conv2d", "Identity", "MaxPool2x2+relu",
                      "Conv2d", "ReLU", "Conv2d", "MaxPool2d", "ReLU", "MaxPool2d", "Sequential", "MaxPool2d"]
     assert torch.equal(before, after)
+    relu = nn.ReLU()  # one ReLU module in two places: only the place before the pool is fused
+    shared = anp_kernels.nn.fuse_relu_pooling(nn.Sequential(conv(), relu, nn.MaxPool2d(2), conv(), relu))
+    assert [type(m).__name__ for m in shared] == ["Conv2d", "Identity", "MaxPool2x2", "Conv2d", "ReLU"]
 
 
 def test_serving_form_keeps_the_function_and_saves_loads_exports(tmp_path):

@@ -63,16 +63,14 @@ def fuse_relu_pooling(model: nn.Module) -> nn.Module:
     (max commutes with ReLU), one pass fewer over the unpooled activation. Only Sequentials are
     touched: there the ReLU's output has no other reader. Returns model."""
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        names = list(seq._modules)
-        for i, name in enumerate(names):
-            if type(seq._modules[name]) is not nn.ReLU:
+        for i in range(len(seq)):
+            if type(seq[i]) is not nn.ReLU:
                 continue
             j = i + 1
-            while j < len(names) and type(seq._modules[names[j]]) is nn.Identity:
+            while j < len(seq) and type(seq[j]) is nn.Identity:
                 j += 1
-            if j < len(names) and _is_pool(seq._modules[names[j]]):
-                setattr(seq, name, nn.Identity())
-                setattr(seq, names[j], MaxPool2x2(relu=True))
+            if j < len(seq) and _is_pool(seq[j]):
+                seq[i], seq[j] = nn.Identity(), MaxPool2x2(relu=True)
     return model
 
 
