@@ -298,8 +298,10 @@ def report(f: dict, thin_ice_md: str) -> str:
               f"Compact vs masked model: max |logit difference| {dep['max_abs_logit_difference']:.2e}, "
               f"same predictions: {dep['same_predictions']}; reloaded from safetensors: "
               f"{dep['reloaded_same_predictions']}.", "",
-              "Both timed in their serving form (BatchNorm folded, our pooling kernel, channels-last: the "
-              "fastest form of either on CPU), in interleaved rounds of back-to-back calls, median.", "",
+              "Both timed in their serving form (`deploy.serving_form`: BatchNorm folded, Dropout dropped, "
+              "ReLUs fused into the pools after them, our pooling kernel; channels-last: the fastest form of "
+              "either on CPU), in interleaved rounds of back-to-back calls: latency the median, speedup the "
+              "median of the rounds' paired ratios.", "",
               f"| model | params | MB | MFLOPs | peak activations MB | latency ms (batch {BATCH}) |",
               "|---|---:|---:|---:|---:|---:|"]
     for name in ("dense", "compact"):
