@@ -7,7 +7,8 @@ weigh more than in the dense one):
 - BatchNorm folded into the conv / linear layer before it (`fold_batchnorm`);
 - Dropout (a no-op in eval mode) replaced by nn.Identity;
 - a ReLU feeding a 2x2 max pool fused into the pool (`fuse_relu_pooling`), the other 2x2 pools on
-  our kernel (`fast_pooling`; ATen's CPU pooling costs 3-25x ours);
+  our kernel (`fast_pooling`; ATen's ReLU and NCHW pooling cost 7-28x our fused op on maps of 4x4
+  and larger, its channels-last pooling 1.1-5x: benchmarks/bench_pool.py);
 - optionally channels-last (oneDNN's and cuDNN's preferred layout for convolutions).
 Benchmarks time dense and compact models alike in this form, so that neither's speed is read off a
 slow pass the other does not pay in proportion.
