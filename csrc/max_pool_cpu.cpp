@@ -46,7 +46,7 @@ bool use_channels_last(const Tensor& x) {
 
 // Work is split over output rows (a plane's row in NCHW, an image's row of pixels in NHWC), each
 // chunk at least kGrain output elements; a chunk finds its first row's coordinates once and steps
-// on from there: a 64-bit division per row or pixel would cost more than the row's maxima.
+// on from there, with no division per row or pixel.
 constexpr int64_t kGrain = 4096;
 
 inline int64_t rows_per_chunk(int64_t row_elements) {
