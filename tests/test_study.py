@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 from anp_kernels import data, models, prune
 from anp_kernels.evaluate import autoattack, boundary_distance
@@ -134,3 +135,20 @@ def test_anp_study_prunes_what_it_is_asked_and_reuses_it(tmp_path, capsys):
     assert main(cmd) == 0 and ckpt.stat().st_mtime_ns == stamp  # the pruned network is reused
     assert main(cmd[:-3] + ["--epochs", "2", "--out", str(tmp_path / "study"), "--quiet"]) == 2
     assert "other settings (epochs)" in capsys.readouterr().err
+
+
+def test_model_sparsity_tells_unstructured_pruning_from_structured():
+    """Unstructured pruning that happens to zero whole rows is not reported as structured."""
+    from anp_kernels.evaluate.study import model_sparsity
+
+    torch.manual_seed(0)
+    rows = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10))
+    weights = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10))
+    with torch.no_grad():
+        rows[0].weight[:6] = 0  # 6 of 8 channels
+        for m in (weights[0], weights[3]):
+            m.weight[torch.rand_like(m.weight) < 0.9] = 0
+        weights[0].weight[:2] = 0  # a few rows all zero as well
+    assert model_sparsity(rows)["structured"] is True
+    unstructured = model_sparsity(weights)
+    assert unstructured["structured"] is False and 0.85 < unstructured["sparsity"] < 0.95

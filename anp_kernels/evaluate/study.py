@@ -38,7 +38,19 @@ def model_sparsity(model: nn.Module) -> dict:
     from ..prune.masks import unit_sparsity, weight_sparsity
 
     units = unit_sparsity(model)
-    return {"sparsity": units if units > 0 else weight_sparsity(model), "structured": units > 0}
+    structured = units > 0 and _zeros_in_live_units(model) < 0.01  # unstructured pruning zeroes some rows too
+    return {"sparsity": units if structured else weight_sparsity(model), "structured": structured}
+
+
+def _zeros_in_live_units(model: nn.Module) -> float:
+    """Share of zero weights in the output units (weight rows) that are not all zero, over the
+    structured-prunable layers: ~0 after structured pruning, the sparsity itself after unstructured."""
+    from ..prune.masks import prunable_layers
+
+    rows = [m.weight.detach().flatten(1) for m in prunable_layers(model, structured=True).values()]
+    live = [r[~r.eq(0).all(1)] for r in rows]
+    total = sum(r.numel() for r in live)
+    return sum(int(r.eq(0).sum()) for r in live) / max(total, 1)
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
