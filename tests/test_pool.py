@@ -152,15 +152,25 @@ def test_serving_form_keeps_the_function_and_saves_loads_exports(tmp_path):
         for nhwc in (False, True):
             y = deploy.serving_form(copy.deepcopy(compact), channels_last=nhwc)(_layout(x, nhwc))
             assert (y - served(x)).abs().max() <= 1e-5
-    deploy.save(served, tmp_path / "m")
+    _reloaded(served, models.vgg_digits(), x, tmp_path)
     assert "ReLUMaxPool2x2" in (tmp_path / "m" / "model.json").read_text()
-    loaded = deploy.load(tmp_path / "m", model=models.vgg_digits())
+    _matches_in_onnxruntime(served, x, tmp_path)
+
+
+def _reloaded(model: nn.Module, skeleton: nn.Module, x: torch.Tensor, tmp_path) -> nn.Module:
+    """model saved and loaded into skeleton: the same logits on x."""
+    deploy.save(model, tmp_path / "m")
+    loaded = deploy.load(tmp_path / "m", model=skeleton)
     with torch.no_grad():
-        assert torch.equal(loaded(x), served(x))
+        assert torch.equal(loaded(x), model(x))
+    return loaded
+
+
+def _matches_in_onnxruntime(model: nn.Module, x: torch.Tensor, tmp_path) -> None:
     pytest.importorskip("onnxruntime")
-    session = deploy.onnx_session(deploy.export_onnx(served, tmp_path / "m.onnx", (1, 1, 8, 8)))
+    session = deploy.onnx_session(deploy.export_onnx(model, tmp_path / "m.onnx", (1, *x.shape[1:])))
     with torch.no_grad():
-        assert (deploy.onnx_logits(session, x) - served(x)).abs().max() <= 1e-4
+        assert (deploy.onnx_logits(session, x) - model(x)).abs().max() <= 1e-4
 
 
 def test_fast_pooled_compact_model_saves_loads_and_exports(tmp_path):
@@ -171,15 +181,9 @@ def test_fast_pooled_compact_model_saves_loads_and_exports(tmp_path):
     x = torch.rand(5, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(fast(x), dense(x))
-    deploy.save(fast, tmp_path / "m")
-    loaded = deploy.load(tmp_path / "m", model=models.lenet5_caffe())
+    loaded = _reloaded(fast, models.lenet5_caffe(), x, tmp_path)
     assert sum(isinstance(m, anp_kernels.nn.MaxPool2x2) for m in loaded.modules()) == 2
-    with torch.no_grad():
-        assert torch.equal(loaded(x), fast(x))
-    pytest.importorskip("onnxruntime")
-    session = deploy.onnx_session(deploy.export_onnx(fast, tmp_path / "m.onnx", (1, 1, 28, 28)))
-    with torch.no_grad():
-        assert (deploy.onnx_logits(session, x) - fast(x)).abs().max() <= 1e-4
+    _matches_in_onnxruntime(fast, x, tmp_path)
 
 
 def test_training_step_with_fast_pooling_equals_atens():

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..nn.pool import fast_pooling, fuse_relu_pooling
+from .compact import _replace
 from .fold_bn import fold_batchnorm
 
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -28,8 +29,7 @@ def drop_dropout(model: nn.Module) -> nn.Module:
     """Replace (in place) every Dropout layer by nn.Identity (what it computes in eval mode)."""
     for name, m in list(model.named_modules()):
         if name and isinstance(m, DROPOUTS):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+            _replace(model, name, nn.Identity())
     return model
 
 
