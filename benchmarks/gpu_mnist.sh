@@ -10,6 +10,9 @@
 # The device tool sends at most 64 MiB of working tree: when the committed evaluation states make it larger,
 # move benchmarks/results/mnist_repro/eval_cache out of the tree for the call (the GPU recomputes what it
 # lacks in minutes) and back afterwards.
+# Second in line after benchmarks/gpu_suite.sh: with 15 minutes of device time a session, the suite takes one
+# 10-minute command; run this only in what is left (the reports and new checkpoints are packed after every
+# step, so a command cut off at its limit still brings back what the finished steps wrote).
 #   bash benchmarks/gpu_mnist.sh [OUT]        (OUT: $OUT, else gpu_mnist/)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +20,14 @@ out="${1:-${OUT:-gpu_mnist}}"
 mkdir -p "$out"
 touch "$out/started"
 log() { echo "[gpu_mnist $(date -u +%H:%M:%S)] $*" | tee -a "$out/mnist.log"; }
-run() { log "$*"; "$@" >>"$out/mnist.log" 2>&1; log "exit $?"; }
+pack() {
+  reports=$(find benchmarks/results -maxdepth 1 -name 'mnist_*' -type f; find benchmarks/results/mnist_* -name '*.json' \
+            -o -name '*.md' -o -name '*.png' -o -name '*.csv')
+  tar -czf "$out/mnist_reports.tar.gz" $reports
+  new_models=$(find benchmarks/results -name checkpoint.safetensors -newer "$out/started")
+  [ -n "$new_models" ] && tar -czf "$out/mnist_models.tar.gz" $new_models; return 0
+}
+run() { log "$*"; "$@" >>"$out/mnist.log" 2>&1; log "exit $?"; pack; }
 export PYTHONUNBUFFERED=1
 run python3 benchmarks/reproduce_mnist.py --stage train --quiet
 run python3 benchmarks/thin_ice_mnist.py --stage prune --device cuda --quiet
@@ -26,9 +36,4 @@ run python3 benchmarks/reproduce_mnist.py --stage eval --device cuda --quiet
 run python3 benchmarks/reproduce_mnist.py --stage report --quiet
 run python3 benchmarks/thin_ice_mnist.py --stage study --device cuda --quiet
 run python3 benchmarks/boundary_aware.py --data mnist --stage study --variants distill,near+distill --device cuda --quiet
-reports=$(find benchmarks/results -maxdepth 1 -name 'mnist_*' -type f; find benchmarks/results/mnist_* -name '*.json' \
-          -o -name '*.md' -o -name '*.png' -o -name '*.csv')
-tar -czf "$out/mnist_reports.tar.gz" $reports && log "packed $out/mnist_reports.tar.gz"
-new_models=$(find benchmarks/results -name checkpoint.safetensors -newer "$out/started")
-[ -n "$new_models" ] && tar -czf "$out/mnist_models.tar.gz" $new_models && log "packed $out/mnist_models.tar.gz"
 ls -la "$out" | tee -a "$out/mnist.log"

@@ -1,0 +1,71 @@
+"""benchmarks/gpu_suite.sh, the one GPU command: its plan must fit the device budget and call what exists.
+
+A GPU session has 15 minutes of device time and 10 minutes a command; a stale flag or path in the
+suite would waste that run, so the plan is checked here, on the CPU, against the scripts it calls.
+"""
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUITE = os.path.join(ROOT, "benchmarks", "gpu_suite.sh")
+TEST_FILES = set(os.listdir(os.path.join(ROOT, "tests")))
+
+
+def _plan(*args: str) -> tuple[list[tuple[str, int, str]], str]:
+    run = subprocess.run(["bash", SUITE, "--dry-run", *args], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    steps = [re.match(r"(\S+)\s+(\d+)s\s+(.*)$", line).groups() for line in lines[:-1]]
+    return [(name, int(limit), cmd) for name, limit, cmd in steps], lines[-1]
+
+
+def test_deadline_fits_one_device_command():
+    _, summary = _plan()
+    deadline = int(re.search(r"deadline (\d+)s", summary).group(1))
+    assert deadline <= 570  # the tool's 600 s command limit, with room to pack and copy back
+
+
+def test_every_step_fits_the_deadline_and_the_order_puts_the_build_first():
+    steps, summary = _plan()
+    deadline = int(re.search(r"deadline (\d+)s", summary).group(1))
+    names = [name for name, _, _ in steps]
+    assert names[:2] == ["build", "backends"]
+    assert all(10 <= limit < deadline for _, limit, _ in steps)
+    assert names.index("tests_ops") < min(i for i, n in enumerate(names) if n.startswith("bench_"))
+
+
+def test_the_two_test_steps_cover_every_test_file_once():
+    steps, _ = _plan()
+    cmds = dict((name, cmd) for name, _, cmd in steps)
+    op_files = {os.path.basename(a) for a in shlex.split(cmds["tests_ops"]) if a.startswith("tests/")}
+    ignored = {os.path.basename(a.split("=", 1)[1]) for a in shlex.split(cmds["tests_rest"])
+               if a.startswith("--ignore=")}
+    assert op_files and op_files <= TEST_FILES
+    assert op_files == ignored
+
+
+def test_benchmark_steps_use_flags_their_scripts_accept():
+    steps, _ = _plan()
+    benches = [cmd for name, _, cmd in steps if name.startswith("bench_") or name == "sanitizer"]
+    assert len(benches) == 5
+    for cmd in benches:
+        argv = shlex.split(cmd)
+        script = next(a for a in argv if a.endswith(".py"))
+        flags = [a for a in argv[argv.index(script) + 1:] if a.startswith("--")]
+        help_text = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], capture_output=True,
+                                   text=True, timeout=120, cwd=ROOT).stdout
+        assert flags and all(flag in help_text for flag in flags), (script, flags)
+
+
+def test_quick_takes_fewer_rounds():
+    full = {name: cmd for name, _, cmd in _plan()[0]}
+    quick = {name: cmd for name, _, cmd in _plan("--quick")[0]}
+    assert "--rounds 10" in full["bench_ops"] and "--rounds 3" in quick["bench_ops"]
+
+
+def test_unknown_option_is_refused():
+    run = subprocess.run(["bash", SUITE, "--dry-runn"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "unknown option --dry-runn" in run.stderr
