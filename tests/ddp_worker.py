@@ -31,4 +31,5 @@ all_z = [torch.zeros_like(z) for _ in range(2)]
 dist.all_gather(all_z, z)
 params = float(sum(p.double().sum() for p in model.parameters()))
 (out / f"rank{rank}.json").write_text(json.dumps({"params": params, "masks_differ": not torch.equal(*all_z)}))
+dist.barrier()  # neither rank tears gloo down while the other still uses the pair
 dist.destroy_process_group()
