@@ -1,7 +1,6 @@
 """`anp train`: runs, resumes exactly, rejects bad arguments, and trains with DDP (gloo, 2 ranks)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -66,10 +65,8 @@ def test_cli_train_runs(tmp_path, capsys):
 def test_ddp_two_ranks_with_gloo(tmp_path):
     script = ROOT / "tests" / "ddp_worker.py"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    with socket.socket() as probe:  # a free port: a fixed one collides with a concurrent run of the suite
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", str(script),
+    # --standalone: torchrun picks a free port itself (a fixed one collides with a concurrent run of the suite)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
            str(tmp_path)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
