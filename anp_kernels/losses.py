@@ -134,16 +134,16 @@ class ANPVSLoss:
             return LossParts(total, ce, ce.detach(), kl, ce.new_zeros(()), total, total, logits, logits.detach())
         if x.shape != x_adv.shape:
             raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
-        with shared_mask_sample(self.model):
+        with shared_mask_sample(self.model):  # one mask sample, and one (a, b) per layer, for the step
             logits_clean, feats_clean = self._forward(x)
             logits_adv, feats_adv = self._forward(x_adv)
+            kl = self.kl().to(logits_adv.device)
         ce_clean = F.cross_entropy(logits_clean, y)
         ce_adv = F.cross_entropy(logits_adv, y)
         vs = ce_clean.new_zeros(())
         if self.lam > 0:
             vs = ops.vs_loss(list(zip(feats_clean, feats_adv)), reduction=self.vs_reduction)
         weight_objective = (ce_clean + self.adv_weight * ce_adv) / (1 + self.adv_weight) + self.lam * vs + self._l2()
-        kl = self.kl().to(ce_adv.device)
         mask_objective = ce_adv + self.beta * kl / self.num_train
         total = weight_objective + self.beta * kl / self.num_train
         if self._mask_params and self.mask_objective == "adversarial" and torch.is_grad_enabled():

@@ -15,6 +15,7 @@ shard with DistributedDataParallel and samples its own masks (seed + rank); rank
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, fields
@@ -297,6 +298,15 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     return run
 
 
+def check_finite_loss(loss: float, mask_loss: float, epoch: int, batch: int) -> None:
+    """Stop a diverged run with a message, before a NaN model reaches a checkpoint."""
+    if not (math.isfinite(loss) and math.isfinite(mask_loss)):
+        raise FloatingPointError(
+            f"training diverged in epoch {epoch + 1}, batch {batch + 1}: loss {loss}, mask objective "
+            f"{mask_loss} (non-finite weights or mask parameters); the checkpoint of the last finished "
+            "epoch is unchanged. Lower the learning rate (--lr) and train again.")
+
+
 def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
     """One epoch of PGD + the ANP-VS objective; returns the epoch's metrics."""
     cfg, model = run.cfg, run.model
@@ -319,9 +329,10 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
         run.optimizer.step()
         run.scheduler.step()
         logits = parts.logits_adv if adversarial else parts.logits_clean
-        n = len(yb)
-        sums["loss"] += float(parts.weight_objective.detach()) * n
-        sums["mask_objective"] += float(parts.mask_objective.detach()) * n
+        n, loss, mask_loss = len(yb), float(parts.weight_objective.detach()), float(parts.mask_objective.detach())
+        check_finite_loss(loss, mask_loss, epoch, i // cfg.batch_size)
+        sums["loss"] += loss * n
+        sums["mask_objective"] += mask_loss * n
         sums["vs"] += float(parts.vs.detach()) * n
         sums["kl"] = float(parts.kl.detach())
         sums["correct"] += int((logits.argmax(1) == yb).sum())

@@ -268,3 +268,64 @@ def test_sampled_masks_hold_no_subnormal_values(backend):
     assert (z == 0).any() and (z > 0.5).any()
     assert not ((z != 0) & (z.abs() < 1e-20)).any()
     torch.testing.assert_close(z, reference, atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ value checks off the hot path
+def test_check_values_false_skips_only_the_value_checks():
+    """check_values=False lets invalid values through (the caller vouches for them), while shape,
+    dtype and flag errors still raise; the default keeps the value errors."""
+    x = torch.randn(2, 3, 4)
+    a, b = mask_params(3)
+    out = ops.masked_activation(x, -a, b, seed=1, check_values=False)  # no error: not checked
+    assert out.shape == x.shape
+    ops.kl_kumaraswamy_beta(a, -b, check_values=False)
+    ops.sample_mask(-a, b, 2, seed=1, check_values=False)
+    with pytest.raises(ValueError, match="x.size\\(1\\)"):
+        ops.masked_activation(x, a[:2], b[:2], check_values=False)
+    with pytest.raises(TypeError, match="check_values must be True or False"):
+        ops.masked_activation(x, a, b, check_values=0)
+    with pytest.raises(ValueError, match="a must be > 0"):
+        ops.eval_mask(-a, b)
+
+
+def test_mask_module_reads_no_parameter_values(monkeypatch):
+    """The mask module's a and b are softplus outputs (> 0 by construction): training forward,
+    backward, KL and the eval scale run no check that reads them (each is a host-device sync on a
+    GPU). Any call to the value checks fails the test."""
+    from anp_kernels.nn import BetaBernoulliMask, shared_mask_sample
+    from anp_kernels.ops import _checks
+
+    def forbidden(name, t):
+        raise AssertionError(f"value check on {name} in the mask module's path")
+
+    m = BetaBernoulliMask(6).to(DEVICE)
+    x = torch.randn(4, 6, 3, 3, device=DEVICE, requires_grad=True)
+    for fn in ("finite", "positive", "open_unit"):
+        monkeypatch.setattr(_checks, fn, forbidden)
+    (m(x).sum() + m.kl()).backward()
+    with shared_mask_sample(m):
+        m(x).sum().backward()
+    m.eval()
+    m(x).sum().backward()
+    assert m.num_active() == 6
+    with pytest.raises(AssertionError, match="value check"):  # the public op still checks
+        ops.kl_kumaraswamy_beta(m.a(), m.b())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_mask_module_training_step_does_not_synchronise():
+    """On CUDA a masked layer's training forward + backward queues work without waiting for the GPU
+    (torch's sync debug mode raises on any host-device synchronisation)."""
+    from anp_kernels.nn import BetaBernoulliMask, shared_mask_sample
+
+    m = BetaBernoulliMask(16).cuda()
+    x = torch.randn(8, 16, 5, 5, device="cuda", requires_grad=True)
+    m(x).sum().backward()  # warm-up: kernel loading may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        (m(x).sum() + m.kl()).backward()
+        with shared_mask_sample(m):
+            m(x).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -74,3 +74,22 @@ def test_ddp_two_ranks_with_gloo(tmp_path):
     assert checksums[0]["params"] == pytest.approx(checksums[1]["params"], rel=1e-6)  # DDP kept ranks in sync
     assert checksums[0]["masks_differ"]  # but each rank drew its own masks
     assert (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_a_diverged_loss_stops_training_with_a_message():
+    from anp_kernels.train import check_finite_loss
+
+    check_finite_loss(0.5, 0.1, 0, 0)
+    for loss, mask_loss in [(float("nan"), 0.1), (0.5, float("inf"))]:
+        with pytest.raises(FloatingPointError, match="diverged in epoch 3, batch 8.*--lr"):
+            check_finite_loss(loss, mask_loss, 2, 7)
+
+
+def test_nan_mask_parameters_stop_the_epoch(tmp_path):
+    """ANP (no VS term, whose CPU distortion check would name the NaN features first)."""
+    run = setup(TrainConfig(method="anp", out=str(tmp_path), **TINY))
+    mask = next(m for m in run.model.modules() if hasattr(m, "a_uc"))
+    with torch.no_grad():
+        mask.a_uc[0] = float("nan")
+    with pytest.raises(FloatingPointError, match="diverged in epoch 1, batch 1"):
+        train_epoch(run, 0, progress=False)

@@ -22,6 +22,10 @@ class BetaBernoulliMask(nn.Module):
     Training: a relaxed Bernoulli mask per example (one pi draw per unit, shared by the batch),
     sampled inside the fused kernel. Eval: the deterministic E[pi], 0 where E[pi] <= threshold.
     Prior Beta(alpha, 1): `kl()` is the closed-form KL summed over units.
+
+    a and b are > 0 by construction, so the module calls the ops with check_values=False: no
+    check reads them (on a GPU each would stall the step on a host-device synchronisation).
+    Non-finite raw parameters (a diverged run) make the loss non-finite, which `anp train` reports.
     """
 
     def __init__(self, num_features: int, alpha: float = 1e-4, temperature: float = 0.1, threshold: float = 1e-3,
@@ -39,7 +43,7 @@ class BetaBernoulliMask(nn.Module):
         self.a_uc = nn.Parameter(torch.full((num_features,), float(init_a)))
         self.b_uc = nn.Parameter(torch.full((num_features,), float(init_b)))
         self.generator: torch.Generator | None = None  # the seed source; None = torch's global RNG
-        self._shared: dict | None = None  # under shared_mask_sample: batch size -> the one sample of the step
+        self._shared: dict | None = None  # under shared_mask_sample: batch size -> the step's sample; (a, b)
         self._keep_cache: tuple | None = None
         self._scale_cache: tuple | None = None
 
@@ -50,8 +54,18 @@ class BetaBernoulliMask(nn.Module):
     def b(self) -> torch.Tensor:
         return F.softplus(self.b_uc.clamp(-10.0, 50.0))
 
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, b); under `shared_mask_sample` computed once for all passes of the block (per grad
+        mode, while the raw parameters are unchanged): one softplus each instead of one per pass."""
+        if self._shared is None:
+            return self.a(), self.b()
+        key = ("params", self.a_uc._version, self.b_uc._version, torch.is_grad_enabled())
+        if key not in self._shared:
+            self._shared[key] = (self.a(), self.b())
+        return self._shared[key]
+
     def expected_keep(self) -> torch.Tensor:
-        return ops.expected_keep(self.a(), self.b())
+        return ops.expected_keep(self.a(), self.b(), check_values=False)
 
     def eval_scale(self) -> torch.Tensor:
         """The test-time scale: E[pi] with values <= threshold set to 0.
@@ -60,15 +74,15 @@ class BetaBernoulliMask(nn.Module):
         network thousands of times; see `frozen`).
         """
         if torch.is_grad_enabled() and (self.a_uc.requires_grad or self.b_uc.requires_grad):
-            return ops.eval_mask(self.a(), self.b(), self.threshold)
+            return ops.eval_mask(self.a(), self.b(), self.threshold, check_values=False)
         key = (self.a_uc._version, self.b_uc._version, self.a_uc.data_ptr(), self.b_uc.data_ptr(), self.threshold)
         if self._scale_cache is None or self._scale_cache[0] != key:
             with torch.no_grad():
-                self._scale_cache = (key, ops.eval_mask(self.a(), self.b(), self.threshold))
+                self._scale_cache = (key, ops.eval_mask(self.a(), self.b(), self.threshold, check_values=False))
         return self._scale_cache[1]
 
     def kl(self) -> torch.Tensor:
-        return ops.kl_kumaraswamy_beta(self.a(), self.b(), self.alpha)
+        return ops.kl_kumaraswamy_beta(*self._params(), self.alpha, check_values=False)
 
     def keep_index(self) -> torch.Tensor:
         """Sorted int64 indices of the kept units (E[pi] > threshold); cached until a or b change."""
@@ -86,15 +100,24 @@ class BetaBernoulliMask(nn.Module):
     def _seed(self) -> int:
         return _rng.draw_seed(self.generator)
 
+    def _shared_seed(self, batch_size: int) -> int:
+        """The seed of this step's one sample for `batch_size` (drawn at its first use in the block)."""
+        if batch_size not in self._shared:
+            self._shared[batch_size] = {"seed": self._seed()}
+        return self._shared[batch_size]["seed"]
+
     def sample(self, batch_size: int) -> torch.Tensor:
         """A relaxed mask z [batch_size, C]; under `shared_mask_sample` every pass of the block with
         this batch size gets the same sample (the clean and adversarial passes of one step)."""
         if self._shared is None:
-            return ops.sample_mask(self.a(), self.b(), batch_size, self.temperature, seed=self._seed())
-        if batch_size not in self._shared:
-            self._shared[batch_size] = ops.sample_mask(self.a(), self.b(), batch_size, self.temperature,
-                                                       seed=self._seed())
-        return self._shared[batch_size]
+            return ops.sample_mask(self.a(), self.b(), batch_size, self.temperature, seed=self._seed(),
+                                   check_values=False)
+        seed = self._shared_seed(batch_size)
+        entry = self._shared[batch_size]
+        if "z" not in entry:
+            entry["z"] = ops.sample_mask(*self._params(), batch_size, self.temperature, seed=seed,
+                                         check_values=False)
+        return entry["z"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_features:
@@ -105,9 +128,11 @@ class BetaBernoulliMask(nn.Module):
                 return ops.channel_scale(x, scale)
             # a constant per-channel scale (attacks, inference): one native broadcast multiply
             return x * broadcast_over_channels(scale.to(x.dtype), x)
-        if self._shared is not None:
-            return ops.channel_scale(x, self.sample(x.shape[0]))
-        return ops.masked_activation(x, self.a(), self.b(), self.temperature, training=True, seed=self._seed())
+        # under shared_mask_sample each pass re-derives the step's one sample from its seed in the
+        # fused op (the same z that `sample` gives): no mask tensor, one kernel each way
+        seed = self._seed() if self._shared is None else self._shared_seed(x.shape[0])
+        return ops.masked_activation(x, *self._params(), self.temperature, training=True, seed=seed,
+                                     check_values=False)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, alpha={self.alpha}, temperature={self.temperature}, "

@@ -2,7 +2,9 @@
 
 Value checks (finite, ranges) read tensor data, so they are skipped while
 torch.compile traces (they would break the graph); shapes, dtypes and devices are
-always checked.
+always checked. On a GPU each value check is a host-device synchronisation: callers whose
+values are valid by construction (the mask module's softplus parameters) pass
+`check_values=False` to the ops that have it.
 """
 from __future__ import annotations
 
@@ -70,13 +72,20 @@ def positive_scalar(name: str, value) -> float:
     return value
 
 
-def mask_params(a: torch.Tensor, b: torch.Tensor) -> None:
-    """Kumaraswamy parameters: 1-D, same shape/device, floating, finite, > 0."""
+def flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def mask_params(a: torch.Tensor, b: torch.Tensor, values: bool = True) -> None:
+    """Kumaraswamy parameters: 1-D, same shape/device, floating; finite and > 0 when `values`."""
     tensor("a", a)
     tensor("b", b)
     if a.dim() != 1:
         raise ValueError(f"a must be 1-D of shape [C], got shape {tuple(a.shape)}")
     same("a", a, "b", b)
     floating("a", a)
-    positive("a", a)
-    positive("b", b)
+    if flag("check_values", values):
+        positive("a", a)
+        positive("b", b)

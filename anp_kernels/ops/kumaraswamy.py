@@ -8,30 +8,33 @@ from . import _checks
 EULER_GAMMA = 0.5772156649015329
 
 
-def expected_keep(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def expected_keep(a: torch.Tensor, b: torch.Tensor, *, check_values: bool = True) -> torch.Tensor:
     """E[pi] = b * B(1 + 1/a, b) per unit (differentiable).
 
     Evaluated with lgamma in float64: in fp32 the difference of two large lgammas
-    loses digits once b reaches the hundreds.
+    loses digits once b reaches the hundreds. check_values=False skips the checks that read a
+    and b (finite, > 0; a host-device synchronisation each on a GPU).
     """
-    _checks.mask_params(a, b)
+    _checks.mask_params(a, b, check_values)
     a64, b64 = a.double(), b.double()
     inv_a = 1.0 / a64
     log_keep = torch.log(b64) + torch.lgamma(1 + inv_a) + torch.lgamma(b64) - torch.lgamma(1 + inv_a + b64)
     return torch.exp(log_keep).to(a.dtype)
 
 
-def eval_mask(a: torch.Tensor, b: torch.Tensor, threshold: float = 1e-3) -> torch.Tensor:
+def eval_mask(a: torch.Tensor, b: torch.Tensor, threshold: float = 1e-3, *,
+              check_values: bool = True) -> torch.Tensor:
     """The deterministic test-time scale: E[pi], set to 0 where E[pi] <= threshold."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
         raise ValueError(f"threshold must be a number in [0, 1), got {threshold!r}")
-    keep = expected_keep(a, b)
+    keep = expected_keep(a, b, check_values=check_values)
     return torch.where(keep > threshold, keep, torch.zeros_like(keep))
 
 
-def kl_kumaraswamy_beta(a: torch.Tensor, b: torch.Tensor, alpha: float = 1e-4) -> torch.Tensor:
+def kl_kumaraswamy_beta(a: torch.Tensor, b: torch.Tensor, alpha: float = 1e-4, *,
+                        check_values: bool = True) -> torch.Tensor:
     """KL(Kumaraswamy(a, b) || Beta(alpha, 1)) summed over units (exact for this prior)."""
-    _checks.mask_params(a, b)
+    _checks.mask_params(a, b, check_values)
     alpha = _checks.positive_scalar("alpha", alpha)
     kl = (1 - alpha / a) * (-EULER_GAMMA - torch.digamma(b) - 1 / b) + torch.log(a * b / alpha) - (b - 1) / b
     return kl.sum()

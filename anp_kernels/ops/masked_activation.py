@@ -24,17 +24,22 @@ def masked_activation_reference(x, a, b, temperature: float, seed: int) -> torch
 
 def masked_activation(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1,
                       training: bool = True, threshold: float = 1e-3,
-                      generator: torch.Generator | None = None, *, seed: int | None = None) -> torch.Tensor:
-    """Apply the Beta-Bernoulli mask of (a, b) to the channels (dim 1) of x, any rank >= 2."""
+                      generator: torch.Generator | None = None, *, seed: int | None = None,
+                      check_values: bool = True) -> torch.Tensor:
+    """Apply the Beta-Bernoulli mask of (a, b) to the channels (dim 1) of x, any rank >= 2.
+
+    check_values=False skips the checks that read a and b (finite, > 0; one host-device
+    synchronisation each on a GPU), for callers whose a and b are valid by construction.
+    """
     _checks.tensor("x", x, min_rank=2)
     _checks.floating("x", x)
-    _checks.mask_params(a, b)
+    _checks.mask_params(a, b, check_values)
     _checks.same("x", x, "a", a, shape=False, dtype=False)
     if a.shape[0] != x.shape[1]:
         raise ValueError(f"a and b must have x.size(1) = {x.shape[1]} elements, got {a.shape[0]}")
     temperature = _checks.positive_scalar("temperature", temperature)
     if not training:
-        return channel_scale(x, eval_mask(a, b, threshold))
+        return channel_scale(x, eval_mask(a, b, threshold, check_values=False))
     seed = resolve_seed(generator, seed)
     which = _backend.backend_for("masked_activation", x)
     if which == "reference" or a.dtype == torch.float64:

@@ -27,13 +27,15 @@ def resolve_seed(generator: torch.Generator | None, seed: int | None) -> int:
 
 
 def sample_mask(a: torch.Tensor, b: torch.Tensor, batch_size: int, temperature: float = 0.1,
-                generator: torch.Generator | None = None, *, seed: int | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, *, seed: int | None = None,
+                check_values: bool = True) -> torch.Tensor:
     """Draw z [batch_size, C] (float32): one pi per channel, one relaxed Bernoulli per (example, channel).
 
     The same `generator` state (or `seed`) gives the same mask on the same backend,
-    and the same mask that `masked_activation` applies for that seed.
+    and the same mask that `masked_activation` applies for that seed. check_values: as in
+    `masked_activation`.
     """
-    _checks.mask_params(a, b)
+    _checks.mask_params(a, b, check_values)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
         raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
     temperature = _checks.positive_scalar("temperature", temperature)
