@@ -19,7 +19,7 @@ from torch import nn
 
 from . import ops
 from .nn.convert import mask_parameters, masks, require_latent, weight_parameters
-from .nn.mask import shared_mask_sample
+from .nn.mask import shared_mask_sample, total_kl
 
 MASK_OBJECTIVES = ("adversarial", "joint")
 
@@ -107,7 +107,7 @@ class ANPVSLoss:
     def kl(self) -> torch.Tensor:
         if not self.masks:
             return torch.zeros(())
-        return torch.stack([m.kl() for m in self.masks.values()]).sum()
+        return total_kl(list(self.masks.values()))
 
     def _l2(self) -> torch.Tensor | float:
         if self.weight_decay == 0:

@@ -1,6 +1,7 @@
 """What a model costs: parameters, bytes, FLOPs, peak activation memory, latency; dense vs compact."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import statistics
 import tempfile
@@ -11,6 +12,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -24,6 +26,28 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     return int(counter.get_total_flops())
+
+
+class _OpCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def dispatched_ops(fn: Callable[[], object]) -> collections.Counter:
+    """How often each ATen or custom op ran while fn() ran, forward and backward alike.
+
+    On a GPU each op is about one kernel launch, so for small networks (launch-bound: LeNet-5,
+    batch 64) the count bounds the step's speed; it is the same on every device, so a CPU can
+    measure it. Views and metadata ops count too (they launch nothing).
+    """
+    with _OpCounter() as counter:
+        fn()
+    return counter.counts
 
 
 def peak_bytes(fn: Callable[[], object], device: str | torch.device) -> int:

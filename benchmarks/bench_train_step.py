@@ -9,6 +9,9 @@
             passes with independent masks (one for the mask objective, a clean and an adversarial one
             for the weights' objective with VS), two optimisers: three train-mode forwards
 
+"ops" counts the ATen and custom ops one step dispatches (`profile.dispatched_ops`): the same on
+every device, and on a GPU, where LeNet-5's small kernels are launch-bound, about one launch each.
+
 On CPU every row but "original" is also timed with the network's nn.MaxPool2d(2) layers on our
 kernel ("[anp pooling]", as `anp train` and `anp prune` run on CPU; ATen's NCHW pooling is slow
 there), each against the AT step with the same pooling.
@@ -40,6 +43,7 @@ from anp_kernels import models  # noqa: E402
 from anp_kernels.attacks import pgd  # noqa: E402
 from anp_kernels.nn import convert, fast_pooling, mask_parameters, masks, parameter_groups, weight_parameters  # noqa: E402
 from anp_kernels.nn.mask import INIT_B_UC  # noqa: E402
+from anp_kernels.profile import dispatched_ops  # noqa: E402
 from _harness import interleaved_medians, stamp, write_results  # noqa: E402
 
 EPS, STEP, STEPS, BETA, LAM, N = 0.3, 0.03, 10, 4.0, 1e-3, 60000
@@ -117,14 +121,18 @@ def main() -> None:
         for config in sorted({_key(e) for e in epochs if _name(_key(e)) + tag not in steps}):
             steps[_name(config) + tag] = _sparse_step(dense, config, training_step, dev, fast=bool(tag))
     t = interleaved_medians(steps, dev, rounds=args.rounds, warmup=2)
-    lines = [f"Device: {stamp(dev)}; LeNet-5, batch {args.batch}, PGD-{STEPS}; \"{FAST.strip()}\": every "
-             "nn.MaxPool2d(2) on our kernel (what `anp train` and `anp prune` run on CPU), against AT on the same", "",
-             "| step | ms | vs AT (same pooling) | vs original-code step |", "|---|---:|---:|---:|"]
     headline = [n + tag for tag in tags for n in ("at", "anp-vs", "anp-vs-joint")] + ["original"]
+    n_ops = {name: sum(dispatched_ops(steps[name]).values()) for name in headline}
+    lines = [f"Device: {stamp(dev)}; LeNet-5, batch {args.batch}, PGD-{STEPS}; \"{FAST.strip()}\": every "
+             "nn.MaxPool2d(2) on our kernel (what `anp train` and `anp prune` run on CPU), against AT on the same; "
+             "ops: ATen and custom ops dispatched by one step (about one kernel launch each on a GPU)", "",
+             "| step | ms | vs AT (same pooling) | vs original-code step | ops | ops vs AT |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name in headline:
-        at = t["at" + (FAST if name.endswith(FAST) else "")]
-        lines.append(f"| {name} | {t[name] * 1e3:.1f} | {t[name] / at:.2f}x | {t[name] / t['original']:.2f}x |")
-    data = {"device": stamp(dev), "seconds": {k: t[k] for k in headline}}
+        at = "at" + (FAST if name.endswith(FAST) else "")
+        lines.append(f"| {name} | {t[name] * 1e3:.1f} | {t[name] / t[at]:.2f}x | {t[name] / t['original']:.2f}x | "
+                     f"{n_ops[name]} | {n_ops[name] / n_ops[at]:.2f}x |")
+    data = {"device": stamp(dev), "seconds": {k: t[k] for k in headline}, "dispatched_ops": n_ops}
     if epochs:
         data["trajectory"] = {}
         for tag in tags:

@@ -249,3 +249,12 @@ def test_a_missing_extra_names_its_pip_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_pruning", None)  # import torch_pruning now raises ImportError
     with pytest.raises(MissingExtraError, match=r"pip install 'anp_kernels\[deploy\]'"):
         deploy.compact(_pruned("lenet_digits"), (1, 1, 8, 8))
+
+
+def test_dispatched_ops_counts_forward_and_backward():
+    from anp_kernels.profile import dispatched_ops
+
+    x = torch.randn(3, requires_grad=True)
+    counts = dispatched_ops(lambda: (x * 2).sum().backward())
+    assert counts["aten.mul"] >= 2 and counts["aten.sum"] == 1  # forward mul, and mul in its backward
+    assert dispatched_ops(lambda: None) == {}

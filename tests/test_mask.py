@@ -329,3 +329,43 @@ def test_mask_module_training_step_does_not_synchronise():
             m(x).sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_total_kl_matches_the_sum_of_the_masks_kl():
+    from anp_kernels.nn import BetaBernoulliMask, total_kl
+
+    torch.manual_seed(0)
+    found = [BetaBernoulliMask(c, alpha=alpha) for c, alpha in ((3, 1e-4), (5, 1e-2), (7, 1e-4))]
+    for m in found:
+        with torch.no_grad():
+            m.a_uc.normal_()
+            m.b_uc.normal_()
+    params = [p for m in found for p in (m.a_uc, m.b_uc)]
+    expected = sum(m.kl() for m in found)
+    got = total_kl(found)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
+    for g, e in zip(torch.autograd.grad(got, params), torch.autograd.grad(expected, params)):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="at least one mask"):
+        total_kl([])
+
+
+def test_two_passes_under_a_shared_sample_run_the_fused_op_and_one_softplus_per_parameter():
+    """The clean and adversarial passes of a step: the fused op on each (no mask tensor, no
+    sample_mask), (a, b) computed once, the same mask on both (identical inputs, identical output)."""
+    from anp_kernels.nn import BetaBernoulliMask, shared_mask_sample
+    from anp_kernels.profile import dispatched_ops
+
+    m = BetaBernoulliMask(6).to(DEVICE)
+    x = torch.randn(4, 6, 3, 3, device=DEVICE)
+    outs = []
+
+    def two_passes():
+        with shared_mask_sample(m):
+            outs.extend([m(x), m(x.clone())])
+            m.kl()
+
+    counts = dispatched_ops(two_passes)
+    assert counts["aten.softplus"] == 2 and counts["anp_kernels.sample_mask"] == 0
+    assert sum(n for op, n in counts.items() if op.endswith("masked_activation")) == 2
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)

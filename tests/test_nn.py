@@ -119,6 +119,35 @@ def test_anp_linear_masks_its_inputs(training):
         layer(torch.randn(4, 6))
 
 
+@pytest.mark.parametrize("pruned", [False, True])
+def test_frozen_eval_layers_reuse_one_fold(pruned):
+    """Inside attacks.frozen an eval layer folds its scale into the weights once: later calls run
+    the plain conv / linear op alone, with the values of the unfolded path; a weight update or the
+    next mode change drops the fold."""
+    from anp_kernels.attacks import frozen
+    from anp_kernels.profile import dispatched_ops
+
+    torch.manual_seed(0)
+    model = nn.Sequential(ANPConv2d(nn.Conv2d(3, 4, 3, padding=1)), nn.Flatten(), ANPLinear(nn.Linear(4 * 64, 5)))
+    if pruned:
+        with torch.no_grad():
+            model[2].mask.a_uc[:16] = -9.0  # 16 inputs of the linear layer pruned
+    model.eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)  # parameters want gradients: the per-call path
+    with frozen(model):
+        first = model(x)
+        counts = dispatched_ops(lambda: model(x))
+        torch.testing.assert_close(first, expected, atol=1e-5, rtol=1e-5)
+        assert counts["aten.mul"] == 0 and counts["aten.convolution"] == 1, counts
+        with torch.no_grad():
+            model[0].layer.weight.mul_(2)  # a new parameter version: folded again
+        assert not torch.allclose(model(x), first)
+    assert model[0]._fold_cache is not None
+    model.eval()
+    assert model[0]._fold_cache is None and model[2]._fold_cache is None
+
+
 def test_lenet5_caffe_gets_the_original_masks():
     """conv outputs (20, 50) and Linear inputs (800, 500): 1,370 units, all at a_uc = -1."""
     model = models.lenet5_caffe()

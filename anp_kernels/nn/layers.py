@@ -13,7 +13,9 @@ training step on this project's CPU: 1.25-1.32x an AT step with 14-26% of conv2 
 sparse conv, against 1.19x with nothing pruned). While nothing is pruned, training runs the dense
 layer and the fused mask op; a conv in eval mode folds the deterministic scale into its weights
 when they are smaller than its output (attacks run the eval network many times per step, so they
-pay no extra pass over activations).
+pay no extra pass over activations). While no parameter of the layer wants a gradient (inside
+`attacks.frozen`) the folded weights are computed once and reused by every call, the linear
+layer's too, until the layer's mode is next set: an attack step runs the plain conv and linear ops.
 """
 from __future__ import annotations
 
@@ -34,6 +36,23 @@ class ANPLayer(nn.Module):
         super().__init__()
         self.layer = layer
         self.mask = BetaBernoulliMask(num_units, **mask_kwargs)
+        self._fold_cache: tuple | None = None  # (parameter versions, folded weight, bias): see _folded
+
+    def _folded(self, fold):
+        """fold() -> (weight, bias) with the eval scale folded in; cached while no parameter of the
+        layer wants a gradient (inside `attacks.frozen`: an attack's every step reuses one fold) and
+        released when the layer's mode is set (`train()`/`eval()`, as the attacks do afterwards)."""
+        if any(p.requires_grad for p in self.parameters()):
+            return fold()
+        key = (tuple((p._version, p.data_ptr()) for p in self.parameters()), self.mask.threshold)
+        if self._fold_cache is None or self._fold_cache[0] != key:
+            with torch.no_grad():
+                self._fold_cache = (key, fold())
+        return self._fold_cache[1]
+
+    def train(self, mode: bool = True):
+        self._fold_cache = None
+        return super().train(mode)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -75,15 +94,18 @@ class ANPConv2d(ANPLayer):
         active = self.mask.num_active()
         if active == conv.out_channels or active > SPARSE_CONV_KEPT * conv.out_channels:
             if not self.training and self._fold_is_cheaper(x):  # eval scale: 0 on pruned channels
-                s = self.mask.eval_scale().to(device=x.device, dtype=conv.weight.dtype)
-                bias = conv.bias * s if conv.bias is not None else None
-                return conv._conv_forward(x, conv.weight * s.view(-1, 1, 1, 1), bias)
+                return conv._conv_forward(x, *self._folded(self._fold))
             if active == conv.out_channels or not self.training:
                 return self.mask(conv(x))  # the dense conv, then the fused mask
             return ops.channel_scale(conv(x), self._sample_zeroing_pruned(x.shape[0]))
         scale, kept = self._scale_and_kept(x.shape[0])
         return ops.channel_sparse_conv2d(x, conv.weight, conv.bias, out_keep=kept, scale=scale.to(x.dtype),
                                          stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+
+    def _fold(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        conv = self.layer
+        s = self.mask.eval_scale().to(device=conv.weight.device, dtype=conv.weight.dtype)
+        return conv.weight * s.view(-1, 1, 1, 1), conv.bias * s if conv.bias is not None else None
 
     def _sample_zeroing_pruned(self, batch: int) -> torch.Tensor:
         """The training mask sample [B, C] with the pruned channels at exactly 0 (as the sparse conv has them)."""
@@ -105,8 +127,21 @@ class ANPLinear(ANPLayer):
         if x.dim() != 2 or x.shape[1] != lin.in_features:
             raise ValueError(f"ANPLinear({lin.in_features} -> {lin.out_features}) expects [N, {lin.in_features}] "
                              f"inputs, got shape {tuple(x.shape)}")
+        if not self.training and not any(p.requires_grad for p in self.parameters()):
+            weight, bias, kept = self._folded(self._fold)  # a constant eval layer: the scale in the weights
+            return F.linear(x if kept is None else x.index_select(1, kept), weight, bias)
         if self.mask.num_active() == lin.in_features:
             return lin(self.mask(x))
         scale, kept = self._scale_and_kept(x.shape[0])
         x_kept = x.index_select(1, kept) * scale.index_select(-1, kept).to(x.dtype)
         return F.linear(x_kept, lin.weight.index_select(1, kept), lin.bias)
+
+    def _fold(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The eval scale folded into the weight's input columns, the pruned ones dropped (kept: their
+        indices, None when every input is kept)."""
+        lin = self.layer
+        scale = self.mask.eval_scale().to(device=lin.weight.device, dtype=lin.weight.dtype)
+        if self.mask.num_active() == lin.in_features:
+            return lin.weight * scale, lin.bias, None
+        kept = self.mask.keep_index().to(lin.weight.device)
+        return lin.weight.index_select(1, kept) * scale.index_select(0, kept), lin.bias, kept

@@ -44,8 +44,7 @@ class BetaBernoulliMask(nn.Module):
         self.b_uc = nn.Parameter(torch.full((num_features,), float(init_b)))
         self.generator: torch.Generator | None = None  # the seed source; None = torch's global RNG
         self._shared: dict | None = None  # under shared_mask_sample: batch size -> the step's sample; (a, b)
-        self._keep_cache: tuple | None = None
-        self._scale_cache: tuple | None = None
+        self._eval_cache: tuple | None = None  # (parameter versions, detached eval scale, kept indices)
 
     # ---- parameters
     def a(self) -> torch.Tensor:
@@ -75,23 +74,24 @@ class BetaBernoulliMask(nn.Module):
         """
         if torch.is_grad_enabled() and (self.a_uc.requires_grad or self.b_uc.requires_grad):
             return ops.eval_mask(self.a(), self.b(), self.threshold, check_values=False)
-        key = (self.a_uc._version, self.b_uc._version, self.a_uc.data_ptr(), self.b_uc.data_ptr(), self.threshold)
-        if self._scale_cache is None or self._scale_cache[0] != key:
-            with torch.no_grad():
-                self._scale_cache = (key, ops.eval_mask(self.a(), self.b(), self.threshold, check_values=False))
-        return self._scale_cache[1]
+        return self._eval_state()[0]
 
     def kl(self) -> torch.Tensor:
         return ops.kl_kumaraswamy_beta(*self._params(), self.alpha, check_values=False)
 
     def keep_index(self) -> torch.Tensor:
         """Sorted int64 indices of the kept units (E[pi] > threshold); cached until a or b change."""
-        key = (self.a_uc._version, self.b_uc._version, self.a_uc.data_ptr(), self.b_uc.data_ptr())
-        if self._keep_cache is None or self._keep_cache[0] != key:
+        return self._eval_state()[1]
+
+    def _eval_state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The detached eval scale and the kept units' indices (where it is > 0, i.e. E[pi] >
+        threshold), computed together and cached until a, b or the threshold change."""
+        key = (self.a_uc._version, self.b_uc._version, self.a_uc.data_ptr(), self.b_uc.data_ptr(), self.threshold)
+        if self._eval_cache is None or self._eval_cache[0] != key:
             with torch.no_grad():
-                idx = (self.expected_keep() > self.threshold).nonzero().squeeze(1)
-            self._keep_cache = (key, idx)
-        return self._keep_cache[1]
+                scale = ops.eval_mask(self.a(), self.b(), self.threshold, check_values=False)
+                self._eval_cache = (key, scale, scale.nonzero().squeeze(1))
+        return self._eval_cache[1], self._eval_cache[2]
 
     def num_active(self) -> int:
         return int(self.keep_index().numel())
@@ -137,6 +137,22 @@ class BetaBernoulliMask(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.num_features}, alpha={self.alpha}, temperature={self.temperature}, "
                 f"threshold={self.threshold}")
+
+
+def total_kl(found: list[BetaBernoulliMask]) -> torch.Tensor:
+    """The sum of the masks' KL terms: one batched op per prior (and device, dtype), their a and b
+    concatenated; the same value as summing each mask's kl(), in a few ops instead of ~40 per mask."""
+    if not found:
+        raise ValueError("total_kl needs at least one mask")
+    groups: dict[tuple, list] = {}
+    for m in found:
+        a, b = m._params()
+        groups.setdefault((m.alpha, a.device, a.dtype), []).append((a, b))
+    terms = [ops.kl_kumaraswamy_beta(torch.cat([a for a, _ in ab]), torch.cat([b for _, b in ab]), key[0],
+                                     check_values=False) for key, ab in groups.items()]
+    if len(terms) == 1:
+        return terms[0]
+    return torch.stack([t.to(terms[0].device, torch.float32) for t in terms]).sum()
 
 
 @contextlib.contextmanager
