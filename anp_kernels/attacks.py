@@ -8,16 +8,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .nn.mask import BetaBernoulliMask, refresh_eval_states
+
 NORMS = ("Linf", "L2")
 
 
 @contextlib.contextmanager
 def frozen(model: nn.Module) -> Iterator[None]:
     """Parameters temporarily without requires_grad: attacks need input gradients only (and the
-    masked layers then reuse their cached test-time scale)."""
+    masked layers then reuse their test-time scale, brought up to date for all masks at once)."""
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
+    refresh_eval_states([m for m in model.modules() if isinstance(m, BetaBernoulliMask)])
     try:
         yield
     finally:
@@ -98,8 +101,10 @@ def _check_attack_inputs(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str
         raise ValueError(f"eps must be >= 0, got {eps}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must have the same length, got {x.shape[0]} and {y.shape[0]}")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError("inputs must lie in [0, 1] (normalise inside the model)")
+    if x.numel():
+        low, high = torch.stack(torch.aminmax(x)).tolist()  # one read of the device (one sync on a GPU)
+        if not (low >= 0 and high <= 1):  # NaN fails too
+            raise ValueError(f"inputs must lie in [0, 1] (normalise inside the model), got [{low:.4g}, {high:.4g}]")
 
 
 def _l2_project(delta: torch.Tensor, eps: float) -> torch.Tensor:

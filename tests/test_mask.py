@@ -369,3 +369,28 @@ def test_two_passes_under_a_shared_sample_run_the_fused_op_and_one_softplus_per_
     assert counts["aten.softplus"] == 2 and counts["anp_kernels.sample_mask"] == 0
     assert sum(n for op, n in counts.items() if op.endswith("masked_activation")) == 2
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_refresh_eval_states_matches_each_mask_and_skips_fresh_ones():
+    from anp_kernels.nn import BetaBernoulliMask
+    from anp_kernels.nn.mask import refresh_eval_states
+    from anp_kernels.profile import dispatched_ops
+
+    torch.manual_seed(0)
+    found = [BetaBernoulliMask(c, threshold=t).to(DEVICE) for c, t in ((5, 1e-3), (9, 1e-3), (4, 0.2))]
+    for m in found:
+        with torch.no_grad():
+            m.a_uc.uniform_(-12, 3)
+    expected = []
+    for m in found:
+        expected.append(m._eval_state())
+        m._eval_cache = None
+    refresh_eval_states(found)
+    for m, (scale, kept) in zip(found, expected):
+        assert torch.equal(m.eval_scale(), scale) and torch.equal(m.keep_index(), kept)
+    assert 0 < sum(len(k) for _, k in expected) < 18  # some units kept, some pruned
+    assert dispatched_ops(lambda: refresh_eval_states(found)) == {}  # all fresh: nothing runs
+    with torch.no_grad():
+        found[1].b_uc.add_(1.0)
+    counts = dispatched_ops(lambda: refresh_eval_states(found))
+    assert counts["aten.softplus"] == 2 and counts["aten.cat"] == 2  # the stale mask only

@@ -192,3 +192,37 @@ def test_pgd_rejects_bad_input():
         pgd(model, x, y[:3], 0.1, 0.01, 1)
     with pytest.raises(ValueError, match="norm"):
         pgd(model, x, y, 0.1, 0.01, 1, norm="L1")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_anp_vs_training_step_synchronises_at_most_twice():
+    """A whole ANP-VS step on CUDA (PGD-3, the objective, backward, Adam) waits for the GPU at most
+    twice: PGD's [0, 1] input check and the masks' kept-unit count after the update (the layers'
+    sparse paths branch on it). Every other sync would stall the queue of small kernels."""
+    import warnings
+
+    from anp_kernels.nn import parameter_groups
+
+    torch.manual_seed(0)
+    model = convert(models.lenet5_caffe()).cuda()
+    loss = ANPVSLoss(model, beta=4.0, lam=1e-3, num_train=60000)
+    opt = torch.optim.Adam(parameter_groups(model, 1e-3))
+    x, y = torch.rand(16, 1, 28, 28, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+
+    def step():
+        parts = loss(x, pgd(model, x, y, 0.3, 0.03, 3), y)
+        opt.zero_grad()
+        parts.total.backward()
+        opt.step()
+
+    step()  # warm-up: kernel loading and the optimiser's state
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+    assert len(syncs) <= 2, syncs

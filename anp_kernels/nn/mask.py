@@ -83,14 +83,16 @@ class BetaBernoulliMask(nn.Module):
         """Sorted int64 indices of the kept units (E[pi] > threshold); cached until a or b change."""
         return self._eval_state()[1]
 
+    def _eval_key(self) -> tuple:
+        return self.a_uc._version, self.b_uc._version, self.a_uc.data_ptr(), self.b_uc.data_ptr(), self.threshold
+
     def _eval_state(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The detached eval scale and the kept units' indices (where it is > 0, i.e. E[pi] >
         threshold), computed together and cached until a, b or the threshold change."""
-        key = (self.a_uc._version, self.b_uc._version, self.a_uc.data_ptr(), self.b_uc.data_ptr(), self.threshold)
-        if self._eval_cache is None or self._eval_cache[0] != key:
+        if self._eval_cache is None or self._eval_cache[0] != self._eval_key():
             with torch.no_grad():
                 scale = ops.eval_mask(self.a(), self.b(), self.threshold, check_values=False)
-                self._eval_cache = (key, scale, scale.nonzero().squeeze(1))
+                self._eval_cache = (self._eval_key(), scale, scale.nonzero().squeeze(1))
         return self._eval_cache[1], self._eval_cache[2]
 
     def num_active(self) -> int:
@@ -137,6 +139,32 @@ class BetaBernoulliMask(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.num_features}, alpha={self.alpha}, temperature={self.temperature}, "
                 f"threshold={self.threshold}")
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor onto `device` without the host waiting for it (pinned memory, for CUDA)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def refresh_eval_states(found: list[BetaBernoulliMask]) -> None:
+    """Bring every stale mask's eval scale and kept indices up to date in one batched pass per
+    (device, dtype, threshold): one chain of ops and one copy to the host for all the masks (on a GPU
+    one synchronisation, where each mask's own `nonzero` would be one each). Same values as the
+    per-mask path; masks that are up to date are left alone."""
+    groups: dict[tuple, list] = {}
+    for m in found:
+        if m._eval_cache is None or m._eval_cache[0] != m._eval_key():
+            groups.setdefault((m.a_uc.device, m.a_uc.dtype, m.threshold), []).append(m)
+    with torch.no_grad():
+        for (device, _, threshold), group in groups.items():
+            a = F.softplus(torch.cat([m.a_uc for m in group]).clamp(min=-10.0))
+            b = F.softplus(torch.cat([m.b_uc for m in group]).clamp(-10.0, 50.0))
+            scale = ops.eval_mask(a, b, threshold, check_values=False)
+            sizes = [m.num_features for m in group]
+            for m, s, s_host in zip(group, scale.split(sizes), scale.cpu().split(sizes)):
+                m._eval_cache = (m._eval_key(), s, _to_device(s_host.nonzero().squeeze(1), device))
 
 
 def total_kl(found: list[BetaBernoulliMask]) -> torch.Tensor:
