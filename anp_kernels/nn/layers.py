@@ -14,8 +14,8 @@ sparse conv, against 1.19x with nothing pruned). While nothing is pruned, traini
 layer and the fused mask op; a conv in eval mode folds the deterministic scale into its weights
 when they are smaller than its output (attacks run the eval network many times per step, so they
 pay no extra pass over activations). While no parameter of the layer wants a gradient (inside
-`attacks.frozen`) the folded weights are computed once and reused by every call, the linear
-layer's too, until the layer's mode is next set: an attack step runs the plain conv and linear ops.
+`attacks.frozen`) every eval conv and linear layer folds, once: the folded weights are reused by
+every call until the layer's mode is next set, so an attack step runs the plain conv and linear ops.
 """
 from __future__ import annotations
 
@@ -38,11 +38,15 @@ class ANPLayer(nn.Module):
         self.mask = BetaBernoulliMask(num_units, **mask_kwargs)
         self._fold_cache: tuple | None = None  # (parameter versions, folded weight, bias): see _folded
 
+    def _constant(self) -> bool:
+        """No parameter of the layer wants a gradient (inside `attacks.frozen`): eval folds are cached."""
+        return not any(p.requires_grad for p in self.parameters())
+
     def _folded(self, fold):
         """fold() -> (weight, bias) with the eval scale folded in; cached while no parameter of the
         layer wants a gradient (inside `attacks.frozen`: an attack's every step reuses one fold) and
         released when the layer's mode is set (`train()`/`eval()`, as the attacks do afterwards)."""
-        if any(p.requires_grad for p in self.parameters()):
+        if not self._constant():
             return fold()
         key = (tuple((p._version, p.data_ptr()) for p in self.parameters()), self.mask.threshold)
         if self._fold_cache is None or self._fold_cache[0] != key:
@@ -93,7 +97,7 @@ class ANPConv2d(ANPLayer):
         conv = self.layer
         active = self.mask.num_active()
         if active == conv.out_channels or active > SPARSE_CONV_KEPT * conv.out_channels:
-            if not self.training and self._fold_is_cheaper(x):  # eval scale: 0 on pruned channels
+            if not self.training and (self._constant() or self._fold_is_cheaper(x)):  # 0 on pruned channels
                 return conv._conv_forward(x, *self._folded(self._fold))
             if active == conv.out_channels or not self.training:
                 return self.mask(conv(x))  # the dense conv, then the fused mask
@@ -127,7 +131,7 @@ class ANPLinear(ANPLayer):
         if x.dim() != 2 or x.shape[1] != lin.in_features:
             raise ValueError(f"ANPLinear({lin.in_features} -> {lin.out_features}) expects [N, {lin.in_features}] "
                              f"inputs, got shape {tuple(x.shape)}")
-        if not self.training and not any(p.requires_grad for p in self.parameters()):
+        if not self.training and self._constant():
             weight, bias, kept = self._folded(self._fold)  # a constant eval layer: the scale in the weights
             return F.linear(x if kept is None else x.index_select(1, kept), weight, bias)
         if self.mask.num_active() == lin.in_features:
