@@ -60,7 +60,13 @@ def mask_noise(seed: int, batch_size: int, num_features: int, device: torch.devi
     return u_pi, u_z
 
 
+def draw_seed_tensor(generator: torch.Generator | None = None) -> torch.Tensor:
+    """A 62-bit seed from `generator` (or torch's default CPU generator), as a one-element int64
+    tensor: kept in this form, a compiled graph reads it as an input instead of baking it in."""
+    device = generator.device if generator is not None else "cpu"
+    return torch.randint(0, 2**62, (1,), generator=generator, device=device)
+
+
 def draw_seed(generator: torch.Generator | None = None) -> int:
     """A 62-bit seed from `generator` (or torch's default CPU generator)."""
-    device = generator.device if generator is not None else "cpu"
-    return int(torch.randint(0, 2**62, (1,), generator=generator, device=device).item())
+    return int(draw_seed_tensor(generator).item())

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn.mask import BetaBernoulliMask, refresh_eval_states
+from .nn.mask import refresh_eval_states
 
 NORMS = ("Linf", "L2")
 
@@ -20,7 +20,7 @@ def frozen(model: nn.Module) -> Iterator[None]:
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
-    refresh_eval_states([m for m in model.modules() if isinstance(m, BetaBernoulliMask)])
+    refresh_eval_states(model)
     try:
         yield
     finally:

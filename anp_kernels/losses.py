@@ -19,7 +19,7 @@ from torch import nn
 
 from . import ops
 from .nn.convert import mask_parameters, masks, require_latent, weight_parameters
-from .nn.mask import shared_mask_sample, total_kl
+from .nn.mask import refresh_eval_states, shared_mask_sample, total_kl
 
 MASK_OBJECTIVES = ("adversarial", "joint")
 
@@ -126,6 +126,8 @@ class ANPVSLoss:
 
     def __call__(self, x: torch.Tensor, x_adv: torch.Tensor | None, y: torch.Tensor) -> LossParts:
         """x_adv=None: clean training (CE(x) + beta KL / N for weights and masks alike)."""
+        if self.masks:
+            refresh_eval_states(list(self.masks.values()))  # eager, so a compiled model sees today's pruning
         if x_adv is None:
             logits = self.model(x)
             ce = F.cross_entropy(logits, y)

@@ -501,10 +501,10 @@ TORCH_LIBRARY(anp_kernels, m) {
   m.def("channel_distortion(Tensor z, Tensor z_adv) -> Tensor");
   m.def("channel_distortion_backward(Tensor grad, Tensor z, Tensor z_adv) -> (Tensor, Tensor)");
   m.def("relaxed_mask(Tensor a, Tensor b, Tensor u_pi, Tensor u_z, float temperature) -> Tensor");
-  m.def("sample_mask(Tensor a, Tensor b, int batch_size, float temperature, int seed) -> Tensor");
-  m.def("masked_activation(Tensor x, Tensor a, Tensor b, float temperature, int seed) -> Tensor");
+  m.def("sample_mask(Tensor a, Tensor b, int batch_size, float temperature, SymInt seed) -> Tensor");
+  m.def("masked_activation(Tensor x, Tensor a, Tensor b, float temperature, SymInt seed) -> Tensor");
   m.def(
-      "masked_activation_backward(Tensor grad, Tensor x, Tensor a, Tensor b, float temperature, int seed)"
+      "masked_activation_backward(Tensor grad, Tensor x, Tensor a, Tensor b, float temperature, SymInt seed)"
       " -> (Tensor, Tensor, Tensor)");
   m.def("channel_scale(Tensor x, Tensor z) -> Tensor");
   m.def("channel_scale_backward(Tensor grad, Tensor x, Tensor z) -> (Tensor, Tensor)");

@@ -181,3 +181,67 @@ def test_dispatch_is_a_fixed_rule_unless_autotuning_is_asked_for(monkeypatch):
 def test_the_extension_reports_its_build():
     assert _backend.build_info() == ("cuda" if torch.version.cuda and _backend.available("cuda", "cuda") else "cpu")
     assert _backend.available("reference") and _backend.available("cpu", "cpu")
+
+
+def _half_pruned_lenet():
+    from anp_kernels import models
+    from anp_kernels.nn import convert
+
+    torch.manual_seed(0)
+    model = convert(models.lenet5_caffe())
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "a_uc"):
+                m.a_uc[: m.num_features // 2] = -10.0  # half of every layer pruned: the sparse paths
+    return model
+
+
+def test_torch_compile_fullgraph_of_a_masked_model_in_eval_mode():
+    """A converted model compiles without graph breaks in eval mode, pruned layers included, and
+    gives the eager logits; before its first eager forward the kept channels are unknown and the
+    trace says so."""
+    torch._dynamo.reset()
+    model = _half_pruned_lenet().eval()
+    x = torch.rand(4, 1, 28, 28)
+    with pytest.raises(Exception, match="needs one eager forward"):
+        torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    torch._dynamo.reset()
+    eager = model(x)
+    torch.testing.assert_close(torch.compile(model, fullgraph=True, backend="aot_eager")(x), eager)
+
+
+def test_torch_compile_fullgraph_of_a_masked_model_trains_like_eager():
+    """ANP-VS steps (PGD, ANPVSLoss, Adam) through a fullgraph-compiled masked model: the same losses
+    as eager, step after step, and no recompilation once its three graphs exist (the eval network,
+    the clean pass that draws the step's mask seeds, the adversarial pass that reuses them)."""
+    from anp_kernels.attacks import pgd
+    from anp_kernels.losses import ANPVSLoss
+    from anp_kernels.nn import parameter_groups
+
+    def run(compiled: bool):
+        torch._dynamo.reset()
+        model = _half_pruned_lenet()
+        graphs = []
+
+        def backend(gm, inputs):
+            graphs.append(gm)
+            return gm
+
+        x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+        model(x)
+        net = torch.compile(model, fullgraph=True, backend=backend) if compiled else model
+        loss = ANPVSLoss(net, beta=4.0, lam=1e-3, num_train=60000)
+        opt = torch.optim.Adam(parameter_groups(model, 1e-2))
+        losses = []
+        for _ in range(4):
+            parts = loss(x, pgd(net, x, y, 0.3, 0.03, 2), y)
+            opt.zero_grad()
+            parts.total.backward()
+            opt.step()
+            losses.append(parts.weight_objective.item())
+        return losses, len(graphs)
+
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        compiled, n_graphs = run(True)
+    eager, _ = run(False)
+    assert compiled == pytest.approx(eager, rel=1e-5) and n_graphs == 3

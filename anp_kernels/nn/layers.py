@@ -46,7 +46,7 @@ class ANPLayer(nn.Module):
         """fold() -> (weight, bias) with the eval scale folded in; cached while no parameter of the
         layer wants a gradient (inside `attacks.frozen`: an attack's every step reuses one fold) and
         released when the layer's mode is set (`train()`/`eval()`, as the attacks do afterwards)."""
-        if not self._constant():
+        if not self._constant() or torch.compiler.is_compiling():  # traced: folded inside the graph
             return fold()
         key = (tuple((p._version, p.data_ptr()) for p in self.parameters()), self.mask.threshold)
         if self._fold_cache is None or self._fold_cache[0] != key:

@@ -43,7 +43,8 @@ class BetaBernoulliMask(nn.Module):
         self.a_uc = nn.Parameter(torch.full((num_features,), float(init_a)))
         self.b_uc = nn.Parameter(torch.full((num_features,), float(init_b)))
         self.generator: torch.Generator | None = None  # the seed source; None = torch's global RNG
-        self._shared: dict | None = None  # under shared_mask_sample: batch size -> the step's sample; (a, b)
+        self._shared: dict | None = None  # under shared_mask_sample: batch size -> the step's seed (and sample)
+        self._shared_params: dict = {}  # under shared_mask_sample: the block's (a, b), per parameter version
         self._eval_cache: tuple | None = None  # (parameter versions, detached eval scale, kept indices)
 
     # ---- parameters
@@ -56,12 +57,12 @@ class BetaBernoulliMask(nn.Module):
     def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, b); under `shared_mask_sample` computed once for all passes of the block (per grad
         mode, while the raw parameters are unchanged): one softplus each instead of one per pass."""
-        if self._shared is None:
+        if self._shared is None or torch.compiler.is_compiling():  # traced: the compiler fuses them anyway
             return self.a(), self.b()
         key = self._params_key()
-        if key not in self._shared:
-            self._shared[key] = (self.a(), self.b())
-        return self._shared[key]
+        if key not in self._shared_params:
+            self._shared_params[key] = (self.a(), self.b())
+        return self._shared_params[key]
 
     def _params_key(self) -> tuple:
         return "params", self.a_uc._version, self.b_uc._version, torch.is_grad_enabled()
@@ -91,7 +92,17 @@ class BetaBernoulliMask(nn.Module):
 
     def _eval_state(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The detached eval scale and the kept units' indices (where it is > 0, i.e. E[pi] >
-        threshold), computed together and cached until a, b or the threshold change."""
+        threshold), computed together and cached until a, b or the threshold change.
+
+        Under torch.compile the cache is read as it is (the kept indices fix the graph's shapes;
+        finding them is data-dependent): a compiled model computes the channels kept at the last
+        eager refresh (a forward, `refresh_eval_states`, `attacks.frozen`), with the scale values
+        taken from a and b as they are."""
+        if torch.compiler.is_compiling():
+            if self._eval_cache is None:
+                raise RuntimeError("a masked model needs one eager forward (or nn.mask.refresh_eval_states) "
+                                   "before torch.compile traces it: the kept channels fix its shapes")
+            return self._eval_cache[1], self._eval_cache[2]
         if self._eval_cache is None or self._eval_cache[0] != self._eval_key():
             with torch.no_grad():
                 scale = ops.eval_mask(self.a(), self.b(), self.threshold, check_values=False)
@@ -107,9 +118,9 @@ class BetaBernoulliMask(nn.Module):
 
     def _shared_seed(self, batch_size: int) -> int:
         """The seed of this step's one sample for `batch_size` (drawn at its first use in the block)."""
-        if batch_size not in self._shared:
-            self._shared[batch_size] = {"seed": self._seed()}
-        return self._shared[batch_size]["seed"]
+        if batch_size not in self._shared:  # a tensor: under torch.compile a graph input, not a constant
+            self._shared[batch_size] = {"seed": _rng.draw_seed_tensor(self.generator)}
+        return int(self._shared[batch_size]["seed"].item())
 
     def sample(self, batch_size: int) -> torch.Tensor:
         """A relaxed mask z [batch_size, C]; under `shared_mask_sample` every pass of the block with
@@ -151,11 +162,17 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
-def refresh_eval_states(found: list[BetaBernoulliMask]) -> None:
-    """Bring every stale mask's eval scale and kept indices up to date in one batched pass per
-    (device, dtype, threshold): one chain of ops and one copy to the host for all the masks (on a GPU
-    one synchronisation, where each mask's own `nonzero` would be one each). Same values as the
-    per-mask path; masks that are up to date are left alone."""
+def refresh_eval_states(found: nn.Module | list[BetaBernoulliMask]) -> None:
+    """Bring every stale mask's (of a model, or of a list) eval scale and kept indices up to date in
+    one batched pass per (device, dtype, threshold): one chain of ops and one copy to the host for all
+    the masks (on a GPU one synchronisation, where each mask's own `nonzero` would be one each). Same
+    values as the per-mask path; masks that are up to date are left alone.
+
+    A model compiled with torch.compile computes the channels kept at the last refresh: ANPVSLoss
+    and the attacks call this every step; a custom training loop of a compiled model calls it once
+    per step, eagerly (outside the compiled function)."""
+    if isinstance(found, nn.Module):
+        found = [m for m in found.modules() if isinstance(m, BetaBernoulliMask)]
     groups: dict[tuple, list] = {}
     for m in found:
         if m._eval_cache is None or m._eval_cache[0] != m._eval_key():
@@ -201,7 +218,7 @@ def shared_mask_sample(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         for m in found:
-            m._shared = None
+            m._shared, m._shared_params = None, {}
 
 
 def _batched_params(found: list[BetaBernoulliMask]) -> None:
@@ -218,4 +235,4 @@ def _batched_params(found: list[BetaBernoulliMask]) -> None:
         a = F.softplus(torch.cat([m.a_uc for m in group]).clamp(min=-10.0)).split(sizes)
         b = F.softplus(torch.cat([m.b_uc for m in group]).clamp(-10.0, 50.0)).split(sizes)
         for m, a_m, b_m in zip(group, a, b):
-            m._shared[m._params_key()] = (a_m, b_m)
+            m._shared_params[m._params_key()] = (a_m, b_m)

@@ -16,7 +16,9 @@ def sample_mask_reference(a, b, batch_size: int, temperature: float, seed: int) 
 def resolve_seed(generator: torch.Generator | None, seed: int | None) -> int:
     """An explicit seed wins; otherwise one drawn from `generator` (or the global RNG)."""
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        if _checks._tracing():
+            pass  # not checked while torch.compile traces (a seed drawn in the graph is symbolic)
+        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
         if generator is not None:
             raise ValueError("pass either generator or seed, not both")
