@@ -201,8 +201,8 @@ def test_torch_compile_fullgraph_of_a_masked_model_in_eval_mode():
     gives the eager logits; before its first eager forward the kept channels are unknown and the
     trace says so."""
     torch._dynamo.reset()
-    model = _half_pruned_lenet().eval()
-    x = torch.rand(4, 1, 28, 28)
+    model = _half_pruned_lenet().to(DEVICE).eval()
+    x = torch.rand(4, 1, 28, 28, device=DEVICE)
     with pytest.raises(Exception, match="needs one eager forward"):
         torch.compile(model, fullgraph=True, backend="aot_eager")(x)
     torch._dynamo.reset()
@@ -220,14 +220,14 @@ def test_torch_compile_fullgraph_of_a_masked_model_trains_like_eager():
 
     def run(compiled: bool):
         torch._dynamo.reset()
-        model = _half_pruned_lenet()
+        model = _half_pruned_lenet().to(DEVICE)
         graphs = []
 
         def backend(gm, inputs):
             graphs.append(gm)
             return gm
 
-        x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+        x, y = torch.rand(16, 1, 28, 28, device=DEVICE), torch.randint(0, 10, (16,), device=DEVICE)
         model(x)
         net = torch.compile(model, fullgraph=True, backend=backend) if compiled else model
         loss = ANPVSLoss(net, beta=4.0, lam=1e-3, num_train=60000)
