@@ -46,9 +46,9 @@ plan=(
   "bench_sparse_conv|75|python3 benchmarks/bench_sparse_conv.py --device cuda --rounds $rounds"
   "bench_ops|75|python3 benchmarks/bench_ops.py --device cuda --rounds $rounds"
   "bench_train_step|45|python3 benchmarks/bench_train_step.py --device cuda --rounds $rounds"
-  "bench_train_step_vgg16|60|python3 benchmarks/bench_train_step.py --model vgg16 --device cuda --rounds $rounds --sparsities 0.5,0.765,0.9"
-  "bench_overhead|20|python3 benchmarks/bench_overhead.py --device cuda --rounds $rounds"
+  "bench_vgg_step|60|python3 benchmarks/bench_train_step.py --model vgg16 --device cuda --rounds $rounds --sparsities 0.5,0.765,0.9"
   "bench_deploy|45|python3 benchmarks/bench_deploy.py --device cuda --runs $rounds"
+  "bench_overhead|20|python3 benchmarks/bench_overhead.py --device cuda --rounds $rounds"
   "tests_rest|90|python3 -m pytest -q -rs $workers $case_limit tests $rest_ignores"
 )
 if [ "$dry" = 1 ]; then
