@@ -22,7 +22,7 @@ import torch
 
 BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
 OPS = ("channel_distortion", "relaxed_mask", "sample_mask", "masked_activation", "channel_scale",
-       "channel_sparse_conv2d")
+       "channel_sparse_conv2d", "kl_kumaraswamy_beta")
 NAMESPACES = {"cpu": "anp_kernels", "cuda": "anp_kernels", "triton": "anp_triton"}
 MODULES = {"anp_kernels": "anp_kernels._C", "anp_triton": "anp_kernels.triton.ops"}
 

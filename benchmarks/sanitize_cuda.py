@@ -30,7 +30,8 @@ def run(device: str, backend: str) -> list[str]:
                                                                 requires_grad=True), None, padding=1,
                                                  in_keep=torch.tensor([0, 2, 4], device=device),
                                                  out_keep=torch.tensor([1, 3], device=device))
-                (vs + scaled.float().sum() + conv.float().sum()).backward()
+                kl = ops.kl_kumaraswamy_beta(a.to(dtype), b.to(dtype), 1e-4)
+                (vs + scaled.float().sum() + conv.float().sum() + kl.float()).backward()
                 done.append(f"{dtype} {fmt}")
         u_pi, u_z = anp_kernels.mask_noise(3, 4, 5, device)
         ops.relaxed_mask(torch.rand(5, device=device) + 0.3, torch.rand(5, device=device) + 0.5, u_pi, u_z)

@@ -82,4 +82,40 @@ ANP_HD void keep_prob_grads(float a, float b, float u_pi, float g, float* grad_a
   *grad_b = om_raw >= kTiny ? g_log_pi / (a * om) * ub * log_u / (b * b) : 0.0f;
 }
 
+// ---- KL(Kumaraswamy(a, b) || Beta(alpha, 1)) per unit, in double (exact enough for any fp32 a, b)
+constexpr double kEulerGamma = 0.57721566490153286;
+
+// digamma(x) for x >= 1: the recurrence up to x >= 10, then the asymptotic series (error < 1e-12).
+ANP_HD double digamma_ge1(double x) {
+  double acc = 0.0;
+  for (int k = 0; k < 9 && x < 10.0; ++k) acc -= 1.0 / x, x += 1.0;
+  const double r = 1.0 / x, r2 = r * r;
+  const double series = r2 * (1.0 / 12 - r2 * (1.0 / 120 - r2 * (1.0 / 252 - r2 * (1.0 / 240 - r2 / 132))));
+  return acc + log(x) - 0.5 * r - series;
+}
+
+// trigamma(x) for x >= 1, the same way.
+ANP_HD double trigamma_ge1(double x) {
+  double acc = 0.0;
+  for (int k = 0; k < 9 && x < 10.0; ++k) acc += 1.0 / (x * x), x += 1.0;
+  const double r = 1.0 / x, r2 = r * r;
+  const double series = r * r2 * (1.0 / 6 - r2 * (1.0 / 30 - r2 * (1.0 / 42 - r2 * (1.0 / 30 - r2 * 5.0 / 66))));
+  return acc + r + 0.5 * r2 + series;
+}
+
+// -gamma - digamma(b) - 1/b, as -gamma - digamma(b + 1): the same value without the cancellation of
+// the two 1/b terms (large for small b).
+ANP_HD double kl_t(double b) { return -kEulerGamma - digamma_ge1(b + 1.0); }
+
+ANP_HD double kl_unit(double a, double b, double alpha) {
+  return (1.0 - alpha / a) * kl_t(b) + log(a * b / alpha) - (b - 1.0) / b;
+}
+
+// d KL / da and d KL / db of one unit, times g.
+ANP_HD void kl_unit_grads(double a, double b, double alpha, double g, double* grad_a, double* grad_b) {
+  *grad_a = g * (alpha / (a * a) * kl_t(b) + 1.0 / a);
+  // (1 - alpha/a)(-trigamma(b) + 1/b^2) + 1/b - 1/b^2, with trigamma(b) = trigamma(b + 1) + 1/b^2
+  *grad_b = g * (-(1.0 - alpha / a) * trigamma_ge1(b + 1.0) + (b - 1.0) / (b * b));
+}
+
 }  // namespace anp

@@ -366,6 +366,29 @@ std::tuple<Tensor, Tensor> channel_scale_backward_cpu(const Tensor& grad, const 
   return scale_backward(grad, x, z.data_ptr<float>(), z.dim() == 2);
 }
 
+// ---------------------------------------------------------------- KL of the masks
+// sum over units of KL(Kumaraswamy(a, b) || Beta(alpha, 1)), float32 0-d; per unit in double.
+Tensor kumaraswamy_kl_cpu(const Tensor& a_in, const Tensor& b_in, double alpha) {
+  TORCH_CHECK(a_in.dim() == 1 && a_in.sizes() == b_in.sizes(), "anp_kernels: a and b must be 1-D of one shape");
+  Tensor a = a_in.to(at::kDouble).contiguous(), b = b_in.to(at::kDouble).contiguous();
+  const double *pa = a.data_ptr<double>(), *pb = b.data_ptr<double>();
+  double sum = 0.0;
+  for (int64_t c = 0; c < a.numel(); ++c) sum += kl_unit(pa[c], pb[c], alpha);
+  return at::full({}, sum, a_in.options().dtype(at::kFloat));
+}
+
+// (d/da, d/db) of grad * kumaraswamy_kl(a, b, alpha), in the dtype of a.
+std::tuple<Tensor, Tensor> kumaraswamy_kl_backward_cpu(const Tensor& grad, const Tensor& a_in, const Tensor& b_in,
+                                                       double alpha) {
+  Tensor a = a_in.to(at::kDouble).contiguous(), b = b_in.to(at::kDouble).contiguous();
+  const double g = grad.item<double>();
+  Tensor ga = at::empty_like(a), gb = at::empty_like(b);
+  const double *pa = a.data_ptr<double>(), *pb = b.data_ptr<double>();
+  double *pga = ga.data_ptr<double>(), *pgb = gb.data_ptr<double>();
+  for (int64_t c = 0; c < a.numel(); ++c) kl_unit_grads(pa[c], pb[c], alpha, g, pga + c, pgb + c);
+  return {ga.to(a_in.scalar_type()), gb.to(b_in.scalar_type())};
+}
+
 // ---------------------------------------------------------------- channel-sparse conv
 // Fused epilogue on the compact conv y [N, K, P]: v = y + bias, y_pre = v (when scaled),
 // out = v * scale, written to the compact rows or to the kept rows of the full output.
@@ -506,6 +529,8 @@ TORCH_LIBRARY(anp_kernels, m) {
   m.def(
       "masked_activation_backward(Tensor grad, Tensor x, Tensor a, Tensor b, float temperature, SymInt seed)"
       " -> (Tensor, Tensor, Tensor)");
+  m.def("kumaraswamy_kl(Tensor a, Tensor b, float alpha) -> Tensor");
+  m.def("kumaraswamy_kl_backward(Tensor grad, Tensor a, Tensor b, float alpha) -> (Tensor, Tensor)");
   m.def("channel_scale(Tensor x, Tensor z) -> Tensor");
   m.def("channel_scale_backward(Tensor grad, Tensor x, Tensor z) -> (Tensor, Tensor)");
   m.def(
@@ -537,6 +562,8 @@ TORCH_LIBRARY_IMPL(anp_kernels, CPU, m) {
   m.impl("sample_mask", &anp::sample_mask_cpu);
   m.impl("masked_activation", &anp::masked_activation_cpu);
   m.impl("masked_activation_backward", &anp::masked_activation_backward_cpu);
+  m.impl("kumaraswamy_kl", &anp::kumaraswamy_kl_cpu);
+  m.impl("kumaraswamy_kl_backward", &anp::kumaraswamy_kl_backward_cpu);
   m.impl("channel_scale", &anp::channel_scale_cpu);
   m.impl("channel_scale_backward", &anp::channel_scale_backward_cpu);
   m.impl("channel_sparse_conv2d", &anp::channel_sparse_conv2d_cpu);

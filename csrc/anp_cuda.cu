@@ -349,6 +349,67 @@ std::tuple<Tensor, Tensor> channel_scale_backward_cuda(const Tensor& grad, const
   return scale_backward(grad, x, StoredZ{z.data_ptr<float>(), z.dim() == 2, x.size(1)});
 }
 
+// ------------------------------------------------------------------ KL of the masks
+// One block: each thread sums the KL of a strided share of the units (in double), then the block
+// reduces; the result is written as float32, with no host round trip.
+template <typename T>
+__global__ void kumaraswamy_kl_kernel(const T* __restrict__ a, const T* __restrict__ b, double alpha,
+                                      float* __restrict__ out, int64_t C) {
+  __shared__ double sums[kThreads];
+  double acc = 0.0;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+    acc += kl_unit(static_cast<double>(a[c]), static_cast<double>(b[c]), alpha);
+  sums[threadIdx.x] = acc;
+  __syncthreads();
+  for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+    if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[0] = static_cast<float>(sums[0]);
+}
+
+template <typename T>
+__global__ void kumaraswamy_kl_backward_kernel(const float* __restrict__ grad, const T* __restrict__ a,
+                                               const T* __restrict__ b, double alpha, T* __restrict__ ga,
+                                               T* __restrict__ gb, int64_t C) {
+  const double g = static_cast<double>(grad[0]);
+  for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
+    double da, db;
+    kl_unit_grads(static_cast<double>(a[c]), static_cast<double>(b[c]), alpha, g, &da, &db);
+    ga[c] = static_cast<T>(da);
+    gb[c] = static_cast<T>(db);
+  }
+}
+
+Tensor kumaraswamy_kl_cuda(const Tensor& a_in, const Tensor& b_in, double alpha) {
+  TORCH_CHECK(a_in.dim() == 1 && a_in.sizes() == b_in.sizes(), "anp_kernels: a and b must be 1-D of one shape");
+  c10::cuda::CUDAGuard guard(a_in.device());
+  Tensor a = a_in.contiguous(), b = b_in.contiguous();
+  Tensor out = at::zeros({}, a.options().dtype(at::kFloat));
+  if (a.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "kumaraswamy_kl_cuda", [&] {
+    kumaraswamy_kl_kernel<scalar_t><<<1, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), alpha, out.data_ptr<float>(), a.numel());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+std::tuple<Tensor, Tensor> kumaraswamy_kl_backward_cuda(const Tensor& grad, const Tensor& a_in, const Tensor& b_in,
+                                                        double alpha) {
+  c10::cuda::CUDAGuard guard(a_in.device());
+  Tensor a = a_in.contiguous(), b = b_in.contiguous(), g = grad.to(at::kFloat).contiguous();
+  Tensor ga = at::empty_like(a), gb = at::empty_like(b);
+  if (a.numel() == 0) return {ga, gb};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "kumaraswamy_kl_backward_cuda", [&] {
+    kumaraswamy_kl_backward_kernel<scalar_t><<<grid_for(a.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        g.data_ptr<float>(), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), alpha, ga.data_ptr<scalar_t>(),
+        gb.data_ptr<scalar_t>(), a.numel());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {ga, gb};
+}
+
 // ------------------------------------------------------------------ channel-sparse conv
 // Fused epilogue on the compact cuDNN conv y [N, K, P]: (y + bias) * scale into the
 // compact or the full output (the scatter to kept channels happens in the store).
@@ -398,6 +459,8 @@ TORCH_LIBRARY_IMPL(anp_kernels, CUDA, m) {
   m.impl("sample_mask", &anp::sample_mask_cuda);
   m.impl("masked_activation", &anp::masked_activation_cuda);
   m.impl("masked_activation_backward", &anp::masked_activation_backward_cuda);
+  m.impl("kumaraswamy_kl", &anp::kumaraswamy_kl_cuda);
+  m.impl("kumaraswamy_kl_backward", &anp::kumaraswamy_kl_backward_cuda);
   m.impl("channel_scale", &anp::channel_scale_cuda);
   m.impl("channel_scale_backward", &anp::channel_scale_backward_cuda);
   m.impl("channel_sparse_conv2d", &anp::channel_sparse_conv2d_cuda);

@@ -85,6 +85,8 @@ def test_opcheck_cpp_ops():
         (k.sample_mask, (a, b, 3, 0.1, 7)),
         (k.masked_activation, (x, a, b, 0.1, 7)),
         (k.channel_scale, (x, torch.rand(4, requires_grad=True))),
+        (k.kumaraswamy_kl, (a, b, 1e-4)),
+        (k.kumaraswamy_kl_backward, (torch.tensor(0.7), a.detach(), b.detach(), 1e-4)),
     ]
     xc = torch.randn(2, 6, 9, 8, requires_grad=True)
     keep_in, keep_out = torch.tensor([0, 2, 5]), torch.tensor([1, 3])

@@ -10,6 +10,7 @@ import anp_kernels
 from anp_kernels import ops
 from conftest import DEVICE, available_backends, fast_backends, tolerance
 from helpers import make_layout, mask_params
+import torch.nn.functional as F
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -221,6 +222,38 @@ def test_kl_sums_over_units_and_is_differentiable():
     parts = sum(ops.kl_kumaraswamy_beta(a[i:i + 1], b[i:i + 1], 1e-4) for i in range(6))
     torch.testing.assert_close(total, parts)
     assert torch.autograd.gradcheck(lambda a, b: ops.kl_kumaraswamy_beta(a, b, 1e-4), (a, b))
+
+
+def _mask_params_over_the_clamped_range(c: int, device, dtype):
+    """a, b spread over all the mask module can produce: softplus of [-10, 5] and [-10, 50]."""
+    g = torch.Generator().manual_seed(3)
+    a = F.softplus(torch.empty(c).uniform_(-10, 5, generator=g))
+    b = F.softplus(torch.empty(c).uniform_(-10, 50, generator=g))
+    return a.to(device, dtype), b.to(device, dtype)
+
+
+@pytest.mark.parametrize("backend", fast_backends())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("c", [1, 7, 3000])
+def test_kl_kernel_matches_the_float64_closed_form(backend, dtype, c):
+    """The fused KL and its gradients against the float64 reference at the same (rounded) inputs,
+    over the whole clamped parameter range (fp16: b up to 20, so the sum and 1/b^2 stay finite)."""
+    a, b = _mask_params_over_the_clamped_range(c, DEVICE, torch.float32)
+    if dtype == torch.float16:
+        a, b = a.clamp(0.05, 20), b.clamp(0.05, 20)
+        a, b = a[:200], b[:200]
+    a, b = (t.to(dtype).requires_grad_() for t in (a, b))
+    a64, b64 = (t.detach().double().requires_grad_() for t in (a, b))
+    expected = ops.kl_kumaraswamy_beta(a64, b64, 1e-4)
+    ea, eb = torch.autograd.grad(expected * 0.5, (a64, b64))
+    with anp_kernels.use_backend(backend):
+        out = ops.kl_kumaraswamy_beta(a, b, 1e-4)
+        ga, gb = torch.autograd.grad(out * 0.5, (a, b))
+    assert out.dtype == dtype and ga.dtype == dtype
+    rel = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    torch.testing.assert_close(out.double(), expected.detach(), rtol=rel, atol=1e-5)
+    for g, e in ((ga, ea), (gb, eb)):
+        torch.testing.assert_close(g.double(), e, rtol=rel, atol=rel * e.abs().max().item())
 
 
 # ------------------------------------------------------------------ bad input

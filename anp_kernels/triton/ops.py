@@ -4,7 +4,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import distortion, mask, sparse_conv
+from . import distortion, kl, mask, sparse_conv
 
 
 @torch.library.custom_op("anp_triton::channel_distortion", mutates_args=())
@@ -36,6 +36,16 @@ def masked_activation(x: Tensor, a: Tensor, b: Tensor, temperature: float, seed:
 def masked_activation_backward(grad: Tensor, x: Tensor, a: Tensor, b: Tensor, temperature: float,
                                seed: int) -> tuple[Tensor, Tensor, Tensor]:
     return mask.masked_backward(grad, x, a, b, temperature, seed)
+
+
+@torch.library.custom_op("anp_triton::kumaraswamy_kl", mutates_args=())
+def kumaraswamy_kl(a: Tensor, b: Tensor, alpha: float) -> Tensor:
+    return kl.forward(a, b, alpha)
+
+
+@torch.library.custom_op("anp_triton::kumaraswamy_kl_backward", mutates_args=())
+def kumaraswamy_kl_backward(grad: Tensor, a: Tensor, b: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    return kl.backward(grad, a, b, alpha)
 
 
 @torch.library.custom_op("anp_triton::channel_scale", mutates_args=())
