@@ -247,3 +247,19 @@ def test_torch_compile_fullgraph_of_a_masked_model_trains_like_eager():
         compiled, n_graphs = run(True)
     eager, _ = run(False)
     assert compiled == pytest.approx(eager, rel=1e-5) and n_graphs == 3
+
+
+def test_a_compiled_eval_model_takes_its_scale_from_the_current_parameters():
+    """Under no_grad, after the mask parameters change without a refresh: the compiled model's
+    scale follows the parameters as eager does (only the kept-channel structure is cached)."""
+    torch._dynamo.reset()
+    model = _half_pruned_lenet().to(DEVICE).eval()
+    x = torch.rand(4, 1, 28, 28, device=DEVICE)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        model(x)
+        compiled(x)
+        for m in model.modules():
+            if hasattr(m, "b_uc"):
+                m.b_uc.add_(0.7)  # keep probabilities move; nothing crosses the threshold
+        torch.testing.assert_close(compiled(x), model(x))

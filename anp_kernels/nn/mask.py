@@ -76,7 +76,8 @@ class BetaBernoulliMask(nn.Module):
         Cached per parameter version when no gradient to a, b is wanted (attacks call the eval
         network thousands of times; see `frozen`).
         """
-        if torch.is_grad_enabled() and (self.a_uc.requires_grad or self.b_uc.requires_grad):
+        wants_grad = torch.is_grad_enabled() and (self.a_uc.requires_grad or self.b_uc.requires_grad)
+        if wants_grad or torch.compiler.is_compiling():  # traced: from a and b as they are, not the cache
             return ops.eval_mask(self.a(), self.b(), self.threshold, check_values=False)
         return self._eval_state()[0]
 
