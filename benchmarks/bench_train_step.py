@@ -51,6 +51,7 @@ from anp_kernels.profile import dispatched_ops  # noqa: E402
 from _harness import interleaved_medians, stamp, write_results  # noqa: E402
 
 FAST = " [anp pooling]"
+COMPILED = " [compiled]"
 # per network: the builder, one input's shape and the paper's attack and objective settings (NOTES:
 # MNIST eps 0.3, beta 4, lambda 1e-3; CIFAR-10 eps 0.03, step 0.007, beta 2, lambda 1e-4)
 PRESETS = {
@@ -71,6 +72,9 @@ def parse_args(argv=None):
     p.add_argument("--trajectory", default=None, help="a finished run folder (its metrics.jsonl)")
     p.add_argument("--sparsities", default="", help="also time the step at these uniform unit sparsities, "
                    "e.g. 0.5,0.765,0.9")
+    p.add_argument("--compile", default=None, metavar="BACKEND",
+                   help="also time the at / anp-vs / anp-vs-joint steps through torch.compile(fullgraph=True) with "
+                   "this backend (inductor, aot_eager)")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = p.parse_args(argv)
     args.preset = PRESETS[args.model]
@@ -118,25 +122,30 @@ def main(argv=None) -> None:
                 masked, beta=cfg["beta"], lam=cfg["lam"], num_train=cfg["n"], mask_objective=objective),
                 torch.optim.Adam(parameter_groups(masked, 1e-3)))
     steps["original"] = original_step(cfg, x, y, args.steps, dev)
-    epochs = _trajectory(args.trajectory) if args.trajectory else []
     tags = sorted({k[len("at"):] for k in steps if k.startswith("at")})  # "" and, on CPU, FAST
+    if args.compile:
+        steps.update(compiled_steps(cfg, dense, x, training_step, args.compile, dev))
+    epochs = _trajectory(args.trajectory) if args.trajectory else []
     layer_names = list(masks(convert(cfg["build"]())))
     configs = {_key(e) for e in epochs} | {tuple((n, u) for n in layer_names) for u in args.uniform}
     for tag in tags:
         for config in sorted(c for c in configs if _name(c) + tag not in steps):
             steps[_name(config) + tag] = _sparse_step(dense, cfg, config, training_step, dev, fast=bool(tag))
     t = interleaved_medians(steps, dev, rounds=args.rounds, warmup=2)
-    headline = [n + tag for tag in tags for n in ("at", "anp-vs", "anp-vs-joint")] + ["original"]
-    n_ops = {name: sum(dispatched_ops(steps[name]).values()) for name in headline}
+    every_tag = tags + ([COMPILED] if args.compile else [])
+    headline = [n + tag for tag in every_tag for n in ("at", "anp-vs", "anp-vs-joint")] + ["original"]
+    # ops are not counted through compiled graphs (a dispatch mode would run them op by op)
+    n_ops = {name: sum(dispatched_ops(steps[name]).values()) for name in headline if COMPILED not in name}
     lines = [f"Device: {stamp(dev)}; {cfg['title']}, batch {args.batch}, PGD-{args.steps}; \"{FAST.strip()}\": "
              "every nn.MaxPool2d(2) on our kernel (what `anp train` and `anp prune` run on CPU), against AT on the "
              "same; ops: ATen and custom ops dispatched by one step (about one kernel launch each on a GPU)", "",
              "| step | ms | vs AT (same pooling) | vs original-code step | ops | ops vs AT |",
              "|---|---:|---:|---:|---:|---:|"]
     for name in headline:
-        at = "at" + (FAST if name.endswith(FAST) else "")
+        at = "at" + next((tag for tag in (FAST, COMPILED) if name.endswith(tag)), "")
+        ops_cells = f"{n_ops[name]} | {n_ops[name] / n_ops[at]:.2f}x" if name in n_ops else "- | -"
         lines.append(f"| {name} | {t[name] * 1e3:.1f} | {t[name] / t[at]:.2f}x | {t[name] / t['original']:.2f}x | "
-                     f"{n_ops[name]} | {n_ops[name] / n_ops[at]:.2f}x |")
+                     f"{ops_cells} |")
     data = {"device": stamp(dev), "model": args.model, "batch": args.batch, "pgd_steps": args.steps,
             "seconds": {k: t[k] for k in headline}, "dispatched_ops": n_ops}
     if args.uniform:
@@ -153,6 +162,27 @@ def main(argv=None) -> None:
             lines += _trajectory_table(args.trajectory, rows, t["at" + tag], tag)
     name = "train_step" + ("" if args.model == "lenet5" else f"_{args.model}") + f"_{dev}"
     write_results(name, data, "\n".join(lines), **({"out": args.out} if args.out else {}))
+
+
+def compiled_steps(cfg: dict, dense, x, training_step, backend: str, dev) -> dict:
+    """The at / anp-vs / anp-vs-joint steps with the network under torch.compile(fullgraph=True): the
+    settings a compiled ANP-VS step needs (seeds drawn in the graph; two backward passes over one
+    graph), the masked networks run once eagerly first (their kept channels fix the graph)."""
+    torch._dynamo.config.capture_scalar_outputs = True
+    torch._functorch.config.donated_buffer = False
+    plain = copy.deepcopy(dense)
+    net = torch.compile(plain, fullgraph=True, backend=backend)
+    steps = {"at" + COMPILED: training_step(net, anp_kernels.ANPVSLoss(net, adv_weight=2.0),
+                                            torch.optim.Adam(parameter_groups(plain, 1e-3)))}
+    for name, objective in (("anp-vs", "adversarial"), ("anp-vs-joint", "joint")):
+        masked = convert(cfg["build"]().to(dev))
+        masked.load_state_dict(dense.state_dict(), strict=False)
+        masked(x)
+        net = torch.compile(masked, fullgraph=True, backend=backend)
+        steps[name + COMPILED] = training_step(net, anp_kernels.ANPVSLoss(
+            net, beta=cfg["beta"], lam=cfg["lam"], num_train=cfg["n"], mask_objective=objective),
+            torch.optim.Adam(parameter_groups(masked, 1e-3)))
+    return steps
 
 
 def original_step(cfg: dict, x, y, pgd_steps: int, dev):

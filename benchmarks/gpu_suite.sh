@@ -50,6 +50,7 @@ plan=(
   "bench_deploy|45|python3 benchmarks/bench_deploy.py --device cuda --runs $rounds"
   "bench_overhead|20|python3 benchmarks/bench_overhead.py --device cuda --rounds $rounds"
   "tests_rest|90|python3 -m pytest -q -rs $workers $case_limit tests $rest_ignores"
+  "bench_compiled_step|120|python3 benchmarks/bench_train_step.py --device cuda --rounds $rounds --compile inductor --out $out/compiled"
 )
 if [ "$dry" = 1 ]; then
   total=0

@@ -33,3 +33,15 @@ def test_overhead_bench_times_every_entry_point(tmp_path):
     bench_overhead.main(["--rounds", "1", "--out", str(tmp_path)])
     us = json.loads((tmp_path / "overhead_cpu.json").read_text())["us"]
     assert len(us) == 8 and all(v > 0 for v in us.values())
+
+
+def test_train_step_bench_times_compiled_steps(tmp_path):
+    import torch
+
+    with torch._dynamo.config.patch(capture_scalar_outputs=False):  # the bench sets what it needs
+        bench_train_step.main(["--steps", "1", "--rounds", "1", "--batch", "8", "--compile", "aot_eager",
+                               "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "train_step_cpu.json").read_text())
+    assert {"at [compiled]", "anp-vs [compiled]", "anp-vs-joint [compiled]"} <= set(data["seconds"])
+    assert "anp-vs [compiled]" not in data["dispatched_ops"]
+    assert "| anp-vs [compiled] |" in (tmp_path / "train_step_cpu.md").read_text()

@@ -50,7 +50,7 @@ def test_the_two_test_steps_cover_every_test_file_once():
 def test_benchmark_steps_use_flags_their_scripts_accept():
     steps, _ = _plan()
     benches = [cmd for name, _, cmd in steps if name.startswith("bench_") or name == "sanitizer"]
-    assert len(benches) == 7
+    assert len(benches) == 8
     for cmd in benches:
         argv = shlex.split(cmd)
         script = next(a for a in argv if a.endswith(".py"))
