@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn.mask import refresh_eval_states
+from .nn.mask import host_to_device, refresh_eval_states
 
 NORMS = ("Linf", "L2")
 
@@ -135,12 +135,12 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
 def _pgd(model, x, y, eps, step_size, steps, random_start, norm, generator) -> torch.Tensor:
     if random_start and eps > 0:
         where = generator.device if generator is not None else x.device
-        if norm == "Linf":
-            delta = (torch.rand(x.shape, generator=generator, device=where).to(x.device) * 2 - 1) * eps
+        if norm == "Linf":  # noise from a CPU generator reaches a GPU without a synchronisation
+            delta = (host_to_device(torch.rand(x.shape, generator=generator, device=where), x.device) * 2 - 1) * eps
         else:  # uniform direction, radius uniform in [0, eps]
-            direction = torch.randn(x.shape, generator=generator, device=where).to(x.device)
+            direction = host_to_device(torch.randn(x.shape, generator=generator, device=where), x.device)
             direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-            radius = torch.rand(x.shape[0], generator=generator, device=where).to(x.device) * eps
+            radius = host_to_device(torch.rand(x.shape[0], generator=generator, device=where), x.device) * eps
             delta = direction * radius.view(-1, *[1] * (x.dim() - 1))
         x_adv = (x + delta).clamp(0, 1)
     else:

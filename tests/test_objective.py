@@ -209,8 +209,10 @@ def test_anp_vs_training_step_synchronises_at_most_twice():
     opt = torch.optim.Adam(parameter_groups(model, 1e-3))
     x, y = torch.rand(16, 1, 28, 28, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
 
+    attack_gen = torch.Generator().manual_seed(0)  # a CPU generator, as `anp train` uses
+
     def step():
-        parts = loss(x, pgd(model, x, y, 0.3, 0.03, 3), y)
+        parts = loss(x, pgd(model, x, y, 0.3, 0.03, 3, generator=attack_gen), y)
         opt.zero_grad()
         parts.total.backward()
         opt.step()

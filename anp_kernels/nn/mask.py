@@ -156,9 +156,10 @@ class BetaBernoulliMask(nn.Module):
                 f"threshold={self.threshold}")
 
 
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor onto `device` without the host waiting for it (pinned memory, for CUDA)."""
-    if device.type == "cuda":
+def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor onto `device` without the host waiting for it (through pinned memory, for CUDA)."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
 
@@ -185,7 +186,7 @@ def refresh_eval_states(found: nn.Module | list[BetaBernoulliMask]) -> None:
             scale = ops.eval_mask(a, b, threshold, check_values=False)
             sizes = [m.num_features for m in group]
             for m, s, s_host in zip(group, scale.split(sizes), scale.cpu().split(sizes)):
-                m._eval_cache = (m._eval_key(), s, _to_device(s_host.nonzero().squeeze(1), device))
+                m._eval_cache = (m._eval_key(), s, host_to_device(s_host.nonzero().squeeze(1), device))
 
 
 def total_kl(found: list[BetaBernoulliMask]) -> torch.Tensor:
