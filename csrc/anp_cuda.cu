@@ -237,8 +237,10 @@ std::tuple<Tensor, Tensor> scale_backward(Tensor grad, Tensor x, ZFn zfn) {
   if (grad.strides() != x.strides()) grad = grad.contiguous(), x = x.contiguous();
   Geometry g = geometry({&grad, &x});
   Tensor gx = at::empty_like(x);
-  Tensor gz = at::zeros({g.N, g.C}, x.options().dtype(at::kFloat));
-  if (x.numel() == 0) return {gx, gz};
+  // rows: one block writes each (n, c) sum; channels-last tiles add theirs atomically onto zeros
+  Tensor gz = g.channels_last && x.numel() ? at::zeros({g.N, g.C}, x.options().dtype(at::kFloat))
+                                           : at::empty({g.N, g.C}, x.options().dtype(at::kFloat));
+  if (x.numel() == 0) return {gx, gz.zero_()};
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scale_bwd_cuda", [&] {
     if (!g.channels_last) {
@@ -327,7 +329,7 @@ std::tuple<Tensor, Tensor, Tensor> masked_activation_backward_cuda(const Tensor&
   Tensor a = a_in.to(at::kFloat).contiguous(), b = b_in.to(at::kFloat).contiguous();
   auto [grad_x, glp] = scale_backward(grad, x, sampled_z(a, b, temperature, seed));
   const int64_t B = x.size(0), C = x.size(1);
-  Tensor ga = at::zeros({C}, a.options()), gb = at::zeros({C}, a.options());
+  Tensor ga = at::empty({C}, a.options()), gb = at::empty({C}, a.options());  // one block writes each channel
   if (C > 0) {
     keep_prob_grad_kernel<<<C, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         glp.data_ptr<float>(), a.data_ptr<float>(), b.data_ptr<float>(), ga.data_ptr<float>(), gb.data_ptr<float>(),

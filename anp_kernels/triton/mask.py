@@ -143,7 +143,12 @@ def _launch(x, grad, z, a, b, temperature, seed, backward: bool):
     x = tensors[-1]
     grad = tensors[0] if backward else x
     out = torch.empty_like(x)
-    gz = torch.zeros(g.n, g.c, device=x.device, dtype=torch.float32) if backward else out
+    if not backward:
+        gz = out
+    elif g.channels_last or x.numel() == 0:  # channels-last tiles add their sums atomically
+        gz = torch.zeros(g.n, g.c, device=x.device, dtype=torch.float32)
+    else:  # rows: one program writes each (n, c) sum
+        gz = torch.empty(g.n, g.c, device=x.device, dtype=torch.float32)
     if x.numel() == 0:
         return out, gz
     sampled = z is None
@@ -175,8 +180,8 @@ def masked_backward(grad, x, a, b, temperature: float, seed: int):
     """(grad x, grad a, grad b) of the sampled mask application."""
     grad_x, glp = _launch(x, grad, None, a, b, temperature, seed, backward=True)
     n, c = x.shape[0], x.shape[1]
-    ga = torch.zeros(c, device=x.device, dtype=torch.float32)
-    gb = torch.zeros(c, device=x.device, dtype=torch.float32)
+    ga = torch.empty(c, device=x.device, dtype=torch.float32)  # every channel written by its program
+    gb = torch.empty(c, device=x.device, dtype=torch.float32)
     if c:
         bc = min(next_pow2(c), 128)
         bb = max(1, min(next_pow2(n), TILE // bc))
