@@ -51,6 +51,8 @@ def _add_train(sub) -> None:
     p.add_argument("--milestones", type=_floats, default=None,
                    help="lr x0.1 at these fractions of training, e.g. 0.5,0.7 (default: the model's)")
     p.add_argument("--device", default=d.device)
+    p.add_argument("--compile", default=None, metavar="BACKEND",
+                   help="run the network under torch.compile(fullgraph=True) with this backend (inductor, aot_eager)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.safetensors (same settings)")
     p.add_argument("--resume-override", type=lambda v: tuple(f for f in v.split(",") if f), default=(),
                    help="settings that may differ from the checkpoint's on --resume, e.g. epochs,lr")

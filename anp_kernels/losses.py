@@ -136,7 +136,7 @@ class ANPVSLoss:
             return LossParts(total, ce, ce.detach(), kl, ce.new_zeros(()), total, total, logits, logits.detach())
         if x.shape != x_adv.shape:
             raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
-        with shared_mask_sample(self.model):  # one mask sample, and one (a, b) per layer, for the step
+        with shared_mask_sample(self.model, len(x)):  # one mask sample, and one (a, b) per layer, for the step
             logits_clean, feats_clean = self._forward(x)
             logits_adv, feats_adv = self._forward(x_adv)
             kl = self.kl().to(logits_adv.device)

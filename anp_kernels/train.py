@@ -31,10 +31,10 @@ from . import models
 from .attacks import pgd
 from .checkpoint import atomic_write_text, build_model, load_model, load_state, remove_stale_temporaries, save_state
 from .losses import MASK_OBJECTIVES, METHODS, ANPVSLoss
-from .nn import convert, fast_pooling, parameter_groups, set_mask_generator, sparsity
+from .nn import convert, fast_pooling, parameter_groups, refresh_eval_states, set_mask_generator, sparsity
 
 CHECKPOINT, METRICS = "checkpoint.safetensors", "metrics.jsonl"
-NOT_BINDING = ("out", "device")  # may differ on --resume: where the run lives and runs, not what it is
+NOT_BINDING = ("out", "device", "compile")  # may differ on --resume: where and how the run runs, not what it is
 MASK_FIELDS = ("mask_lr_factor", "alpha", "temperature", "threshold", "init_a", "mask_objective")
 ADVERSARIAL_FIELDS = ("eps", "step_size", "steps", "adv_weight")
 
@@ -66,6 +66,7 @@ class TrainConfig:
     init: str | None = None
     device: str = "auto"
     milestones: list | None = None  # None: the model's default (models.milestones)
+    compile: str | None = None  # a torch.compile backend (inductor, aot_eager): the network compiled, fullgraph
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -90,6 +91,9 @@ class TrainConfig:
             raise ValueError(f"--milestones must be fractions in (0, 1], got {self.milestones}")
         if not 0 <= self.threshold < 1:
             raise ValueError(f"--threshold must be in [0, 1), got {self.threshold}")
+        if self.compile is not None and self.compile not in torch.compiler.list_backends(exclude_tags=()):
+            raise ValueError(f"--compile must be a torch.compile backend "
+                             f"({', '.join(torch.compiler.list_backends())}), got {self.compile!r}")
 
     def resolved_milestones(self) -> list[float]:
         return list(self.milestones) if self.milestones is not None else models.milestones(self.model)
@@ -190,7 +194,8 @@ class Run:
     """Everything one training run holds."""
     cfg: TrainConfig
     model: nn.Module
-    net: nn.Module  # the model, DDP-wrapped under torchrun
+    net: nn.Module  # the model (compiled with --compile), DDP-wrapped under torchrun
+    attacked: nn.Module  # what PGD runs: the model, or its compiled form
     arch: dict
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -264,6 +269,16 @@ def _restore(run: Run, state: dict, override: tuple[str, ...]) -> None:
     run.start_epoch, run.history = state["epoch"], list(state.get("history", []))
 
 
+def compiled(model: nn.Module, backend: str) -> nn.Module:
+    """torch.compile(model, fullgraph=True) with what a compiled ANP-VS step needs: the masks' seeds
+    drawn inside the graph, the split objective's two backward passes over one graph, and the kept
+    channels known before the trace (ANPVSLoss and PGD refresh them each step)."""
+    torch._dynamo.config.capture_scalar_outputs = True
+    torch._functorch.config.donated_buffer = False
+    refresh_eval_states(model)
+    return torch.compile(model, fullgraph=True, backend=backend)
+
+
 def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
           resume_override: tuple[str, ...] = ()) -> Run:
     """Validate, prepare the folder, load data, build the model, optimiser and (on resume) restore."""
@@ -283,14 +298,14 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     set_mask_generator(model, gens["mask"])
     steps_per_epoch = -(-len(range(rank, len(tensors[0]), world)) // cfg.batch_size)
     optimizer, scheduler = _optimiser(cfg, model, steps_per_epoch)
-    net = model
+    net = attacked = compiled(model, cfg.compile) if cfg.compile else model
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     _, adversarial, beta_on, lam_on = METHODS[cfg.method]
     loss = ANPVSLoss(net, beta=cfg.beta if beta_on else 0.0, lam=cfg.lam if lam_on else 0.0,
                      adv_weight=cfg.adv_weight if adversarial else 0.0, num_train=len(tensors[0]),
                      mask_objective=cfg.mask_objective)
-    run = Run(cfg, model, net, arch, optimizer, scheduler, gens, loss, tensors, device, rank, world, 0, [])
+    run = Run(cfg, model, net, attacked, arch, optimizer, scheduler, gens, loss, tensors, device, rank, world, 0, [])
     if resume:
         _restore(run, load_state(Path(cfg.out) / CHECKPOINT), resume_override)
         if rank == 0:
@@ -321,7 +336,7 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
     for i in bar:
         idx = order[i:i + cfg.batch_size]
         xb, yb = x_train[idx], y_train[idx]
-        x_adv = pgd(model, xb, yb, cfg.eps, cfg.step_size, cfg.steps, generator=run.gens["attack"]) \
+        x_adv = pgd(run.attacked, xb, yb, cfg.eps, cfg.step_size, cfg.steps, generator=run.gens["attack"]) \
             if adversarial else None
         parts = run.loss(xb, x_adv, yb)
         run.optimizer.zero_grad(set_to_none=True)

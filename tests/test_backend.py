@@ -215,7 +215,7 @@ def test_torch_compile_fullgraph_of_a_masked_model_in_eval_mode():
 def test_torch_compile_fullgraph_of_a_masked_model_trains_like_eager():
     """ANP-VS steps (PGD, ANPVSLoss, Adam) through a fullgraph-compiled masked model: the same losses
     as eager, step after step, and no recompilation once its three graphs exist (the eval network,
-    the clean pass that draws the step's mask seeds, the adversarial pass that reuses them)."""
+    the clean pass that samples the pruned layers' masks, the adversarial pass that reuses them)."""
     from anp_kernels.attacks import pgd
     from anp_kernels.losses import ANPVSLoss
     from anp_kernels.nn import parameter_groups

@@ -115,11 +115,16 @@ class BetaBernoulliMask(nn.Module):
 
     # ---- sampling
     def _seed(self) -> int:
+        if self.generator is not None and torch.compiler.is_compiling():
+            raise RuntimeError("a mask generator cannot be called inside torch.compile: run the passes under "
+                               "shared_mask_sample(model, batch_size) (ANPVSLoss does), or set no generator")
         return _rng.draw_seed(self.generator)
 
     def _shared_seed(self, batch_size: int) -> int:
         """The seed of this step's one sample for `batch_size` (drawn at its first use in the block)."""
         if batch_size not in self._shared:  # a tensor: under torch.compile a graph input, not a constant
+            if self.generator is not None and torch.compiler.is_compiling():
+                self._seed()  # the error: a generator cannot be called in the graph
             self._shared[batch_size] = {"seed": _rng.draw_seed_tensor(self.generator)}
         return int(self._shared[batch_size]["seed"].item())
 
@@ -206,15 +211,21 @@ def total_kl(found: list[BetaBernoulliMask]) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def shared_mask_sample(model: nn.Module) -> Iterator[None]:
+def shared_mask_sample(model: nn.Module, batch_size: int | None = None) -> Iterator[None]:
     """Within the block, every training-mode pass of the model uses one mask sample per layer (per
     batch size): the clean and the adversarial pass of a step see the same mask, so VS measures the
-    attack and not mask noise (the original code drew independent masks)."""
+    attack and not mask noise (the original code drew independent masks).
+
+    batch_size: draw the seeds of that batch size now, one per mask in module order, rather than at
+    each mask's first use: a compiled model then only reads them (one graph for every pass, and a
+    mask generator, which a graph cannot call, stays outside)."""
     found = [m for m in model.modules() if isinstance(m, BetaBernoulliMask)]
     if any(m._shared is not None for m in found):
         raise RuntimeError("shared_mask_sample() blocks cannot be nested")
     for m in found:
         m._shared = {}
+        if batch_size is not None:
+            m._shared_seed(batch_size)
     _batched_params(found)
     try:
         yield
