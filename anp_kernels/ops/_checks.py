@@ -52,7 +52,7 @@ def finite(name: str, t: torch.Tensor) -> None:
     if not t.numel() or _tracing():
         return
     acc = torch.float64 if t.dtype == torch.float64 else torch.float32
-    if not math.isfinite(float(t.sum(dtype=acc))) and not bool(torch.isfinite(t).all()):
+    if not math.isfinite(float(t.detach().sum(dtype=acc))) and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or inf")
 
 
