@@ -248,3 +248,35 @@ def test_models_forward_and_convert(name):
 
 def test_backend_table_lists_the_conv():
     assert "channel_sparse_conv2d" in anp_kernels.backend("cpu")
+
+
+def test_an_inference_mode_forward_leaves_the_model_trainable():
+    """The masks' cached eval state and kept indices are normal tensors even when first computed
+    under torch.inference_mode, so a later training step can save them for backward."""
+    torch.manual_seed(0)
+    model = convert(models.lenet5_caffe())
+    with torch.no_grad():
+        for m in masks(model).values():
+            m.a_uc[: m.num_features // 2] = -10.0
+    x = torch.rand(4, 1, 28, 28)
+    with torch.inference_mode():
+        expected = model.eval()(x)
+    model.train()(x).sum().backward()
+    torch.testing.assert_close(model.eval()(x), expected)
+
+
+def test_kept_indices_of_the_masks_skip_the_sparse_convs_index_checks():
+    """A mask's kept indices are valid by construction: the channel-sparse conv reads nothing back
+    to check them (min, max and sortedness would be three syncs per layer and update on a GPU)."""
+    from anp_kernels.nn.mask import refresh_eval_states
+    from anp_kernels.profile import dispatched_ops
+
+    torch.manual_seed(0)
+    layer = ANPConv2d(nn.Conv2d(3, 8, 3, padding=1))
+    with torch.no_grad():
+        layer.mask.a_uc[:6] = -10.0  # 2 of 8 kept: the sparse conv
+    x = torch.randn(2, 3, 6, 6)
+    refresh_eval_states(layer)
+    counts = dispatched_ops(lambda: layer.train()(x).sum().backward())
+    assert counts["anp_kernels.channel_sparse_conv2d"] == 1
+    assert counts["aten.min"] == counts["aten.max"] == counts["aten.gt"] == 0, counts

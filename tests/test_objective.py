@@ -195,16 +195,22 @@ def test_pgd_rejects_bad_input():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_anp_vs_training_step_synchronises_at_most_twice():
+@pytest.mark.parametrize("pruned", [False, True])
+def test_anp_vs_training_step_synchronises_at_most_twice(pruned):
     """A whole ANP-VS step on CUDA (PGD-3, the objective, backward, Adam) waits for the GPU at most
     twice: PGD's [0, 1] input check and the masks' kept-unit count after the update (the layers'
-    sparse paths branch on it). Every other sync would stall the queue of small kernels."""
+    sparse paths branch on it), with the channel-sparse paths (pruned) as without. Every other sync
+    would stall the queue of small kernels."""
     import warnings
 
     from anp_kernels.nn import parameter_groups
 
     torch.manual_seed(0)
     model = convert(models.lenet5_caffe()).cuda()
+    if pruned:
+        with torch.no_grad():
+            for m in masks(model).values():
+                m.a_uc[: m.num_features // 2] = -10.0
     loss = ANPVSLoss(model, beta=4.0, lam=1e-3, num_train=60000)
     opt = torch.optim.Adam(parameter_groups(model, 1e-3))
     x, y = torch.rand(16, 1, 28, 28, device="cuda"), torch.randint(0, 10, (16,), device="cuda")

@@ -10,6 +10,7 @@ from torch import nn
 
 from .. import _rng, ops
 from ..ops.channel_scale import broadcast_over_channels
+from ..ops.channel_sparse_conv import trust_index
 
 INIT_A_UC = -1.0  # softplus(-1) = 0.313: the original code's a (2.0 for its VGG conv masks)
 INIT_B_UC = 0.5413  # softplus(0.5413) = 1.0
@@ -105,10 +106,14 @@ class BetaBernoulliMask(nn.Module):
                                    "before torch.compile traces it: the kept channels fix its shapes")
             return self._eval_cache[1], self._eval_cache[2]
         if self._eval_cache is None or self._eval_cache[0] != self._eval_key():
-            with torch.no_grad():
+            with torch.no_grad(), torch.inference_mode(False):  # cached: usable outside inference mode too
                 scale = ops.eval_mask(self.a(), self.b(), self.threshold, check_values=False)
-                self._eval_cache = (self._eval_key(), scale, scale.nonzero().squeeze(1))
+                self._set_eval_state(scale, scale.nonzero().squeeze(1))
         return self._eval_cache[1], self._eval_cache[2]
+
+    def _set_eval_state(self, scale: torch.Tensor, kept: torch.Tensor) -> None:
+        trust_index(kept, self.num_features)  # sorted, unique, in range: nonzero's output
+        self._eval_cache = (self._eval_key(), scale, kept)
 
     def num_active(self) -> int:
         return int(self.keep_index().numel())
@@ -184,14 +189,14 @@ def refresh_eval_states(found: nn.Module | list[BetaBernoulliMask]) -> None:
     for m in found:
         if m._eval_cache is None or m._eval_cache[0] != m._eval_key():
             groups.setdefault((m.a_uc.device, m.a_uc.dtype, m.threshold), []).append(m)
-    with torch.no_grad():
+    with torch.no_grad(), torch.inference_mode(False):
         for (device, _, threshold), group in groups.items():
             a = F.softplus(torch.cat([m.a_uc for m in group]).clamp(min=-10.0))
             b = F.softplus(torch.cat([m.b_uc for m in group]).clamp(-10.0, 50.0))
             scale = ops.eval_mask(a, b, threshold, check_values=False)
             sizes = [m.num_features for m in group]
             for m, s, s_host in zip(group, scale.split(sizes), scale.cpu().split(sizes)):
-                m._eval_cache = (m._eval_key(), s, host_to_device(s_host.nonzero().squeeze(1), device))
+                m._set_eval_state(s, host_to_device(s_host.nonzero().squeeze(1), device))
 
 
 def total_kl(found: list[BetaBernoulliMask]) -> torch.Tensor:

@@ -56,17 +56,27 @@ def _keep_index(name: str, idx, size: int, device) -> torch.Tensor:
         raise ValueError(f"{name} must be on {device}, got {idx.device}")
     if idx.numel() and not torch.compiler.is_compiling():
         seen = _validated.get(id(idx))
-        if seen is not None and seen[0]() is idx and seen[1:] == (idx._version, size):
+        if seen is not None and seen[0]() is idx and not idx.is_inference() and seen[1:] == (idx._version, size):
             return idx  # a layer passes the same unchanged index every step: check it once
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= size:
             raise ValueError(f"{name} holds channel indices outside [0, {size}): min {lo}, max {hi}")
         if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
             raise ValueError(f"{name} must be sorted and unique (strictly increasing)")
-        if len(_validated) > 4096:
-            _validated.clear()
-        _validated[id(idx)] = (weakref.ref(idx), idx._version, size)
+        trust_index(idx, size)
     return idx
+
+
+def trust_index(idx: torch.Tensor, size: int) -> None:
+    """Record idx as a valid kept-channel index into [0, size) (sorted, unique, int64, 1-D), so the op
+    skips its checks while idx is unchanged: for indices valid by construction (a mask's kept units,
+    from `nonzero`), whose checks would read the device (three syncs on a GPU) after every update.
+    Inference tensors (no version counter) are checked every time instead."""
+    if idx.is_inference():
+        return
+    if len(_validated) > 4096:
+        _validated.clear()
+    _validated[id(idx)] = (weakref.ref(idx), idx._version, size)
 
 
 def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
