@@ -160,6 +160,16 @@ def backend_for(op: str, t: torch.Tensor) -> str:
     return resolve(op, t.device.type, t.dtype)
 
 
+def preload(device: str | torch.device) -> None:
+    """Import and register the kernels every op would use on `device` now, eagerly: a first op call
+    inside a torch.compile trace cannot import a module."""
+    device_type = torch.device(device).type
+    for op in OPS:
+        which = resolve(op, device_type)
+        if which in NAMESPACES:
+            kernels(which)
+
+
 def backend(device: str | torch.device | None = None) -> dict[str, str]:
     """Which backend each op uses on `device` (default: cuda if available, else cpu)."""
     if device is None:

@@ -31,7 +31,7 @@ from . import models
 from .attacks import pgd
 from .checkpoint import atomic_write_text, build_model, load_model, load_state, remove_stale_temporaries, save_state
 from .losses import MASK_OBJECTIVES, METHODS, ANPVSLoss
-from .nn import convert, fast_pooling, parameter_groups, refresh_eval_states, set_mask_generator, sparsity
+from .nn import compile_model, convert, fast_pooling, parameter_groups, set_mask_generator, sparsity
 
 CHECKPOINT, METRICS = "checkpoint.safetensors", "metrics.jsonl"
 NOT_BINDING = ("out", "device", "compile")  # may differ on --resume: where and how the run runs, not what it is
@@ -269,16 +269,6 @@ def _restore(run: Run, state: dict, override: tuple[str, ...]) -> None:
     run.start_epoch, run.history = state["epoch"], list(state.get("history", []))
 
 
-def compiled(model: nn.Module, backend: str) -> nn.Module:
-    """torch.compile(model, fullgraph=True) with what a compiled ANP-VS step needs: the masks' seeds
-    drawn inside the graph, the split objective's two backward passes over one graph, and the kept
-    channels known before the trace (ANPVSLoss and PGD refresh them each step)."""
-    torch._dynamo.config.capture_scalar_outputs = True
-    torch._functorch.config.donated_buffer = False
-    refresh_eval_states(model)
-    return torch.compile(model, fullgraph=True, backend=backend)
-
-
 def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
           resume_override: tuple[str, ...] = ()) -> Run:
     """Validate, prepare the folder, load data, build the model, optimiser and (on resume) restore."""
@@ -298,7 +288,7 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     set_mask_generator(model, gens["mask"])
     steps_per_epoch = -(-len(range(rank, len(tensors[0]), world)) // cfg.batch_size)
     optimizer, scheduler = _optimiser(cfg, model, steps_per_epoch)
-    net = attacked = compiled(model, cfg.compile) if cfg.compile else model
+    net = attacked = compile_model(model, cfg.compile) if cfg.compile else model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     _, adversarial, beta_on, lam_on = METHODS[cfg.method]

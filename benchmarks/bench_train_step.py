@@ -165,20 +165,16 @@ def main(argv=None) -> None:
 
 
 def compiled_steps(cfg: dict, dense, x, training_step, backend: str, dev) -> dict:
-    """The at / anp-vs / anp-vs-joint steps with the network under torch.compile(fullgraph=True): the
-    settings a compiled ANP-VS step needs (seeds drawn in the graph; two backward passes over one
-    graph), the masked networks run once eagerly first (their kept channels fix the graph)."""
-    torch._dynamo.config.capture_scalar_outputs = True
-    torch._functorch.config.donated_buffer = False
+    """The at / anp-vs / anp-vs-joint steps with the network compiled (`anp_kernels.compile_model`:
+    torch.compile(fullgraph=True) with what a compiled ANP-VS step needs)."""
     plain = copy.deepcopy(dense)
-    net = torch.compile(plain, fullgraph=True, backend=backend)
+    net = anp_kernels.compile_model(plain, backend)
     steps = {"at" + COMPILED: training_step(net, anp_kernels.ANPVSLoss(net, adv_weight=2.0),
                                             torch.optim.Adam(parameter_groups(plain, 1e-3)))}
     for name, objective in (("anp-vs", "adversarial"), ("anp-vs-joint", "joint")):
         masked = convert(cfg["build"]().to(dev))
         masked.load_state_dict(dense.state_dict(), strict=False)
-        masked(x)
-        net = torch.compile(masked, fullgraph=True, backend=backend)
+        net = anp_kernels.compile_model(masked, backend)
         steps[name + COMPILED] = training_step(net, anp_kernels.ANPVSLoss(
             net, beta=cfg["beta"], lam=cfg["lam"], num_train=cfg["n"], mask_objective=objective),
             torch.optim.Adam(parameter_groups(masked, 1e-3)))

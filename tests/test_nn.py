@@ -280,3 +280,15 @@ def test_kept_indices_of_the_masks_skip_the_sparse_convs_index_checks():
     counts = dispatched_ops(lambda: layer.train()(x).sum().backward())
     assert counts["anp_kernels.channel_sparse_conv2d"] == 1
     assert counts["aten.min"] == counts["aten.max"] == counts["aten.gt"] == 0, counts
+
+
+def test_cached_eval_state_holds_no_graph():
+    """After a training forward (parameters wanting gradients) the cached eval scale is a detached
+    leaf: the model deep-copies (deploy.compact copies it) and nothing keeps a graph alive."""
+    import copy
+
+    model = convert(models.lenet5_caffe())
+    model.train()(torch.rand(2, 1, 28, 28)).sum().backward()
+    for m in masks(model).values():
+        assert m._eval_cache is not None and not m._eval_cache[1].requires_grad
+    copy.deepcopy(model)

@@ -20,3 +20,9 @@ def test_train_evaluate_deploy_recipes(tmp_path):
     assert "FMN robust accuracy" in out and (tmp_path / "c.png").exists()
     out = _run(ROOT / "python" / "deploy_model.py", model, "--onnx", tmp_path / "m.onnx", cwd=tmp_path)
     assert "flop_ratio" in out and (tmp_path / "m.onnx").exists()
+
+
+def test_train_recipe_compiled(tmp_path):
+    out = _run(ROOT / "python" / "train_anpvs.py", "--epochs", "1", "--compile", "aot_eager",
+               "--out", tmp_path / "run", cwd=tmp_path)
+    assert "compact model saved" in out

@@ -7,8 +7,9 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from .. import _backend
 from .layers import ANPConv2d, ANPLayer, ANPLinear
-from .mask import INIT_A_UC, BetaBernoulliMask
+from .mask import INIT_A_UC, BetaBernoulliMask, refresh_eval_states
 
 # modules whose outputs are post-activation latent features (what VS and vulnerability measure)
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
@@ -182,3 +183,21 @@ def set_mask_generator(model: nn.Module, generator: torch.Generator | None) -> N
     """Draw every mask's seeds from `generator` (reproducible, resumable training)."""
     for m in masks(model).values():
         m.generator = generator
+
+
+def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
+    """torch.compile(model, fullgraph=True), set up for ANP-VS training and attacks.
+
+    Sets what a compiled ANP-VS step needs, process-wide: `capture_scalar_outputs` (the graph reads
+    the masks' seeds) and no donated buffers (the split objective runs two backward passes over one
+    graph); and fills the masks' kept channels first (they fix the graph's shapes). Use the result
+    for the forward passes (PGD, ANPVSLoss) and the original model for the optimiser and saving.
+    ANPVSLoss and the attacks refresh the kept channels each step; another loop calls
+    `refresh_eval_states(model)` once per step, outside the compiled function.
+    """
+    torch._dynamo.config.capture_scalar_outputs = True
+    torch._functorch.config.donated_buffer = False
+    refresh_eval_states(model)
+    for device in {p.device for p in model.parameters()}:
+        _backend.preload(device)  # the kernels imported now, not inside the trace
+    return torch.compile(model, fullgraph=True, backend=backend)

@@ -50,7 +50,7 @@ class ANPLayer(nn.Module):
             return fold()
         key = (tuple((p._version, p.data_ptr()) for p in self.parameters()), self.mask.threshold)
         if self._fold_cache is None or self._fold_cache[0] != key:
-            with torch.no_grad(), torch.inference_mode(False):  # cached: usable outside inference mode too
+            with torch.inference_mode(False), torch.no_grad():  # cached: usable outside inference mode too
                 self._fold_cache = (key, fold())
         return self._fold_cache[1]
 

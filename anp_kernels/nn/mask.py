@@ -106,7 +106,7 @@ class BetaBernoulliMask(nn.Module):
                                    "before torch.compile traces it: the kept channels fix its shapes")
             return self._eval_cache[1], self._eval_cache[2]
         if self._eval_cache is None or self._eval_cache[0] != self._eval_key():
-            with torch.no_grad(), torch.inference_mode(False):  # cached: usable outside inference mode too
+            with torch.inference_mode(False), torch.no_grad():  # cached: usable outside inference mode too
                 scale = ops.eval_mask(self.a(), self.b(), self.threshold, check_values=False)
                 self._set_eval_state(scale, scale.nonzero().squeeze(1))
         return self._eval_cache[1], self._eval_cache[2]
@@ -189,7 +189,7 @@ def refresh_eval_states(found: nn.Module | list[BetaBernoulliMask]) -> None:
     for m in found:
         if m._eval_cache is None or m._eval_cache[0] != m._eval_key():
             groups.setdefault((m.a_uc.device, m.a_uc.dtype, m.threshold), []).append(m)
-    with torch.no_grad(), torch.inference_mode(False):
+    with torch.inference_mode(False), torch.no_grad():
         for (device, _, threshold), group in groups.items():
             a = F.softplus(torch.cat([m.a_uc for m in group]).clamp(min=-10.0))
             b = F.softplus(torch.cat([m.b_uc for m in group]).clamp(-10.0, 50.0))
