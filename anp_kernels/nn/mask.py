@@ -229,7 +229,7 @@ def shared_mask_sample(model: nn.Module, batch_size: int | None = None) -> Itera
         raise RuntimeError("shared_mask_sample() blocks cannot be nested")
     for m in found:
         m._shared = {}
-        if batch_size is not None:
+        if batch_size is not None and m.training:  # eval-mode masks draw nothing
             m._shared_seed(batch_size)
     _batched_params(found)
     try:
