@@ -16,6 +16,16 @@ INIT_A_UC = -1.0  # softplus(-1) = 0.313: the original code's a (2.0 for its VGG
 INIT_B_UC = 0.5413  # softplus(0.5413) = 1.0
 
 
+def a_from(a_uc: torch.Tensor) -> torch.Tensor:
+    """The Kumaraswamy a of raw parameters: softplus(max(a_uc, -10)), as in the ANP-VS code."""
+    return F.softplus(a_uc.clamp(min=-10.0))
+
+
+def b_from(b_uc: torch.Tensor) -> torch.Tensor:
+    """The Kumaraswamy b of raw parameters: softplus(clip(b_uc, -10, 50)), as in the ANP-VS code."""
+    return F.softplus(b_uc.clamp(-10.0, 50.0))
+
+
 class BetaBernoulliMask(nn.Module):
     """Per-unit mask z over dim 1, with keep probability pi ~ Kumaraswamy(a, b).
 
@@ -50,10 +60,10 @@ class BetaBernoulliMask(nn.Module):
 
     # ---- parameters
     def a(self) -> torch.Tensor:
-        return F.softplus(self.a_uc.clamp(min=-10.0))
+        return a_from(self.a_uc)
 
     def b(self) -> torch.Tensor:
-        return F.softplus(self.b_uc.clamp(-10.0, 50.0))
+        return b_from(self.b_uc)
 
     def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, b); under `shared_mask_sample` computed once for all passes of the block (per grad
@@ -92,6 +102,9 @@ class BetaBernoulliMask(nn.Module):
     def _eval_key(self) -> tuple:
         return self.a_uc._version, self.b_uc._version, self.a_uc.data_ptr(), self.b_uc.data_ptr(), self.threshold
 
+    def _eval_fresh(self) -> bool:
+        return self._eval_cache is not None and self._eval_cache[0] == self._eval_key()
+
     def _eval_state(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The detached eval scale and the kept units' indices (where it is > 0, i.e. E[pi] >
         threshold), computed together and cached until a, b or the threshold change.
@@ -105,7 +118,7 @@ class BetaBernoulliMask(nn.Module):
                 raise RuntimeError("a masked model needs one eager forward (or nn.mask.refresh_eval_states) "
                                    "before torch.compile traces it: the kept channels fix its shapes")
             return self._eval_cache[1], self._eval_cache[2]
-        if self._eval_cache is None or self._eval_cache[0] != self._eval_key():
+        if not self._eval_fresh():
             with torch.inference_mode(False), torch.no_grad():  # cached: usable outside inference mode too
                 scale = ops.eval_mask(self.a(), self.b(), self.threshold, check_values=False)
                 self._set_eval_state(scale, scale.nonzero().squeeze(1))
@@ -119,18 +132,19 @@ class BetaBernoulliMask(nn.Module):
         return int(self.keep_index().numel())
 
     # ---- sampling
-    def _seed(self) -> int:
+    def _seed_tensor(self) -> torch.Tensor:
         if self.generator is not None and torch.compiler.is_compiling():
             raise RuntimeError("a mask generator cannot be called inside torch.compile: run the passes under "
                                "shared_mask_sample(model, batch_size) (ANPVSLoss does), or set no generator")
-        return _rng.draw_seed(self.generator)
+        return _rng.draw_seed_tensor(self.generator)
+
+    def _seed(self) -> int:
+        return int(self._seed_tensor().item())
 
     def _shared_seed(self, batch_size: int) -> int:
         """The seed of this step's one sample for `batch_size` (drawn at its first use in the block)."""
         if batch_size not in self._shared:  # a tensor: under torch.compile a graph input, not a constant
-            if self.generator is not None and torch.compiler.is_compiling():
-                self._seed()  # the error: a generator cannot be called in the graph
-            self._shared[batch_size] = {"seed": _rng.draw_seed_tensor(self.generator)}
+            self._shared[batch_size] = {"seed": self._seed_tensor()}
         return int(self._shared[batch_size]["seed"].item())
 
     def sample(self, batch_size: int) -> torch.Tensor:
@@ -187,13 +201,11 @@ def refresh_eval_states(found: nn.Module | list[BetaBernoulliMask]) -> None:
         found = [m for m in found.modules() if isinstance(m, BetaBernoulliMask)]
     groups: dict[tuple, list] = {}
     for m in found:
-        if m._eval_cache is None or m._eval_cache[0] != m._eval_key():
+        if not m._eval_fresh():
             groups.setdefault((m.a_uc.device, m.a_uc.dtype, m.threshold), []).append(m)
     with torch.inference_mode(False), torch.no_grad():
         for (device, _, threshold), group in groups.items():
-            a = F.softplus(torch.cat([m.a_uc for m in group]).clamp(min=-10.0))
-            b = F.softplus(torch.cat([m.b_uc for m in group]).clamp(-10.0, 50.0))
-            scale = ops.eval_mask(a, b, threshold, check_values=False)
+            scale = ops.eval_mask(*_concatenated_params(group), threshold, check_values=False)
             sizes = [m.num_features for m in group]
             for m, s, s_host in zip(group, scale.split(sizes), scale.cpu().split(sizes)):
                 m._set_eval_state(s, host_to_device(s_host.nonzero().squeeze(1), device))
@@ -222,8 +234,8 @@ def shared_mask_sample(model: nn.Module, batch_size: int | None = None) -> Itera
     attack and not mask noise (the original code drew independent masks).
 
     batch_size: draw the seeds of that batch size now, one per mask in module order, rather than at
-    each mask's first use: a compiled model then only reads them (one graph for every pass, and a
-    mask generator, which a graph cannot call, stays outside)."""
+    each mask's first use: a compiled model then only reads them (no pass draws inside its graph, and
+    a mask generator, which a graph cannot call, stays outside)."""
     found = [m for m in model.modules() if isinstance(m, BetaBernoulliMask)]
     if any(m._shared is not None for m in found):
         raise RuntimeError("shared_mask_sample() blocks cannot be nested")
@@ -250,7 +262,11 @@ def _batched_params(found: list[BetaBernoulliMask]) -> None:
         if len(group) < 2:
             continue
         sizes = [m.num_features for m in group]
-        a = F.softplus(torch.cat([m.a_uc for m in group]).clamp(min=-10.0)).split(sizes)
-        b = F.softplus(torch.cat([m.b_uc for m in group]).clamp(-10.0, 50.0)).split(sizes)
-        for m, a_m, b_m in zip(group, a, b):
+        a, b = _concatenated_params(group)
+        for m, a_m, b_m in zip(group, a.split(sizes), b.split(sizes)):
             m._shared_params[m._params_key()] = (a_m, b_m)
+
+
+def _concatenated_params(group: list[BetaBernoulliMask]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b) of all the masks in group, concatenated: one clamp + softplus each for all of them."""
+    return a_from(torch.cat([m.a_uc for m in group])), b_from(torch.cat([m.b_uc for m in group]))
