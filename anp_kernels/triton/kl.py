@@ -37,6 +37,12 @@ def _trigamma_ge1(x):
 
 
 @triton.jit
+def _kl_t(b):
+    """-gamma - digamma(b) - 1/b as -gamma - digamma(b + 1): no cancellation of the 1/b terms."""
+    return -0.57721566490153286 - _digamma_ge1(b + 1.0)
+
+
+@triton.jit
 def _fwd(a_ptr, b_ptr, out_ptr, alpha, C, BLOCK: tl.constexpr):
     acc = tl.zeros([BLOCK], dtype=tl.float64)
     for start in range(0, C, BLOCK):
@@ -44,8 +50,7 @@ def _fwd(a_ptr, b_ptr, out_ptr, alpha, C, BLOCK: tl.constexpr):
         m = c < C
         a = tl.load(a_ptr + c, mask=m, other=1.0).to(tl.float64)
         b = tl.load(b_ptr + c, mask=m, other=1.0).to(tl.float64)
-        t = -0.57721566490153286 - _digamma_ge1(b + 1.0)  # -gamma - digamma(b) - 1/b, no cancellation
-        kl = (1.0 - alpha / a) * t + tl.log(a * b / alpha) - (b - 1.0) / b
+        kl = (1.0 - alpha / a) * _kl_t(b) + tl.log(a * b / alpha) - (b - 1.0) / b
         acc += tl.where(m, kl, 0.0)
     tl.store(out_ptr, tl.sum(acc, axis=0).to(tl.float32))
 
@@ -57,8 +62,7 @@ def _bwd(g_ptr, a_ptr, b_ptr, ga_ptr, gb_ptr, alpha, C, BLOCK: tl.constexpr):
     g = tl.load(g_ptr).to(tl.float64)
     a = tl.load(a_ptr + c, mask=m, other=1.0).to(tl.float64)
     b = tl.load(b_ptr + c, mask=m, other=1.0).to(tl.float64)
-    t = -0.57721566490153286 - _digamma_ge1(b + 1.0)
-    da = g * (alpha / (a * a) * t + 1.0 / a)
+    da = g * (alpha / (a * a) * _kl_t(b) + 1.0 / a)
     db = g * (-(1.0 - alpha / a) * _trigamma_ge1(b + 1.0) + (b - 1.0) / (b * b))
     tl.store(ga_ptr + c, da.to(tl.float32).to(ga_ptr.dtype.element_ty), mask=m)  # via fp32: the interpreter
     tl.store(gb_ptr + c, db.to(tl.float32).to(gb_ptr.dtype.element_ty), mask=m)  # cannot cast fp64 to bf16
