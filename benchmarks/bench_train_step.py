@@ -111,20 +111,13 @@ def main(argv=None) -> None:
     dense = cfg["build"]().to(dev)
     steps = {}
     for fast in (False, True) if dev == "cpu" else (False,):
-        tag = FAST if fast else ""
-        plain = pooled(copy.deepcopy(dense), fast)
-        steps["at" + tag] = training_step(plain, anp_kernels.ANPVSLoss(plain, adv_weight=2.0),
-                                          torch.optim.Adam(parameter_groups(plain, 1e-3)))
-        for name, objective in (("anp-vs", "adversarial"), ("anp-vs-joint", "joint")):
-            masked = pooled(convert(cfg["build"]().to(dev)), fast)
-            masked.load_state_dict(dense.state_dict(), strict=False)
-            steps[name + tag] = training_step(masked, anp_kernels.ANPVSLoss(
-                masked, beta=cfg["beta"], lam=cfg["lam"], num_train=cfg["n"], mask_objective=objective),
-                torch.optim.Adam(parameter_groups(masked, 1e-3)))
+        steps.update(headline_steps(cfg, dense, training_step, dev, FAST if fast else "",
+                                    lambda model, fast=fast: pooled(model, fast)))
     steps["original"] = original_step(cfg, x, y, args.steps, dev)
     tags = sorted({k[len("at"):] for k in steps if k.startswith("at")})  # "" and, on CPU, FAST
-    if args.compile:
-        steps.update(compiled_steps(cfg, dense, x, training_step, args.compile, dev))
+    if args.compile:  # anp_kernels.compile_model: torch.compile(fullgraph=True) set up for ANP-VS
+        steps.update(headline_steps(cfg, dense, training_step, dev, COMPILED,
+                                    lambda model: anp_kernels.compile_model(model, args.compile)))
     epochs = _trajectory(args.trajectory) if args.trajectory else []
     layer_names = list(masks(convert(cfg["build"]())))
     configs = {_key(e) for e in epochs} | {tuple((n, u) for n in layer_names) for u in args.uniform}
@@ -164,18 +157,18 @@ def main(argv=None) -> None:
     write_results(name, data, "\n".join(lines), **({"out": args.out} if args.out else {}))
 
 
-def compiled_steps(cfg: dict, dense, x, training_step, backend: str, dev) -> dict:
-    """The at / anp-vs / anp-vs-joint steps with the network compiled (`anp_kernels.compile_model`:
-    torch.compile(fullgraph=True) with what a compiled ANP-VS step needs)."""
+def headline_steps(cfg: dict, dense, training_step, dev, tag: str, prepare) -> dict:
+    """The at / anp-vs / anp-vs-joint steps (names + tag), the passes running prepare(model) (the
+    model with our pooling, or compiled); the optimiser holds the model's own parameters."""
     plain = copy.deepcopy(dense)
-    net = anp_kernels.compile_model(plain, backend)
-    steps = {"at" + COMPILED: training_step(net, anp_kernels.ANPVSLoss(net, adv_weight=2.0),
-                                            torch.optim.Adam(parameter_groups(plain, 1e-3)))}
+    net = prepare(plain)
+    steps = {"at" + tag: training_step(net, anp_kernels.ANPVSLoss(net, adv_weight=2.0),
+                                       torch.optim.Adam(parameter_groups(plain, 1e-3)))}
     for name, objective in (("anp-vs", "adversarial"), ("anp-vs-joint", "joint")):
         masked = convert(cfg["build"]().to(dev))
         masked.load_state_dict(dense.state_dict(), strict=False)
-        net = anp_kernels.compile_model(masked, backend)
-        steps[name + COMPILED] = training_step(net, anp_kernels.ANPVSLoss(
+        net = prepare(masked)
+        steps[name + tag] = training_step(net, anp_kernels.ANPVSLoss(
             net, beta=cfg["beta"], lam=cfg["lam"], num_train=cfg["n"], mask_objective=objective),
             torch.optim.Adam(parameter_groups(masked, 1e-3)))
     return steps
