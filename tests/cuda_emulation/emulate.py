@@ -1,0 +1,69 @@
+"""Builds csrc/anp_cuda.cu as a CPU extension over cuda_emulation.h, so its kernels run in CI.
+
+The CUDA source changes as little as the C++ compiler needs: each `kernel<<<config>>>(args)` launch
+becomes `::anp_emu::launcher(kernel, ::anp_emu::Config(config))(args)`, and the ops register as
+torch.ops.anp_cuda_emu.* (schemas inferred from the functions) instead of under the CUDA key of
+anp_kernels; probes.cu adds kernels that show the emulation's own checks fire. The stand-in c10/cuda headers next to this file come first on the include path.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.utils import cpp_extension
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CUDA_SOURCE = ROOT / "csrc" / "anp_cuda.cu"
+LAUNCH = re.compile(r"^(\s*)(\S.*?)<<<(.*?)>>>\(", re.M)
+REGISTRATION = "TORCH_LIBRARY_IMPL(anp_kernels, CUDA, m)"
+
+
+def rewrite_launches(source: str, name: str) -> str:
+    """Each `kernel<<<config>>>(` as `::anp_emu::launcher(kernel, ::anp_emu::Config(config))(`."""
+    launches = source.count("<<<")
+    text, rewritten = LAUNCH.subn(r"\1::anp_emu::launcher(\2, ::anp_emu::Config(\3))(", source)
+    if rewritten == 0 or rewritten != launches:
+        raise RuntimeError(f"{name}: rewrote {rewritten} of {launches} launches (each `<<<` must open a line's call)")
+    return text
+
+
+def emulated_source(cuda_source: str, probes: str = "") -> str:
+    """The C++ translation of anp_cuda.cu (ops in the anp_cuda_emu library), then the probe kernels."""
+    text = rewrite_launches(cuda_source, str(CUDA_SOURCE))
+    if text.count(REGISTRATION) != 1:
+        raise RuntimeError(f"{CUDA_SOURCE}: expected one `{REGISTRATION}` block")
+    head, registrations = text.split(REGISTRATION)
+    ops = head + "TORCH_LIBRARY(anp_cuda_emu, m)" + registrations.replace("m.impl(", "m.def(")
+    return '#include "cuda_emulation.h"\n' + ops + (rewrite_launches(probes, "probes.cu") if probes else "")
+
+
+def build_dir() -> Path:
+    default = Path(tempfile.gettempdir()) / f"anp_cuda_emu_{os.getuid()}"
+    path = Path(os.environ.get("ANP_CUDA_EMU_BUILD", default))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load():
+    """Builds (once per source change; cpp_extension locks the folder for parallel workers) and loads the ops."""
+    folder = build_dir()
+    source = folder / "anp_cuda_emulated.cpp"
+    text = emulated_source(CUDA_SOURCE.read_text(), (HERE / "probes.cu").read_text())
+    if not source.exists() or source.read_text() != text:
+        partial = folder / f".anp_cuda_emulated.{os.getpid()}.cpp"
+        partial.write_text(text)
+        partial.replace(source)
+    cpp_extension.load(
+        name="anp_cuda_emu",
+        sources=[str(source)],
+        extra_include_paths=[str(HERE), str(ROOT / "csrc")],
+        extra_cflags=["-O2"],
+        build_directory=str(folder),
+        is_python_module=False,
+        verbose=False,
+    )
+    return torch.ops.anp_cuda_emu

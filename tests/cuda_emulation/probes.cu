@@ -1,0 +1,73 @@
+// Kernels that show the emulation's checks fire: compiled into the same translation unit after
+// csrc/anp_cuda.cu (so anp::block_sum is in scope), launched with the CUDA launch syntax.
+namespace anp_probes {
+
+using at::Tensor;
+
+// Threads 100.. exit before a barrier the others wait at: undefined behaviour on a GPU.
+__global__ void divergent_sync(float* out) {
+  if (threadIdx.x >= 100) return;
+  __syncthreads();
+  out[threadIdx.x] = 1.f;
+}
+
+// Each thread reads its neighbour's shared slot; without the barrier that is a race.
+__global__ void neighbour_read(const float* x, float* out, bool barrier) {
+  __shared__ float tile[256];
+  tile[threadIdx.x] = x[threadIdx.x];
+  if (barrier) __syncthreads();
+  out[threadIdx.x] = tile[(threadIdx.x + 1) % blockDim.x];
+}
+
+// anp_cuda.cu's block reduction, once per block over a row of x.
+__global__ void row_sums(const float* x, float* out, int64_t n) {
+  float v = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) v += x[blockIdx.x * n + i];
+  v = anp::block_sum(v);
+  if (threadIdx.x == 0) out[blockIdx.x] = v;
+}
+
+// A warp shuffle in a block of 48 threads: the second warp is partial.
+__global__ void partial_warp_shuffle(float* out) { out[threadIdx.x] = __shfl_down_sync(0xffffffffu, 1.f, 1u); }
+
+Tensor probe_divergent_sync() {
+  Tensor out = at::zeros({256});
+  divergent_sync<<<1, 256>>>(out.data_ptr<float>());
+  return out;
+}
+
+Tensor probe_neighbour_read(const Tensor& x, bool barrier) {
+  TORCH_CHECK(x.dim() == 1 && x.numel() == 256 && x.scalar_type() == at::kFloat, "x: 256 float32 values");
+  Tensor out = at::empty_like(x);
+  neighbour_read<<<1, 256>>>(x.data_ptr<float>(), out.data_ptr<float>(), barrier);
+  return out;
+}
+
+Tensor probe_row_sums(const Tensor& x, int64_t threads) {
+  Tensor xc = x.contiguous();
+  Tensor out = at::empty({xc.size(0)});
+  row_sums<<<xc.size(0), threads>>>(xc.data_ptr<float>(), out.data_ptr<float>(), xc.size(1));
+  return out;
+}
+
+Tensor probe_partial_warp_shuffle() {
+  Tensor out = at::zeros({48});
+  partial_warp_shuffle<<<1, 48>>>(out.data_ptr<float>());
+  return out;
+}
+
+Tensor probe_launch(int64_t grid, int64_t block) {
+  Tensor out = at::zeros({1});
+  divergent_sync<<<grid, block>>>(out.data_ptr<float>());
+  return out;
+}
+
+}  // namespace anp_probes
+
+TORCH_LIBRARY_FRAGMENT(anp_cuda_emu, m) {
+  m.def("probe_divergent_sync", &anp_probes::probe_divergent_sync);
+  m.def("probe_neighbour_read", &anp_probes::probe_neighbour_read);
+  m.def("probe_row_sums", &anp_probes::probe_row_sums);
+  m.def("probe_partial_warp_shuffle", &anp_probes::probe_partial_warp_shuffle);
+  m.def("probe_launch", &anp_probes::probe_launch);
+}
