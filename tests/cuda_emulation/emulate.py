@@ -17,7 +17,8 @@ from torch.utils import cpp_extension
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-CUDA_SOURCE = ROOT / "csrc" / "anp_cuda.cu"
+# ANP_CUDA_EMU_SOURCE: another copy of the CUDA source (mutants.py builds mutated ones)
+CUDA_SOURCE = Path(os.environ.get("ANP_CUDA_EMU_SOURCE", ROOT / "csrc" / "anp_cuda.cu"))
 LAUNCH = re.compile(r"^(\s*)(\S.*?)<<<(.*?)>>>\(", re.M)
 REGISTRATION = "TORCH_LIBRARY_IMPL(anp_kernels, CUDA, m)"
 
