@@ -5,8 +5,11 @@ The emulation runs the CUDA kernel code itself (its indexing, launch configurati
 shuffles and atomics; see cuda_emulation.h for what it does and does not model), so a bug in that
 code shows up here without a GPU. Outputs are compared with their layout (strides) and every
 uninitialised output element is NaN (fill_uninitialized_memory), so an element a kernel never
-writes fails the comparison.
+writes fails the comparison. The same tests run once more in a process where the kernels are built
+with AddressSanitizer, the CPU stand-in for compute-sanitizer's memcheck: any read or write out of a
+tensor's bounds fails.
 """
+import subprocess
 import sys
 from pathlib import Path
 
@@ -169,7 +172,7 @@ def test_channel_sparse_conv2d(emu, dtype, compact, scale_kind, conv):
 
 def test_emulated_block_sum(emu):
     x = torch.randn(5, 1000)
-    for threads in (32, 64, 256, 1024):
+    for threads in (32, 64, 256):  # block_sum's contract: a multiple of 32, at most kThreads
         torch.testing.assert_close(emu.probe_row_sums(x, threads), x.sum(1), rtol=1e-5, atol=1e-4)
 
 
@@ -198,3 +201,28 @@ def test_every_launch_is_emulated():
     text = emulate.emulated_source(source)
     assert "<<<" not in text and text.count("::anp_emu::launcher(") == source.count("<<<") > 0
     assert "TORCH_LIBRARY(anp_cuda_emu, m)" in text and "m.impl(" not in text
+
+
+# ---- AddressSanitizer
+
+def run_under_asan(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], env=emulate.asan_env(), capture_output=True, text=True,
+                          timeout=1800, cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.skipif(emulate.ASAN, reason="this process is the AddressSanitizer run")
+def test_kernels_under_address_sanitizer():
+    """Every test above, with the emulated kernels built with AddressSanitizer (-s: its report reaches us)."""
+    run = run_under_asan(["-m", "pytest", "-q", "-x", "-s", "-p", "no:cacheprovider", __file__, "-k",
+                          "not address_sanitizer"])
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-8000:]
+    assert " passed" in run.stdout and "AddressSanitizer: " not in run.stderr
+
+
+@pytest.mark.skipif(emulate.ASAN, reason="this process is the AddressSanitizer run")
+def test_address_sanitizer_reports_a_write_past_the_end():
+    code = (f"import sys; sys.path.insert(0, {str(Path(emulate.__file__).parent)!r}); import emulate, anp_kernels._C; "
+            "emulate.load().probe_write_past_end(16)")
+    run = run_under_asan(["-c", code])
+    assert run.returncode == 23, run.stderr[-4000:]
+    assert "heap-buffer-overflow" in run.stderr and "write_past_end" in run.stderr

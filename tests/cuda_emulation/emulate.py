@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -42,11 +43,27 @@ def emulated_source(cuda_source: str, probes: str = "") -> str:
     return '#include "cuda_emulation.h"\n' + ops + (rewrite_launches(probes, "probes.cu") if probes else "")
 
 
+# ANP_CUDA_EMU_ASAN=1: build with AddressSanitizer (the process must preload libasan; see asan_env)
+ASAN = os.environ.get("ANP_CUDA_EMU_ASAN") == "1"
+ASAN_FLAGS = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]
+
+
 def build_dir() -> Path:
     default = Path(tempfile.gettempdir()) / f"anp_cuda_emu_{os.getuid()}"
-    path = Path(os.environ.get("ANP_CUDA_EMU_BUILD", default))
+    path = Path(os.environ.get("ANP_CUDA_EMU_BUILD", default)) / ("asan" if ASAN else "plain")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def asan_env() -> dict:
+    """The environment of a Python process that loads the AddressSanitizer build."""
+    # libstdc++ too: without it ASan's __cxa_throw interceptor finds no real __cxa_throw in python
+    libs = [subprocess.run(["g++", f"-print-file-name={lib}"], capture_output=True, text=True).stdout.strip()
+            for lib in ("libasan.so", "libstdc++.so")]
+    if not all(Path(lib).is_absolute() and Path(lib).exists() for lib in libs):
+        raise RuntimeError(f"libasan.so / libstdc++.so not found (g++ -print-file-name=...): {libs}")
+    return dict(os.environ, ANP_CUDA_EMU_ASAN="1", LD_PRELOAD=" ".join(libs),
+                ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:exitcode=23")
 
 
 def load():
@@ -59,10 +76,11 @@ def load():
         partial.write_text(text)
         partial.replace(source)
     cpp_extension.load(
-        name="anp_cuda_emu",
+        name="anp_cuda_emu_asan" if ASAN else "anp_cuda_emu",
         sources=[str(source)],
         extra_include_paths=[str(HERE), str(ROOT / "csrc")],
-        extra_cflags=["-O2"],
+        extra_cflags=ASAN_FLAGS if ASAN else ["-O2"],
+        extra_ldflags=["-fsanitize=address"] if ASAN else [],
         build_directory=str(folder),
         is_python_module=False,
         verbose=False,

@@ -30,6 +30,11 @@ __global__ void row_sums(const float* x, float* out, int64_t n) {
 // A warp shuffle in a block of 48 threads: the second warp is partial.
 __global__ void partial_warp_shuffle(float* out) { out[threadIdx.x] = __shfl_down_sync(0xffffffffu, 1.f, 1u); }
 
+// Thread 0 writes one element past the end of out: what AddressSanitizer must report (run it only there).
+__global__ void write_past_end(float* out, int64_t n) {
+  if (threadIdx.x == 0) out[n] = 1.f;
+}
+
 Tensor probe_divergent_sync() {
   Tensor out = at::zeros({256});
   divergent_sync<<<1, 256>>>(out.data_ptr<float>());
@@ -62,6 +67,12 @@ Tensor probe_launch(int64_t grid, int64_t block) {
   return out;
 }
 
+Tensor probe_write_past_end(int64_t n) {
+  Tensor out = at::zeros({n});
+  write_past_end<<<1, 32>>>(out.data_ptr<float>(), n);
+  return out;
+}
+
 }  // namespace anp_probes
 
 TORCH_LIBRARY_FRAGMENT(anp_cuda_emu, m) {
@@ -70,4 +81,5 @@ TORCH_LIBRARY_FRAGMENT(anp_cuda_emu, m) {
   m.def("probe_row_sums", &anp_probes::probe_row_sums);
   m.def("probe_partial_warp_shuffle", &anp_probes::probe_partial_warp_shuffle);
   m.def("probe_launch", &anp_probes::probe_launch);
+  m.def("probe_write_past_end", &anp_probes::probe_write_past_end);
 }
