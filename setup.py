@@ -44,7 +44,10 @@ def extension():
     kwargs = dict(include_dirs=[os.path.join(here, "csrc")], extra_link_args=["-fopenmp"])
     if cuda_wanted():
         sources.append(os.path.join("csrc", "anp_cuda.cu"))
-        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        # no --use_fast_math: the kernels are memory-bound (a few expf/logf per mask row, not per element), so
+        # approximate intrinsics and flushed subnormals would buy no time and move the masks and gradients
+        # away from the CPU ops and the reference, which use the accurate functions
+        nvcc = ["-O3", "-std=c++17", "-lineinfo"]
         return cpp_extension.CUDAExtension(
             "anp_kernels._C", sources, extra_compile_args={"cxx": cxx + ["-DANP_WITH_CUDA"], "nvcc": nvcc}, **kwargs
         )
