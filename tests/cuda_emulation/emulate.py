@@ -7,6 +7,7 @@ anp_kernels; probes.cu adds kernels that show the emulation's own checks fire. T
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -49,7 +50,8 @@ ASAN_FLAGS = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]
 
 
 def build_dir() -> Path:
-    default = Path(tempfile.gettempdir()) / f"anp_cuda_emu_{os.getuid()}"
+    checkout = hashlib.sha1(str(ROOT).encode()).hexdigest()[:10]  # one folder per checkout: no cross-talk
+    default = Path(tempfile.gettempdir()) / f"anp_cuda_emu_{os.getuid()}_{checkout}"
     path = Path(os.environ.get("ANP_CUDA_EMU_BUILD", default)) / ("asan" if ASAN else "plain")
     path.mkdir(parents=True, exist_ok=True)
     return path
