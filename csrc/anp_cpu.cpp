@@ -2,9 +2,9 @@
 //
 // Tensors of any rank >= 2 are seen as [N, C, S] (contiguous, "NCS") or
 // [N, S, C] (channels-last, "NSC"); every other layout is made contiguous
-// first. All arithmetic is fp32 whatever the storage dtype. Argument checks with
-// readable messages live in Python (anp_kernels/ops/_checks.py); the TORCH_CHECKs
-// here are the last line of defence for direct torch.ops calls.
+// first. All arithmetic is fp32 whatever the storage dtype. The public Python
+// functions check arguments and values (anp_kernels/ops/_checks.py); csrc/op_checks.h,
+// shared with the CUDA ops, checks shapes, dtypes and devices of direct torch.ops calls.
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -14,6 +14,7 @@
 
 #include "anp_common.h"
 #include "layout.h"
+#include "op_checks.h"
 #include "sparse_conv.h"
 
 namespace anp {
@@ -128,8 +129,7 @@ void distortion_fwd_kernel(const scalar_t* z, const scalar_t* w, float* out, con
 }
 
 Tensor channel_distortion_cpu(const Tensor& z_in, const Tensor& w_in) {
-  TORCH_CHECK(z_in.sizes() == w_in.sizes(), "anp_kernels: z and z_adv must have the same shape");
-  TORCH_CHECK(z_in.scalar_type() == w_in.scalar_type(), "anp_kernels: z and z_adv must have the same dtype");
+  check_distortion("channel_distortion", z_in, w_in);
   Tensor z = z_in, w = w_in;
   Geometry g = geometry({&z, &w});
   Tensor out = at::zeros({g.C}, z.options().dtype(at::kFloat));
@@ -169,9 +169,9 @@ void distortion_bwd_kernel(const float* grad, const scalar_t* z, const scalar_t*
 
 std::tuple<Tensor, Tensor> channel_distortion_backward_cpu(const Tensor& grad_in, const Tensor& z_in,
                                                            const Tensor& w_in) {
+  check_distortion_backward(grad_in, z_in, w_in);
   Tensor z = z_in, w = w_in;
   Geometry g = geometry({&z, &w});
-  TORCH_CHECK(grad_in.numel() == g.C, "anp_kernels: grad must have C elements");
   Tensor grad = grad_in.to(at::kFloat).contiguous();
   auto [gz, gw] = empty_pair_like(z, w);
   if (z.numel() == 0) return {gz, gw};
@@ -205,10 +205,10 @@ std::vector<float> sampled_mask(const Tensor& a_in, const Tensor& b_in, int64_t 
 
 Tensor relaxed_mask_cpu(const Tensor& a_in, const Tensor& b_in, const Tensor& upi_in, const Tensor& uz_in,
                         double temperature) {
+  check_relaxed_mask(a_in, b_in, upi_in, uz_in);
   Tensor a = a_in.to(at::kFloat).contiguous(), b = b_in.to(at::kFloat).contiguous();
   Tensor upi = upi_in.to(at::kFloat).contiguous(), uz = uz_in.to(at::kFloat).contiguous();
   const int64_t C = a.numel(), B = uz.size(0);
-  TORCH_CHECK(uz.dim() == 2 && uz.size(1) == C && upi.numel() == C, "anp_kernels: relaxed_mask shapes");
   Tensor out = at::empty({B, C}, a.options());
   const float *pa = a.data_ptr<float>(), *pb = b.data_ptr<float>(), *pu = upi.data_ptr<float>();
   const float* pz = uz.data_ptr<float>();
@@ -221,6 +221,7 @@ Tensor relaxed_mask_cpu(const Tensor& a_in, const Tensor& b_in, const Tensor& up
 }
 
 Tensor sample_mask_cpu(const Tensor& a, const Tensor& b, int64_t batch_size, double temperature, int64_t seed) {
+  check_sample_mask(a, b, batch_size);
   std::vector<float> z = sampled_mask(a, b, batch_size, temperature, seed);
   Tensor out = at::empty({batch_size, a.numel()}, a.options().dtype(at::kFloat));
   std::copy(z.begin(), z.end(), out.data_ptr<float>());
@@ -324,7 +325,7 @@ std::tuple<Tensor, Tensor> scale_backward(Tensor grad, Tensor x, const float* z,
 }
 
 Tensor masked_activation_cpu(const Tensor& x, const Tensor& a, const Tensor& b, double temperature, int64_t seed) {
-  TORCH_CHECK(x.dim() >= 2 && a.numel() == x.size(1), "anp_kernels: a must have x.size(1) elements");
+  check_masked_activation("masked_activation", x, a, b);
   std::vector<float> z = sampled_mask(a, b, x.size(0), temperature, seed);
   return scale_forward(x, z.data(), true);
 }
@@ -334,6 +335,7 @@ Tensor masked_activation_cpu(const Tensor& x, const Tensor& a, const Tensor& b, 
 std::tuple<Tensor, Tensor, Tensor> masked_activation_backward_cpu(const Tensor& grad, const Tensor& x,
                                                                   const Tensor& a, const Tensor& b,
                                                                   double temperature, int64_t seed) {
+  check_masked_activation("masked_activation_backward", x, a, b, grad);
   const int64_t B = x.size(0), C = x.size(1);
   std::vector<float> z = sampled_mask(a, b, B, temperature, seed);
   auto result = scale_backward(grad, x, z.data(), true);
@@ -356,12 +358,13 @@ std::tuple<Tensor, Tensor, Tensor> masked_activation_backward_cpu(const Tensor& 
 }
 
 Tensor channel_scale_cpu(const Tensor& x, const Tensor& z_in) {
-  TORCH_CHECK(x.dim() >= 2, "anp_kernels: x must have rank >= 2");
+  check_channel_scale("channel_scale", x, z_in);
   Tensor z = z_in.to(at::kFloat).contiguous();
   return scale_forward(x, z.data_ptr<float>(), z.dim() == 2);
 }
 
 std::tuple<Tensor, Tensor> channel_scale_backward_cpu(const Tensor& grad, const Tensor& x, const Tensor& z_in) {
+  check_channel_scale("channel_scale_backward", x, z_in, grad);
   Tensor z = z_in.to(at::kFloat).contiguous();
   return scale_backward(grad, x, z.data_ptr<float>(), z.dim() == 2);
 }
@@ -369,7 +372,7 @@ std::tuple<Tensor, Tensor> channel_scale_backward_cpu(const Tensor& grad, const 
 // ---------------------------------------------------------------- KL of the masks
 // sum over units of KL(Kumaraswamy(a, b) || Beta(alpha, 1)), float32 0-d; per unit in double.
 Tensor kumaraswamy_kl_cpu(const Tensor& a_in, const Tensor& b_in, double alpha) {
-  TORCH_CHECK(a_in.dim() == 1 && a_in.sizes() == b_in.sizes(), "anp_kernels: a and b must be 1-D of one shape");
+  check_kumaraswamy_kl("kumaraswamy_kl", a_in, b_in);
   Tensor a = a_in.to(at::kDouble).contiguous(), b = b_in.to(at::kDouble).contiguous();
   const double *pa = a.data_ptr<double>(), *pb = b.data_ptr<double>();
   double sum = 0.0;
@@ -380,6 +383,7 @@ Tensor kumaraswamy_kl_cpu(const Tensor& a_in, const Tensor& b_in, double alpha) 
 // (d/da, d/db) of grad * kumaraswamy_kl(a, b, alpha), in the dtype of a.
 std::tuple<Tensor, Tensor> kumaraswamy_kl_backward_cpu(const Tensor& grad, const Tensor& a_in, const Tensor& b_in,
                                                        double alpha) {
+  check_kumaraswamy_kl("kumaraswamy_kl_backward", a_in, b_in, grad);
   Tensor a = a_in.to(at::kDouble).contiguous(), b = b_in.to(at::kDouble).contiguous();
   const double g = grad.item<double>();
   Tensor ga = at::empty_like(a), gb = at::empty_like(b);

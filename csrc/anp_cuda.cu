@@ -12,6 +12,7 @@
 
 #include "anp_common.h"
 #include "layout.h"
+#include "op_checks.h"
 #include "sparse_conv.h"
 
 namespace anp {
@@ -78,7 +79,7 @@ int grid_for(int64_t work) {
 }
 
 Tensor channel_distortion_cuda(const Tensor& z_in, const Tensor& w_in) {
-  TORCH_CHECK(z_in.sizes() == w_in.sizes(), "anp_kernels: z and z_adv must have the same shape");
+  check_distortion("channel_distortion", z_in, w_in);
   c10::cuda::CUDAGuard guard(z_in.device());
   Tensor z = z_in, w = w_in;
   Geometry g = geometry({&z, &w});
@@ -103,6 +104,7 @@ Tensor channel_distortion_cuda(const Tensor& z_in, const Tensor& w_in) {
 
 std::tuple<Tensor, Tensor> channel_distortion_backward_cuda(const Tensor& grad_in, const Tensor& z_in,
                                                             const Tensor& w_in) {
+  check_distortion_backward(grad_in, z_in, w_in);
   c10::cuda::CUDAGuard guard(z_in.device());
   Tensor z = z_in, w = w_in;
   Geometry g = geometry({&z, &w});
@@ -280,6 +282,7 @@ __global__ void relaxed_mask_kernel(const float* a, const float* b, const float*
 
 Tensor relaxed_mask_cuda(const Tensor& a_in, const Tensor& b_in, const Tensor& upi_in, const Tensor& uz_in,
                          double temperature) {
+  check_relaxed_mask(a_in, b_in, upi_in, uz_in);
   c10::cuda::CUDAGuard guard(a_in.device());
   Tensor a = a_in.to(at::kFloat).contiguous(), b = b_in.to(at::kFloat).contiguous();
   Tensor upi = upi_in.to(at::kFloat).contiguous(), uz = uz_in.to(at::kFloat).contiguous();
@@ -294,6 +297,7 @@ Tensor relaxed_mask_cuda(const Tensor& a_in, const Tensor& b_in, const Tensor& u
 }
 
 Tensor sample_mask_cuda(const Tensor& a_in, const Tensor& b_in, int64_t B, double temperature, int64_t seed) {
+  check_sample_mask(a_in, b_in, B);
   c10::cuda::CUDAGuard guard(a_in.device());
   Tensor a = a_in.to(at::kFloat).contiguous(), b = b_in.to(at::kFloat).contiguous();
   Tensor out = at::empty({B, a.numel()}, a.options());
@@ -306,6 +310,7 @@ Tensor sample_mask_cuda(const Tensor& a_in, const Tensor& b_in, int64_t B, doubl
 
 Tensor masked_activation_cuda(const Tensor& x, const Tensor& a_in, const Tensor& b_in, double temperature,
                               int64_t seed) {
+  check_masked_activation("masked_activation", x, a_in, b_in);
   c10::cuda::CUDAGuard guard(x.device());
   Tensor a = a_in.to(at::kFloat).contiguous(), b = b_in.to(at::kFloat).contiguous();
   return scale_forward(x, sampled_z(a, b, temperature, seed));
@@ -325,6 +330,7 @@ __global__ void keep_prob_grad_kernel(const float* __restrict__ glp, const float
 std::tuple<Tensor, Tensor, Tensor> masked_activation_backward_cuda(const Tensor& grad, const Tensor& x,
                                                                    const Tensor& a_in, const Tensor& b_in,
                                                                    double temperature, int64_t seed) {
+  check_masked_activation("masked_activation_backward", x, a_in, b_in, grad);
   c10::cuda::CUDAGuard guard(x.device());
   Tensor a = a_in.to(at::kFloat).contiguous(), b = b_in.to(at::kFloat).contiguous();
   auto [grad_x, glp] = scale_backward(grad, x, sampled_z(a, b, temperature, seed));
@@ -340,12 +346,14 @@ std::tuple<Tensor, Tensor, Tensor> masked_activation_backward_cuda(const Tensor&
 }
 
 Tensor channel_scale_cuda(const Tensor& x, const Tensor& z_in) {
+  check_channel_scale("channel_scale", x, z_in);
   c10::cuda::CUDAGuard guard(x.device());
   Tensor z = z_in.to(at::kFloat).contiguous();
   return scale_forward(x, StoredZ{z.data_ptr<float>(), z.dim() == 2, x.size(1)});
 }
 
 std::tuple<Tensor, Tensor> channel_scale_backward_cuda(const Tensor& grad, const Tensor& x, const Tensor& z_in) {
+  check_channel_scale("channel_scale_backward", x, z_in, grad);
   c10::cuda::CUDAGuard guard(x.device());
   Tensor z = z_in.to(at::kFloat).contiguous();
   return scale_backward(grad, x, StoredZ{z.data_ptr<float>(), z.dim() == 2, x.size(1)});
@@ -384,7 +392,7 @@ __global__ void kumaraswamy_kl_backward_kernel(const float* __restrict__ grad, c
 }
 
 Tensor kumaraswamy_kl_cuda(const Tensor& a_in, const Tensor& b_in, double alpha) {
-  TORCH_CHECK(a_in.dim() == 1 && a_in.sizes() == b_in.sizes(), "anp_kernels: a and b must be 1-D of one shape");
+  check_kumaraswamy_kl("kumaraswamy_kl", a_in, b_in);
   c10::cuda::CUDAGuard guard(a_in.device());
   Tensor a = a_in.contiguous(), b = b_in.contiguous();
   Tensor out = at::zeros({}, a.options().dtype(at::kFloat));
@@ -399,6 +407,7 @@ Tensor kumaraswamy_kl_cuda(const Tensor& a_in, const Tensor& b_in, double alpha)
 
 std::tuple<Tensor, Tensor> kumaraswamy_kl_backward_cuda(const Tensor& grad, const Tensor& a_in, const Tensor& b_in,
                                                         double alpha) {
+  check_kumaraswamy_kl("kumaraswamy_kl_backward", a_in, b_in, grad);
   c10::cuda::CUDAGuard guard(a_in.device());
   Tensor a = a_in.contiguous(), b = b_in.contiguous(), g = grad.to(at::kFloat).contiguous();
   Tensor ga = at::empty_like(a), gb = at::empty_like(b);

@@ -9,6 +9,8 @@
 #include <ATen/ATen.h>
 #include <ATen/TensorIndexing.h>
 
+#include "op_checks.h"
+
 #include <tuple>
 #include <vector>
 
@@ -127,6 +129,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_conv_forward(
     const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& in_keep,
     const at::Tensor& out_keep, const c10::optional<at::Tensor>& scale, const SparseConvArgs& args,
     bool compact_output, SparseConvSaves saves, RunEpilogue run_epilogue) {
+  check_sparse_conv("channel_sparse_conv2d", x, weight, bias.value_or(at::Tensor()), in_keep, out_keep,
+                    scale.value_or(at::Tensor()), args.stride, args.padding, args.dilation);
   at::Tensor x_c;
   at::Tensor y = compact_conv(x, weight, in_keep, out_keep, args, saves.nhwc, &x_c);
   const bool has_bias = bias.has_value() && bias->defined(), has_scale = scale.has_value() && scale->defined();
@@ -176,6 +180,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_conv_backward(
     const at::Tensor& out_keep, const c10::optional<at::Tensor>& scale, const at::Tensor& y_pre,
     const at::Tensor& saved_x_c, const SparseConvArgs& a, bool compact_output, std::array<bool, 4> mask,
     bool channels_last = false, const Relayout& relayout = {}) {
+  check_sparse_conv("channel_sparse_conv2d_backward", x, weight, at::Tensor(), in_keep, out_keep,
+                    scale.value_or(at::Tensor()), a.stride, a.padding, a.dilation);
+  check_sparse_conv_grad(grad_in, x, weight, out_keep, compact_output);
   const int64_t kin = in_keep.numel(), kout = out_keep.numel();
   at::Tensor g = compact_output ? grad_in : grad_in.index_select(1, out_keep);
   at::Tensor grad_scale = at::empty({0}, x.options());

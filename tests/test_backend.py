@@ -11,6 +11,7 @@ import torch
 import anp_kernels
 from anp_kernels import _backend, ops
 from conftest import DEVICE
+from helpers import bad_op_calls
 from helpers import mask_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +128,17 @@ def test_torch_compile_fullgraph(backend):
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+@pytest.mark.parametrize("namespace", ["anp_kernels", "anp_triton"])
+@pytest.mark.parametrize("call,message", [c[1:] for c in bad_op_calls()], ids=[c[0] for c in bad_op_calls()])
+def test_ops_reject_arguments_that_do_not_fit(namespace, call, message):
+    """Direct torch.ops calls: a clear error (csrc/op_checks.h, triton/arg_checks.py), not an out-of-bounds read."""
+    if namespace == "anp_triton":
+        pytest.importorskip("triton")
+    __import__("anp_kernels._C" if namespace == "anp_kernels" else "anp_kernels.triton.ops")
+    with pytest.raises(RuntimeError, match=message):
+        call(getattr(torch.ops, namespace))
+
+
 def test_cuda_sources_compile_with_nvcc(tmp_path):
     """nvcc compiles csrc/anp_cuda.cu against torch's headers (nothing runs it on a CPU-only machine).
 

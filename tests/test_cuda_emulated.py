@@ -23,7 +23,7 @@ from anp_kernels.ops.kumaraswamy import kl_kumaraswamy_beta_reference
 from anp_kernels.ops.masked_activation import masked_activation_reference
 from anp_kernels.ops.relaxed_mask import relaxed_mask_reference
 from conftest import tolerance
-from helpers import make_layout, mask_params
+from helpers import bad_op_calls, make_layout, mask_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_emulation"))
 import emulate  # noqa: E402
@@ -166,6 +166,19 @@ def test_channel_sparse_conv2d(emu, dtype, compact, scale_kind, conv):
                                            scale=scale, stride=stride, padding=padding, dilation=dilation,
                                            compact_output=compact)
     torch.testing.assert_close(out.float(), want, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("call,message", [c[1:] for c in bad_op_calls()], ids=[c[0] for c in bad_op_calls()])
+def test_cuda_ops_reject_arguments_that_do_not_fit(emu, call, message):
+    with pytest.raises(RuntimeError, match=message):
+        call(emu)
+
+
+def test_cuda_ops_reject_tensors_on_another_device(emu):
+    """On a GPU a CPU a or b would be a host pointer in the kernel; here a meta tensor stands in for it."""
+    x = torch.randn(2, 8, 3, 3)
+    with pytest.raises(RuntimeError, match="a is on meta but x is on cpu"):
+        emu.masked_activation(x, torch.ones(8, device="meta"), torch.ones(8), 0.1, 1)
 
 
 # ---- the emulation's own checks fire (probe kernels in tests/cuda_emulation/probes.cu)
