@@ -169,7 +169,7 @@ void distortion_bwd_kernel(const float* grad, const scalar_t* z, const scalar_t*
 
 std::tuple<Tensor, Tensor> channel_distortion_backward_cpu(const Tensor& grad_in, const Tensor& z_in,
                                                            const Tensor& w_in) {
-  check_distortion_backward(grad_in, z_in, w_in);
+  check_distortion("channel_distortion_backward", z_in, w_in, grad_in);
   Tensor z = z_in, w = w_in;
   Geometry g = geometry({&z, &w});
   Tensor grad = grad_in.to(at::kFloat).contiguous();

@@ -104,7 +104,7 @@ Tensor channel_distortion_cuda(const Tensor& z_in, const Tensor& w_in) {
 
 std::tuple<Tensor, Tensor> channel_distortion_backward_cuda(const Tensor& grad_in, const Tensor& z_in,
                                                             const Tensor& w_in) {
-  check_distortion_backward(grad_in, z_in, w_in);
+  check_distortion("channel_distortion_backward", z_in, w_in, grad_in);
   c10::cuda::CUDAGuard guard(z_in.device());
   Tensor z = z_in, w = w_in;
   Geometry g = geometry({&z, &w});

@@ -48,17 +48,14 @@ inline void check_mask_params(const char* op, const at::Tensor& a, const at::Ten
               " elements, x has ", channels, " channels (x.size(1))");
 }
 
-inline void check_distortion(const char* op, const at::Tensor& z, const at::Tensor& z_adv) {
+// channel_distortion and its backward (grad: undefined for the forward, else one value per channel).
+inline void check_distortion(const char* op, const at::Tensor& z, const at::Tensor& z_adv,
+                             const at::Tensor& grad = {}) {
   check_features(op, "z", z);
   check_same_shape(op, "z", z, "z_adv", z_adv);
-  check_same_device(op, {{"z", &z}, {"z_adv", &z_adv}});
-}
-
-inline void check_distortion_backward(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& z_adv) {
-  check_distortion("channel_distortion_backward", z, z_adv);
-  TORCH_CHECK(grad.numel() == z.size(1), "anp_kernels.channel_distortion_backward: grad has ", grad.numel(),
+  TORCH_CHECK(!grad.defined() || grad.numel() == z.size(1), "anp_kernels.", op, ": grad has ", grad.numel(),
               " elements, z has ", z.size(1), " channels");
-  check_same_device("channel_distortion_backward", {{"z", &z}, {"grad", &grad}});
+  check_same_device(op, {{"z", &z}, {"z_adv", &z_adv}, {"grad", &grad}});
 }
 
 inline void check_relaxed_mask(const at::Tensor& a, const at::Tensor& b, const at::Tensor& u_pi,
