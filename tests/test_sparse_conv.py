@@ -281,3 +281,20 @@ def test_layouts_follow_the_rule_and_are_measured_only_with_autotuning(monkeypat
             ops.autotune(False)
     chosen = [v for k, v in ops.conv_dispatch_log()["backward"].items() if k[0] == tuple(x.shape)]
     assert chosen and set(chosen) <= {"nchw", "nhwc"}
+
+
+@pytest.mark.skipif("triton" not in fast_backends(), reason="the Triton backend is not available here")
+@pytest.mark.parametrize("offsets", ["32-bit", "64-bit"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_triton_load_offsets_in_32_and_64_bits_agree_with_reference(monkeypatch, offsets, layout):
+    """The Triton kernel's 32-bit load offsets (tensors under 2**31 elements) and its 64-bit ones, taken
+    here on small tensors by lowering the limit, give the reference's values."""
+    from anp_kernels.triton import sparse_conv
+    monkeypatch.setattr(sparse_conv, "OFFSET32_LIMIT", 2**31 if offsets == "32-bit" else 1)
+    x, weight, bias, kw = _case(GEOMETRIES[3], 0.5, torch.float32, "sample", bias=True)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    expected = ops.channel_sparse_conv2d_reference(x, weight, bias, **kw)
+    with anp_kernels.use_backend("triton"):
+        out = ops.channel_sparse_conv2d(x, weight, bias, **kw)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)

@@ -22,7 +22,8 @@ def _sparse_conv_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, in_keep_ptr, out_keep
                         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                         KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, SCALE_MODE: tl.constexpr,
                         COMPACT: tl.constexpr, SAVE_PRE: tl.constexpr, DOT_F32: tl.constexpr,
-                        ALLOW_TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                        ALLOW_TF32: tl.constexpr, OFF64: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                        BK: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     m = pid_m * BM + tl.arange(0, BM)
@@ -34,17 +35,24 @@ def _sparse_conv_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, in_keep_ptr, out_keep
     ho = hw // WO
     wo = hw % WO
     oc = tl.load(out_keep_ptr + j, mask=j_ok, other=0)
+    if not OFF64:
+        oc = oc.to(tl.int32)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     for r in tl.static_range(KH):
         for s in tl.static_range(KW):
             hi = ho * stride_h - pad_h + r * dil_h
             wi = wo * stride_w - pad_w + s * dil_w
             row_ok = m_ok & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-            x_row = n.to(tl.int64) * sxn + hi * sxh + wi * sxw
+            if OFF64:
+                x_row = n.to(tl.int64) * sxn + hi * sxh + wi * sxw
+            else:
+                x_row = n * sxn + hi * sxh + wi * sxw
             for k0 in range(0, KIN, BK):
                 k = k0 + tl.arange(0, BK)
                 k_ok = k < KIN
                 ic = tl.load(in_keep_ptr + k, mask=k_ok, other=0)
+                if not OFF64:
+                    ic = ic.to(tl.int32)
                 xv = tl.load(x_ptr + x_row[:, None] + ic[None, :] * sxc, mask=row_ok[:, None] & k_ok[None, :],
                              other=0.0)
                 wv = tl.load(w_ptr + oc[None, :] * swo + ic[:, None] * swi + r * swh + s * sww,
@@ -59,7 +67,8 @@ def _sparse_conv_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, in_keep_ptr, out_keep
     if HAS_BIAS:
         acc += tl.load(bias_ptr + oc, mask=j_ok, other=0.0).to(tl.float32)[None, :]
     ok2 = m_ok[:, None] & j_ok[None, :]
-    compact_off = (n.to(tl.int64) * KOUT)[:, None] * (HO * WO) + j[None, :] * (HO * WO) + hw[:, None]
+    plane = tl.cast(HO * WO, tl.int64)  # the output offsets in 64 bits, whatever the loads use
+    compact_off = (n.to(tl.int64) * KOUT)[:, None] * plane + j[None, :] * plane + hw[:, None]
     if SAVE_PRE:
         tl.store(ypre_ptr + compact_off, acc.to(ypre_ptr.dtype.element_ty), mask=ok2)
     if SCALE_MODE == 1:
@@ -69,7 +78,7 @@ def _sparse_conv_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, in_keep_ptr, out_keep
     if COMPACT:
         out_off = compact_off
     else:
-        out_off = (n.to(tl.int64) * C_OUT)[:, None] * (HO * WO) + oc[None, :] * (HO * WO) + hw[:, None]
+        out_off = (n.to(tl.int64) * C_OUT)[:, None] * plane + oc[None, :] * plane + hw[:, None]
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=ok2)
 
 
@@ -81,6 +90,16 @@ _CONFIGS = [
     triton.Config({"BM": 128, "BN": 32, "BK": 32}, num_warps=4, num_stages=4),
 ]
 _KEY = ["M", "KIN", "KOUT", "KH", "KW"]
+# The loads' offsets are 32-bit when every element of x and weight is reachable with them: half the
+# registers of 64-bit pointer arithmetic on the [BM, BK] and [BK, BN] tiles (ptxas for sm_90, Triton 3.9:
+# fewer spills in every tile configuration; benchmarks/compile_triton.py reports them). The output
+# offsets stay 64-bit (computed once per tile).
+OFFSET32_LIMIT = 2**31
+
+
+def _extent(t: torch.Tensor) -> int:
+    """1 + the largest element offset of t (its reach into storage, whatever its strides)."""
+    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
 if INTERPRET:
     _launch_kernel = _sparse_conv_kernel  # fixed tiles below: autotuning needs a real device
 else:
@@ -110,7 +129,8 @@ def forward(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation
     w_arg = weight if kin else torch.zeros_like(weight)
     meta = dict(KH=kh, KW=kw, HAS_BIAS=bias is not None, SCALE_MODE=scale_mode, COMPACT=compact_output,
                 SAVE_PRE=save_pre, DOT_F32=INTERPRET or x.dtype == torch.float32,
-                ALLOW_TF32=x.dtype == torch.float32 and not INTERPRET and torch.backends.cudnn.allow_tf32)
+                ALLOW_TF32=x.dtype == torch.float32 and not INTERPRET and torch.backends.cudnn.allow_tf32,
+                OFF64=max(_extent(x), _extent(weight)) >= OFFSET32_LIMIT)
     args = (x, w_arg, bias_arg, scale_arg, in_keep.contiguous(), out_keep.contiguous(), out, y_pre,
             m, h, w, ho, wo, max(kin, 1), kout, c_out, *x.stride(), *weight.stride(),
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
