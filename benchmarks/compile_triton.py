@@ -15,7 +15,7 @@ layer's [N, C] features and a small odd shape; fp32, fp16, bf16; contiguous and 
 Compiled, not run: nothing here says the kernels compute the right values (the interpreter tests
 do) or how fast they are (benchmarks/gpu_suite.sh on a GPU does).
 
-    python benchmarks/compile_triton.py [--arch 90] [--sms 132] [--quick] [--out benchmarks/results]
+    python benchmarks/compile_triton.py [--arch 90] [--sms 132] [--quick] [--jobs N] [--out benchmarks/results]
 
 Needs TRITON_INTERPRET unset (the kernels must be compiled objects, not interpreted functions).
 Exit status 1 when a kernel fails to compile, a launch breaks a limit or a kernel was never compiled.
@@ -23,11 +23,13 @@ Exit status 1 when a kernel fails to compile, a launch breaks a limit or a kerne
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -71,6 +73,7 @@ class Compiled:
     occupancy: float = 0.0
     problems: list = field(default_factory=list)
     cases: list = field(default_factory=list)  # every call that launched this binary
+    binary: str = ""  # Triton's hash of the binary
 
 
 class _TargetDriver:
@@ -149,7 +152,8 @@ class Recorder:
         rec = self.compiled.get(key)
         if rec is None:
             config = " ".join(f"{k}={int(v)}" for k, v in sorted(kwargs.items()) if k in LABEL_KEYS)
-            rec = Compiled(fn.__name__, self.case, config, grid, kernel.metadata.num_warps, kernel.metadata.num_stages)
+            rec = Compiled(fn.__name__, self.case, config, grid, kernel.metadata.num_warps, kernel.metadata.num_stages,
+                           binary=kernel.metadata.hash)
             usage = resource_usage(kernel.asm["cubin"])
             rec.registers, rec.local_bytes = usage["REG"], usage["LOCAL"] + usage["STACK"]
             rec.shared_bytes = max(kernel.metadata.shared, usage["SHARED"])
@@ -389,30 +393,56 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def compile_shard(arch: int, sms: int, quick: bool, shard: int, jobs: int) -> tuple[list, list, int]:
+    """Compile every jobs-th call from the shard-th on (in a process of its own); the first shows progress."""
+    from tqdm import tqdm
+    with Recorder(arch, sms) as rec:
+        import anp_kernels.triton.ops  # noqa: F401  (registers anp_triton::*)
+        cases = (c for i, c in enumerate(all_cases(torch.ops.anp_triton, quick)) if i % jobs == shard)
+        total = sum(1 for i, _ in enumerate(all_cases(torch.ops.anp_triton, quick)) if i % jobs == shard)
+        calls = 0
+        for case, call, every in tqdm(cases, total=total, desc="compile", unit="call", disable=shard > 0):
+            rec.run_case(case, call, every)
+            calls += 1
+    return list(rec.compiled.values()), rec.failures, calls
+
+
+def merge(arch: int, shards: list) -> tuple[list[Compiled], list[dict], int]:
+    """One Compiled per binary over the shards (a binary two shards compiled: its cases and grids joined)."""
+    merged: dict[tuple[str, str], Compiled] = {}
+    for compiled, _, _ in shards:
+        for rec in compiled:
+            first = merged.setdefault((rec.kernel, rec.binary), rec)
+            if first is not rec:
+                first.cases += [c for c in rec.cases if c not in first.cases]
+                first.grid = [max(a, b) for a, b in zip(first.grid, rec.grid)]
+                first.problems = launch_problems(first, arch)
+    failures = [f for _, shard_failures, _ in shards for f in shard_failures]
+    return list(merged.values()), failures, sum(calls for _, _, calls in shards)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", type=int, default=90, choices=sorted(LIMITS))
     p.add_argument("--sms", type=int, default=132, help="SM count the launchers size their grids for (H100/H200 SXM: 132)")
     p.add_argument("--quick", action="store_true", help="fewer shapes, sparsities and flag combinations (the CI test)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiling processes (default: one per core)")
     args = p.parse_args()
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
     if os.environ.get("TRITON_INTERPRET") == "1":
         p.error("unset TRITON_INTERPRET (under the interpreter Triton compiles nothing)")
     from _harness import stamp, write_results
-    start, calls = time.time(), 0
-    with Recorder(args.arch, args.sms) as rec:
-        import anp_kernels.triton.ops  # noqa: F401  (registers anp_triton::*)
-        from tqdm import tqdm
-        total = sum(1 for _ in all_cases(torch.ops.anp_triton, args.quick))
-        for case, call, every in tqdm(all_cases(torch.ops.anp_triton, args.quick), total=total, desc="compile",
-                                      unit="call"):
-            rec.run_case(case, call, every)
-            calls += 1
-    compiled = list(rec.compiled.values())
+    start = time.time()
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        shards = list(pool.map(compile_shard, *zip(*[(args.arch, args.sms, args.quick, i, args.jobs)
+                                                      for i in range(args.jobs)])))
+    compiled, failures, calls = merge(args.arch, shards)
     report = dict(arch=args.arch, sms=args.sms, triton=triton.__version__, stamp=stamp("cpu"), cases=calls,
                   seconds=time.time() - start, command="python benchmarks/compile_triton.py " + " ".join(sys.argv[1:]),
                   never_compiled=sorted(launched_kernels() - {r.kernel for r in compiled}),
-                  compiled=[asdict(r) for r in compiled], failures=rec.failures, rows=summary_rows(compiled))
+                  compiled=[asdict(r) for r in compiled], failures=failures, rows=summary_rows(compiled))
     report["offsets"] = offset_rows(report["compiled"])
     name = f"triton_compile_sm{args.arch}" + ("_quick" if args.quick else "")
     write_results(name, report, markdown(report), args.out)
