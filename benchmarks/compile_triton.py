@@ -75,6 +75,12 @@ class Compiled:
     cases: list = field(default_factory=list)  # every call that launched this binary
     binary: str = ""  # Triton's hash of the binary
 
+    def join(self, grid: list, cases: list, arch: int) -> None:
+        """Another launch of this binary (or another shard's record of it): largest grid, cases joined."""
+        self.grid = [max(a, b) for a, b in zip(self.grid, grid)]
+        self.cases += [c for c in cases if c not in self.cases]
+        self.problems = launch_problems(self, arch)
+
 
 class _TargetDriver:
     """Triton's driver for a GPU that is not there: it names the target and nothing more."""
@@ -157,12 +163,9 @@ class Recorder:
             usage = resource_usage(kernel.asm["cubin"])
             rec.registers, rec.local_bytes = usage["REG"], usage["LOCAL"] + usage["STACK"]
             rec.shared_bytes = max(kernel.metadata.shared, usage["SHARED"])
+            rec.occupancy = occupancy(rec, self.arch)
             self.compiled[key] = rec
-        rec.grid = [max(a, b) for a, b in zip(rec.grid, grid)]
-        if self.case not in rec.cases:
-            rec.cases.append(self.case)
-        rec.occupancy = occupancy(rec, self.arch)
-        rec.problems = launch_problems(rec, self.arch)
+        rec.join(grid, [self.case], self.arch)
 
     def __enter__(self) -> "Recorder":
         if os.environ.get("TRITON_INTERPRET") == "1":
@@ -414,9 +417,7 @@ def merge(arch: int, shards: list) -> tuple[list[Compiled], list[dict], int]:
         for rec in compiled:
             first = merged.setdefault((rec.kernel, rec.binary), rec)
             if first is not rec:
-                first.cases += [c for c in rec.cases if c not in first.cases]
-                first.grid = [max(a, b) for a, b in zip(first.grid, rec.grid)]
-                first.problems = launch_problems(first, arch)
+                first.join(rec.grid, rec.cases, arch)
     failures = [f for _, shard_failures, _ in shards for f in shard_failures]
     return list(merged.values()), failures, sum(calls for _, _, calls in shards)
 

@@ -100,6 +100,8 @@ OFFSET32_LIMIT = 2**31
 def _extent(t: torch.Tensor) -> int:
     """1 + the largest element offset of t (its reach into storage, whatever its strides)."""
     return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+
+
 if INTERPRET:
     _launch_kernel = _sparse_conv_kernel  # fixed tiles below: autotuning needs a real device
 else:
