@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -53,8 +54,9 @@ LIMITS = {
     90: dict(shared_per_block=232448, shared_per_sm=233472, registers_per_sm=65536, warps_per_sm=64, blocks_per_sm=32),
 }
 MAX_GRID = (2**31 - 1, 65535, 65535)
-# the constexpr arguments that name a binary's variant in the tables: tile sizes, backward, offset width
-LABEL_KEYS = {"BLOCK", "BM", "BN", "BK", "BS", "BP", "BC", "BR", "BB", "BACKWARD", "OFF64"}
+# the constexpr arguments that name a binary's variant in the tables: tile sizes, backward, offset width,
+# the sparse conv's activation-tile order (X_M_FASTEST=1: NCHW, pixels fastest)
+LABEL_KEYS = {"BLOCK", "BM", "BN", "BK", "BS", "BP", "BC", "BR", "BB", "BACKWARD", "OFF64", "X_M_FASTEST"}
 THREADS_PER_BLOCK = 1024
 
 
@@ -267,7 +269,7 @@ def mask_cases(ops, channels: int, batch: int, dtype) -> dict:
 
 def conv_case(ops, spec, dtype, layout, sparsity: float, flags: tuple, offsets64: bool = False):
     """One channel_sparse_conv2d call keeping every k-th input and output channel (k from sparsity); with
-    offsets64 the kernel's 64-bit load offsets (otherwise taken for tensors of 2**31 elements or more)."""
+    offsets64 the kernel's 64-bit offsets (otherwise taken for tensors of 2**31 elements or more)."""
     from anp_kernels.triton import sparse_conv
 
     def call():  # the tensors made when called: a list of cases holds no conv inputs
@@ -324,15 +326,18 @@ def all_cases(ops, quick: bool):
 
 
 def launched_kernels() -> set[str]:
-    """Names of the package's Triton kernels (JIT functions whose first argument is a pointer)."""
+    """Names of the package's Triton kernels: JIT functions that no other JIT function calls (the
+    helpers they call, such as the sparse conv's tile loader, compile inside their callers)."""
     from anp_kernels.triton import distortion, kl, mask, sparse_conv
-    names = set()
+    functions = {}
     for module in (distortion, kl, mask, sparse_conv):
         for obj in vars(module).values():
             fn = obj.fn if isinstance(obj, Autotuner) else obj
-            if isinstance(fn, JITFunction) and fn.arg_names and fn.arg_names[0].endswith("_ptr"):
-                names.add(fn.__name__)
-    return names
+            if isinstance(fn, JITFunction):
+                functions[fn.__name__] = fn
+    called = {name for name in functions for other in functions.values()
+              if other.__name__ != name and re.search(rf"\b{name}\(", other.src)}
+    return set(functions) - called
 
 
 def summary_rows(compiled: list[Compiled]) -> list[dict]:
@@ -352,7 +357,7 @@ def summary_rows(compiled: list[Compiled]) -> list[dict]:
 
 
 def offset_rows(compiled: list[dict]) -> list[dict]:
-    """The sparse conv's spills with 64-bit load offsets next to the same call's with 32-bit ones."""
+    """The sparse conv's spills with 64-bit offsets next to the same call's with 32-bit ones."""
     def spills(case: str, config: str) -> dict | None:
         return next((r for r in compiled if case in r["cases"] and r["config"] == config), None)
     rows = []
@@ -383,7 +388,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['kernel']} | {r['config']} | {r['warps']} | {r['stages']} | {r['binaries']} | "
                      f"{r['registers']} | {r['local_bytes']} | {r['shared_bytes']} | {r['occupancy']:.0%} | "
                      f"{'x'.join(map(str, r['largest_grid']))} | {r['problems']} |")
-    lines += ["", "The sparse conv's load offsets: local memory (spill) bytes per thread of the same call with "
+    lines += ["", "The sparse conv's offsets: local memory (spill) bytes per thread of the same call with "
               "64-bit offsets (what tensors of 2**31 elements or more take) and with 32-bit ones (the rest).", "",
               "| call | tiles | warps | 64-bit offsets | 32-bit offsets |", "|---|---|---|---|---|"]
     for r in report["offsets"]:

@@ -283,18 +283,63 @@ def test_layouts_follow_the_rule_and_are_measured_only_with_autotuning(monkeypat
     assert chosen and set(chosen) <= {"nchw", "nhwc"}
 
 
-@pytest.mark.skipif("triton" not in fast_backends(), reason="the Triton backend is not available here")
+_NEEDS_TRITON = pytest.mark.skipif("triton" not in fast_backends(), reason="the Triton backend is not available here")
+
+
+@_NEEDS_TRITON
 @pytest.mark.parametrize("offsets", ["32-bit", "64-bit"])
+@pytest.mark.parametrize("compact", [False, True])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_triton_load_offsets_in_32_and_64_bits_agree_with_reference(monkeypatch, offsets, layout):
-    """The Triton kernel's 32-bit load offsets (tensors under 2**31 elements) and its 64-bit ones, taken
-    here on small tensors by lowering the limit, give the reference's values."""
+def test_triton_offsets_in_32_and_64_bits_agree_with_reference(monkeypatch, offsets, compact, layout):
+    """The Triton kernel's 32-bit offsets (every tensor under 2**31 elements) and its 64-bit ones, taken
+    here on small tensors by lowering the limit, give the reference's output and saved y_pre."""
     from anp_kernels.triton import sparse_conv
     monkeypatch.setattr(sparse_conv, "OFFSET32_LIMIT", 2**31 if offsets == "32-bit" else 1)
     x, weight, bias, kw = _case(GEOMETRIES[3], 0.5, torch.float32, "sample", bias=True)
     if layout == "channels_last":
         x = x.to(memory_format=torch.channels_last)
-    expected = ops.channel_sparse_conv2d_reference(x, weight, bias, **kw)
+    x.requires_grad_(True)
+    kw["scale"].requires_grad_(True)  # the forward then saves y_pre, which the scale's gradient reads
+    expected = ops.channel_sparse_conv2d_reference(x, weight, bias, compact_output=compact, **kw)
+    grad = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, (x, kw["scale"]), grad)
     with anp_kernels.use_backend("triton"):
-        out = ops.channel_sparse_conv2d(x, weight, bias, **kw)
+        out = ops.channel_sparse_conv2d(x, weight, bias, compact_output=compact, **kw)
+        grads = torch.autograd.grad(out, (x, kw["scale"]), grad)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kept", [(5, 3), (0, 3), (7, 17)])
+def test_packed_weight_holds_kept_weights_with_padded_rows(kept):
+    """packed_weight: [KH, KW, KIN, row] with row a multiple of WEIGHT_ROW_ALIGN, kept output channels
+    contiguous, zeros in the padding; an empty in_keep gives one zero row (the kernel's KIN of 1)."""
+    from anp_kernels.triton.sparse_conv import WEIGHT_ROW_ALIGN, packed_weight
+    n_in, n_out = kept
+    weight = torch.randn(20, 9, 3, 2)
+    in_keep = torch.randperm(9)[:n_in].sort().values
+    out_keep = torch.randperm(20)[:n_out].sort().values
+    packed = packed_weight(weight, in_keep, out_keep)
+    row = -(-n_out // WEIGHT_ROW_ALIGN) * WEIGHT_ROW_ALIGN
+    assert packed.shape == (3, 2, max(n_in, 1), row) and packed.is_contiguous()
+    expected = weight[out_keep][:, in_keep].permute(2, 3, 1, 0)
+    torch.testing.assert_close(packed[:, :, :n_in, :n_out], expected, atol=0, rtol=0)
+    assert not packed[..., n_out:].any() and not packed[:, :, n_in:].any()
+
+
+@_NEEDS_TRITON
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_triton_strided_views_match_reference(layout):
+    """Views that are neither NCHW- nor NHWC-contiguous (every other column; channels fastest or not)
+    take the kernel's two activation-tile paths and give the reference's values."""
+    x, weight, bias, kw = _case(GEOMETRIES[0], 0.5, torch.float32, "channel", bias=True)
+    wide = torch.randn(2, x.shape[1], x.shape[2], 2 * x.shape[3]).to(DEVICE)
+    if layout == "channels_last":
+        wide = wide.to(memory_format=torch.channels_last)
+    view = wide[..., ::2]
+    assert not view.is_contiguous() and (view.stride(1) == 1) == (layout == "channels_last")
+    expected = ops.channel_sparse_conv2d_reference(view, weight, bias, **kw)
+    with anp_kernels.use_backend("triton"):
+        out = ops.channel_sparse_conv2d(view, weight, bias, **kw)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)

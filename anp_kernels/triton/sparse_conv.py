@@ -1,12 +1,15 @@
-"""Triton implicit-GEMM channel-sparse conv2d: kept channels gathered inside the loads.
+"""Triton implicit-GEMM channel-sparse conv2d: kept input channels gathered inside the loads.
 
 GEMM view: rows m = (n, ho, wo) of the output, columns j = kept output channels,
 reduction over (r, s, kept input channel). Each program owns a [BM, BN] tile; its loads
-read x[n, in_keep[k], hi, wi] and weight[out_keep[j], in_keep[k], r, s] directly, so no
-compacted copy of x exists. The epilogue adds bias, multiplies the (per-sample) scale,
-stores y_pre when asked and writes the compact or full output (pruned channels of a
-full output are the zeros it was allocated with). fp16/bf16 inputs use fp32
-accumulation; fp32 uses TF32 when torch allows it for cuDNN.
+read x[n, in_keep[k], hi, wi] directly, so no compacted copy of x exists. The kept weights
+are packed once per call into a [KH, KW, KIN, KOUT] operand (`packed_weight`) whose rows are
+contiguous and 16-byte aligned. For NCHW inputs the activation tile is loaded with pixels
+fastest and transposed, and the epilogue works on the transposed accumulator, so loads
+and stores run along pixels (coalesced). The epilogue adds bias, multiplies the
+(per-sample) scale, stores y_pre when asked and writes the compact or full output (pruned
+channels of a full output are the zeros it was allocated with). fp16/bf16 inputs use
+fp32 accumulation; fp32 uses TF32 when torch allows it for cuDNN.
 """
 import torch
 import triton
@@ -16,14 +19,24 @@ from ._common import INTERPRET
 
 
 @triton.jit
+def _x_tile(x_ptr, x_row, row_ok, ic, k_ok, sxc, X_M_FASTEST: tl.constexpr):
+    """The [BM, BK] activation tile x[n, in_keep[k], hi, wi]. With X_M_FASTEST (NCHW: pixels adjacent in
+    memory) it is loaded as [BK, BM] and transposed, so that a warp's threads read neighbouring pixels of
+    one channel (coalesced) instead of 32 channels a plane apart; channels-last loads [BM, BK] directly."""
+    if X_M_FASTEST:
+        xt = tl.load(x_ptr + ic[:, None] * sxc + x_row[None, :], mask=k_ok[:, None] & row_ok[None, :], other=0.0)
+        return tl.trans(xt)
+    return tl.load(x_ptr + x_row[:, None] + ic[None, :] * sxc, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+
+
+@triton.jit
 def _sparse_conv_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, in_keep_ptr, out_keep_ptr, out_ptr, ypre_ptr,
-                        M, H, W, HO, WO, KIN, KOUT, C_OUT,
-                        sxn, sxc, sxh, sxw, swo, swi, swh, sww,
+                        M, H, W, HO, WO, KIN, KOUT, C_OUT, sxn, sxc, sxh, sxw, swk,
                         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                         KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, SCALE_MODE: tl.constexpr,
                         COMPACT: tl.constexpr, SAVE_PRE: tl.constexpr, DOT_F32: tl.constexpr,
-                        ALLOW_TF32: tl.constexpr, OFF64: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                        BK: tl.constexpr):
+                        ALLOW_TF32: tl.constexpr, OFF64: tl.constexpr, X_M_FASTEST: tl.constexpr,
+                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     m = pid_m * BM + tl.arange(0, BM)
@@ -34,28 +47,24 @@ def _sparse_conv_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, in_keep_ptr, out_keep
     hw = m % (HO * WO)
     ho = hw // WO
     wo = hw % WO
-    oc = tl.load(out_keep_ptr + j, mask=j_ok, other=0)
-    if not OFF64:
-        oc = oc.to(tl.int32)
+    if OFF64:
+        n = n.to(tl.int64)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     for r in tl.static_range(KH):
         for s in tl.static_range(KW):
             hi = ho * stride_h - pad_h + r * dil_h
             wi = wo * stride_w - pad_w + s * dil_w
             row_ok = m_ok & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-            if OFF64:
-                x_row = n.to(tl.int64) * sxn + hi * sxh + wi * sxw
-            else:
-                x_row = n * sxn + hi * sxh + wi * sxw
+            x_row = n * sxn + hi * sxh + wi * sxw
             for k0 in range(0, KIN, BK):
                 k = k0 + tl.arange(0, BK)
                 k_ok = k < KIN
                 ic = tl.load(in_keep_ptr + k, mask=k_ok, other=0)
                 if not OFF64:
                     ic = ic.to(tl.int32)
-                xv = tl.load(x_ptr + x_row[:, None] + ic[None, :] * sxc, mask=row_ok[:, None] & k_ok[None, :],
-                             other=0.0)
-                wv = tl.load(w_ptr + oc[None, :] * swo + ic[:, None] * swi + r * swh + s * sww,
+                xv = _x_tile(x_ptr, x_row, row_ok, ic, k_ok, sxc, X_M_FASTEST)
+                # the packed weight [KH, KW, KIN, swk]: rows of kept output channels, contiguous and aligned
+                wv = tl.load(w_ptr + ((r * KW + s) * KIN + k)[:, None] * swk + j[None, :],
                              mask=k_ok[:, None] & j_ok[None, :], other=0.0)
                 if DOT_F32:
                     if ALLOW_TF32:
@@ -64,21 +73,35 @@ def _sparse_conv_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, in_keep_ptr, out_keep
                         acc += tl.dot(xv.to(tl.float32), wv.to(tl.float32), input_precision="ieee")
                 else:
                     acc += tl.dot(xv, wv)
+    _epilogue(tl.trans(acc), bias_ptr, scale_ptr, out_keep_ptr, out_ptr, ypre_ptr, n, hw, m_ok, j, j_ok,
+              HO * WO, KOUT, C_OUT, HAS_BIAS, SCALE_MODE, COMPACT, SAVE_PRE, OFF64)
+
+
+@triton.jit
+def _epilogue(acc, bias_ptr, scale_ptr, out_keep_ptr, out_ptr, ypre_ptr, n, hw, m_ok, j, j_ok, plane, KOUT, C_OUT,
+              HAS_BIAS: tl.constexpr, SCALE_MODE: tl.constexpr, COMPACT: tl.constexpr, SAVE_PRE: tl.constexpr,
+              OFF64: tl.constexpr):
+    """Bias, y_pre, scale and the output store of a tile held transposed, [BN, BM]: the output is NCHW, so
+    a warp's threads store neighbouring pixels of one channel (coalesced)."""
+    oc = tl.load(out_keep_ptr + j, mask=j_ok, other=0)
+    if OFF64:
+        plane = tl.cast(plane, tl.int64)
+    else:
+        oc = oc.to(tl.int32)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + oc, mask=j_ok, other=0.0).to(tl.float32)[None, :]
-    ok2 = m_ok[:, None] & j_ok[None, :]
-    plane = tl.cast(HO * WO, tl.int64)  # the output offsets in 64 bits, whatever the loads use
-    compact_off = (n.to(tl.int64) * KOUT)[:, None] * plane + j[None, :] * plane + hw[:, None]
+        acc += tl.load(bias_ptr + oc, mask=j_ok, other=0.0).to(tl.float32)[:, None]
+    ok2 = j_ok[:, None] & m_ok[None, :]
+    compact_off = j[:, None] * plane + (n * KOUT * plane + hw)[None, :]
     if SAVE_PRE:
         tl.store(ypre_ptr + compact_off, acc.to(ypre_ptr.dtype.element_ty), mask=ok2)
     if SCALE_MODE == 1:
-        acc = acc * tl.load(scale_ptr + oc, mask=j_ok, other=0.0).to(tl.float32)[None, :]
+        acc = acc * tl.load(scale_ptr + oc, mask=j_ok, other=0.0).to(tl.float32)[:, None]
     if SCALE_MODE == 2:
-        acc = acc * tl.load(scale_ptr + n[:, None] * C_OUT + oc[None, :], mask=ok2, other=0.0).to(tl.float32)
+        acc = acc * tl.load(scale_ptr + oc[:, None] + (n * C_OUT)[None, :], mask=ok2, other=0.0).to(tl.float32)
     if COMPACT:
         out_off = compact_off
     else:
-        out_off = (n.to(tl.int64) * C_OUT)[:, None] * plane + oc[None, :] * plane + hw[:, None]
+        out_off = oc[:, None] * plane + (n * C_OUT * plane + hw)[None, :]
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=ok2)
 
 
@@ -89,17 +112,34 @@ _CONFIGS = [
     triton.Config({"BM": 64, "BN": 32, "BK": 64}, num_warps=4, num_stages=4),
     triton.Config({"BM": 128, "BN": 32, "BK": 32}, num_warps=4, num_stages=4),
 ]
-_KEY = ["M", "KIN", "KOUT", "KH", "KW"]
-# The loads' offsets are 32-bit when every element of x and weight is reachable with them: half the
-# registers of 64-bit pointer arithmetic on the [BM, BK] and [BK, BN] tiles (ptxas for sm_90, Triton 3.9:
-# fewer spills in every tile configuration; benchmarks/compile_triton.py reports them). The output
-# offsets stay 64-bit (computed once per tile).
+_KEY = ["M", "KIN", "KOUT", "KH", "KW", "X_M_FASTEST"]
+# Offsets are 32-bit when every element of x, the packed weight and the outputs is reachable with them:
+# half the registers of 64-bit pointer arithmetic on the tiles (ptxas for sm_90, Triton 3.9: fewer
+# spills in every tile configuration; benchmarks/compile_triton.py reports them).
 OFFSET32_LIMIT = 2**31
+# the packed weight's rows are padded to this many elements: 16-byte aligned, vectorised tile loads
+WEIGHT_ROW_ALIGN = 16
 
 
 def _extent(t: torch.Tensor) -> int:
     """1 + the largest element offset of t (its reach into storage, whatever its strides)."""
     return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+
+
+def packed_weight(weight: torch.Tensor, in_keep: torch.Tensor, out_keep: torch.Tensor) -> torch.Tensor:
+    """The kept weights as the GEMM's [KH, KW, KIN, KOUT_padded] operand, output channels contiguous.
+
+    Gathered once per call (the weights are small beside the activations at training batch sizes): the
+    kernel's weight tiles are then contiguous rows, loaded in 16-byte vectors, instead of one strided
+    element per thread (weight[out_keep[j], in_keep[k], r, s] is KIN*KH*KW elements apart along j)."""
+    c_out, _, kh, kw = weight.shape
+    kin, kout = max(in_keep.numel(), 1), out_keep.numel()
+    row = -(-kout // WEIGHT_ROW_ALIGN) * WEIGHT_ROW_ALIGN
+    packed = weight.new_zeros((kh, kw, kin, row))
+    if in_keep.numel():
+        kept = weight.index_select(0, out_keep).index_select(1, in_keep)
+        packed[..., :kout] = kept.permute(2, 3, 1, 0)
+    return packed
 
 
 if INTERPRET:
@@ -123,18 +163,19 @@ def forward(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation
     m = n * ho * wo
     if kout == 0 or m == 0:
         return out, y_pre, no_x_c
+    w_packed = packed_weight(weight, in_keep, out_keep)
     if kin == 0:  # nothing to convolve: the epilogue alone (bias, scale) on zeros
         in_keep = in_keep.new_zeros(1)
     scale_mode = 0 if scale is None else (1 if scale.dim() == 1 else 2)
     scale_arg = scale.contiguous() if scale is not None else out
     bias_arg = bias if bias is not None else out
-    w_arg = weight if kin else torch.zeros_like(weight)
     meta = dict(KH=kh, KW=kw, HAS_BIAS=bias is not None, SCALE_MODE=scale_mode, COMPACT=compact_output,
                 SAVE_PRE=save_pre, DOT_F32=INTERPRET or x.dtype == torch.float32,
                 ALLOW_TF32=x.dtype == torch.float32 and not INTERPRET and torch.backends.cudnn.allow_tf32,
-                OFF64=max(_extent(x), _extent(weight)) >= OFFSET32_LIMIT)
-    args = (x, w_arg, bias_arg, scale_arg, in_keep.contiguous(), out_keep.contiguous(), out, y_pre,
-            m, h, w, ho, wo, max(kin, 1), kout, c_out, *x.stride(), *weight.stride(),
+                OFF64=max(_extent(x), w_packed.numel(), out.numel(), y_pre.numel()) >= OFFSET32_LIMIT,
+                X_M_FASTEST=x.stride(1) != 1)
+    args = (x, w_packed, bias_arg, scale_arg, in_keep.contiguous(), out_keep.contiguous(), out, y_pre,
+            m, h, w, ho, wo, max(kin, 1), kout, c_out, *x.stride(), w_packed.stride(2),
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
     if INTERPRET:
         tiles = dict(BM=64, BN=32, BK=32)
