@@ -156,11 +156,11 @@ class Recorder:
 
     def add(self, fn: JITFunction, kernel, grid: tuple, kwargs: dict) -> None:
         grid = [int(g) for g in grid] + [1] * (3 - len(grid))
-        key = (fn.__name__, kernel.metadata.hash)
+        key = (kernel_name(fn), kernel.metadata.hash)
         rec = self.compiled.get(key)
         if rec is None:
             config = " ".join(f"{k}={int(v)}" for k, v in sorted(kwargs.items()) if k in LABEL_KEYS)
-            rec = Compiled(fn.__name__, self.case, config, grid, kernel.metadata.num_warps, kernel.metadata.num_stages,
+            rec = Compiled(kernel_name(fn), self.case, config, grid, kernel.metadata.num_warps, kernel.metadata.num_stages,
                            binary=kernel.metadata.hash)
             usage = resource_usage(kernel.asm["cubin"])
             rec.registers, rec.local_bytes = usage["REG"], usage["LOCAL"] + usage["STACK"]
@@ -325,6 +325,11 @@ def all_cases(ops, quick: bool):
                 yield f"{op} C={channels} B={batch} {dname}", call, True
 
 
+def kernel_name(fn: JITFunction) -> str:
+    """module.function: two modules' kernels may share a function name (distortion._bwd, kl._bwd)."""
+    return f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
+
+
 def launched_kernels() -> set[str]:
     """Names of the package's Triton kernels: JIT functions that no other JIT function calls (the
     helpers they call, such as the sparse conv's tile loader, compile inside their callers)."""
@@ -334,9 +339,9 @@ def launched_kernels() -> set[str]:
         for obj in vars(module).values():
             fn = obj.fn if isinstance(obj, Autotuner) else obj
             if isinstance(fn, JITFunction):
-                functions[fn.__name__] = fn
-    called = {name for name in functions for other in functions.values()
-              if other.__name__ != name and re.search(rf"\b{name}\(", other.src)}
+                functions[kernel_name(fn)] = fn
+    called = {name for name, fn in functions.items() for other in functions.values()
+              if other is not fn and re.search(rf"(?<!def )\b{fn.__name__}\(", other.src)}
     return set(functions) - called
 
 

@@ -10,6 +10,11 @@ import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Elements per program: large under the interpreter (each program costs ~0.5 ms there).
 TILE = 65536 if INTERPRET else 4096
+# Mask values sampled per program (a hash and logs each): at TILE per program of 4 warps the sampling
+# kernels, and the scale kernels on features of 1 to 4 pixels per channel, took 182 to 255 registers
+# (ptxas, sm_90; benchmarks/compile_triton.py) and a [128, 512] mask filled 16 programs of an H100's 132
+# SMs; at 1024 (256 rows of 4 pixels) they take 40 to 72 and fill 64 to 256 programs.
+MASK_TILE = 65536 if INTERPRET else 1024
 
 
 def next_pow2(n: int) -> int:

@@ -6,7 +6,11 @@ import triton.language as tl
 
 from ._common import INTERPRET
 
-BLOCK = 1024
+BLOCK = 1024  # the forward: one program sums every unit
+# the backward: one unit per thread of 4 warps. Its float64 digamma/trigamma series at 8 units per thread
+# (BLOCK) took 255 registers and spilled (ptxas for sm_90, benchmarks/compile_triton.py), on a grid of
+# one program for a 512-unit layer; 128 spreads that layer over 4 SMs.
+BACKWARD_BLOCK = 128
 
 
 @triton.jit
@@ -82,5 +86,6 @@ def backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float)
     ga, gb = torch.empty_like(a), torch.empty_like(b)
     if a.numel():
         g = grad.to(torch.float32).contiguous()
-        _bwd[(triton.cdiv(a.numel(), BLOCK),)](g, a, b, ga, gb, float(alpha), a.numel(), BLOCK=BLOCK)
+        _bwd[(triton.cdiv(a.numel(), BACKWARD_BLOCK),)](g, a, b, ga, gb, float(alpha), a.numel(),
+                                                        BLOCK=BACKWARD_BLOCK)
     return ga, gb

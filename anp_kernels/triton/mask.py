@@ -14,7 +14,7 @@ import triton.language as tl
 
 from .. import _rng
 from .._layout import geometry
-from ._common import TILE, channel_scale_value, keep_prob_grads, next_pow2, relaxed_bernoulli, uniform
+from ._common import MASK_TILE, TILE, channel_scale_value, keep_prob_grads, next_pow2, relaxed_bernoulli, uniform
 
 
 @triton.jit
@@ -121,7 +121,7 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
 def sample(a, b, batch_size: int, temperature: float, seed: int) -> torch.Tensor:
     out = torch.empty(batch_size, a.shape[0], device=a.device, dtype=torch.float32)
     if out.numel():
-        block = min(TILE, next_pow2(out.numel()))
+        block = min(MASK_TILE, next_pow2(out.numel()))
         _sample_kernel[(triton.cdiv(out.numel(), block),)](out, _f32(a), _f32(b), *_keys(seed), temperature,
                                                            out.numel(), a.shape[0], BLOCK=block)
     return out
@@ -130,7 +130,7 @@ def sample(a, b, batch_size: int, temperature: float, seed: int) -> torch.Tensor
 def relaxed(a, b, u_pi, u_z, temperature: float) -> torch.Tensor:
     out = torch.empty(u_z.shape[0], a.shape[0], device=a.device, dtype=torch.float32)
     if out.numel():
-        block = min(TILE, next_pow2(out.numel()))
+        block = min(MASK_TILE, next_pow2(out.numel()))
         _relaxed_kernel[(triton.cdiv(out.numel(), block),)](out, _f32(a), _f32(b), _f32(u_pi), _f32(u_z),
                                                             temperature, out.numel(), a.shape[0], BLOCK=block)
     return out
@@ -159,7 +159,7 @@ def _launch(x, grad, z, a, b, temperature, seed, backward: bool):
     common = dict(SAMPLED=sampled, Z_BATCH=z_batch, BACKWARD=backward)
     if not g.channels_last:
         bs = min(next_pow2(g.s), 1024)
-        br = max(1, min(next_pow2(g.n * g.c), TILE // bs))
+        br = max(1, min(next_pow2(g.n * g.c), TILE // bs, MASK_TILE // min(bs, 4)))  # a mask value per row
         _scale_rows[(triton.cdiv(g.n * g.c, br),)](x, grad, out, gz, zz, a32, b32, *keys, float(temperature),
                                                    g.n * g.c, g.c, g.s, BR=br, BS=bs, **common)
     else:

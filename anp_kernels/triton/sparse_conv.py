@@ -1,7 +1,8 @@
 """Triton implicit-GEMM channel-sparse conv2d: kept input channels gathered inside the loads.
 
 GEMM view: rows m = (n, ho, wo) of the output, columns j = kept output channels,
-reduction over (r, s, kept input channel). Each program owns a [BM, BN] tile; its loads
+reduction over (r, s, kept input channel) in one loop (taps not unrolled, so Triton's
+pipeliner sees a single long loop). Each program owns a [BM, BN] tile; its loads
 read x[n, in_keep[k], hi, wi] directly, so no compacted copy of x exists. The kept weights
 are packed once per call into a [KH, KW, KIN, KOUT] operand (`packed_weight`) whose rows are
 contiguous and 16-byte aligned. For NCHW inputs the activation tile is loaded with pixels
@@ -47,32 +48,36 @@ def _sparse_conv_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, in_keep_ptr, out_keep
     hw = m % (HO * WO)
     ho = hw // WO
     wo = hw % WO
+    # per row: the input's top-left tap, offset and rows past M moved below the image (never in bounds)
+    h0 = tl.where(m_ok, ho * stride_h - pad_h, H)
+    w0 = wo * stride_w - pad_w
     if OFF64:
-        n = n.to(tl.int64)
+        n, h0, w0 = n.to(tl.int64), h0.to(tl.int64), w0.to(tl.int64)
+    x_base = n * sxn + h0 * sxh + w0 * sxw
     acc = tl.zeros([BM, BN], dtype=tl.float32)
-    for r in tl.static_range(KH):
-        for s in tl.static_range(KW):
-            hi = ho * stride_h - pad_h + r * dil_h
-            wi = wo * stride_w - pad_w + s * dil_w
-            row_ok = m_ok & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-            x_row = n * sxn + hi * sxh + wi * sxw
-            for k0 in range(0, KIN, BK):
-                k = k0 + tl.arange(0, BK)
-                k_ok = k < KIN
-                ic = tl.load(in_keep_ptr + k, mask=k_ok, other=0)
-                if not OFF64:
-                    ic = ic.to(tl.int32)
-                xv = _x_tile(x_ptr, x_row, row_ok, ic, k_ok, sxc, X_M_FASTEST)
-                # the packed weight [KH, KW, KIN, swk]: rows of kept output channels, contiguous and aligned
-                wv = tl.load(w_ptr + ((r * KW + s) * KIN + k)[:, None] * swk + j[None, :],
-                             mask=k_ok[:, None] & j_ok[None, :], other=0.0)
-                if DOT_F32:
-                    if ALLOW_TF32:
-                        acc += tl.dot(xv.to(tl.float32), wv.to(tl.float32), input_precision="tf32")
-                    else:
-                        acc += tl.dot(xv.to(tl.float32), wv.to(tl.float32), input_precision="ieee")
-                else:
-                    acc += tl.dot(xv, wv)
+    # one pipelined loop over (tap, input-channel block): the taps are not unrolled into KH*KW loops
+    nk = tl.cdiv(KIN, BK)
+    for t in range(0, KH * KW * nk):
+        tap = t // nk
+        dh = (tap // KW) * dil_h
+        dw = (tap % KW) * dil_w
+        row_ok = (h0 + dh >= 0) & (h0 + dh < H) & (w0 + dw >= 0) & (w0 + dw < W)
+        k = (t - tap * nk) * BK + tl.arange(0, BK)
+        k_ok = k < KIN
+        ic = tl.load(in_keep_ptr + k, mask=k_ok, other=0)
+        if not OFF64:
+            ic = ic.to(tl.int32)
+        xv = _x_tile(x_ptr, x_base + (dh * sxh + dw * sxw), row_ok, ic, k_ok, sxc, X_M_FASTEST)
+        # the packed weight [KH, KW, KIN, swk]: rows of kept output channels, contiguous and aligned
+        wv = tl.load(w_ptr + (tap * KIN + k)[:, None] * swk + j[None, :], mask=k_ok[:, None] & j_ok[None, :],
+                     other=0.0)
+        if DOT_F32:
+            if ALLOW_TF32:
+                acc += tl.dot(xv.to(tl.float32), wv.to(tl.float32), input_precision="tf32")
+            else:
+                acc += tl.dot(xv.to(tl.float32), wv.to(tl.float32), input_precision="ieee")
+        else:
+            acc += tl.dot(xv, wv)
     _epilogue(tl.trans(acc), bias_ptr, scale_ptr, out_keep_ptr, out_ptr, ypre_ptr, n, hw, m_ok, j, j_ok,
               HO * WO, KOUT, C_OUT, HAS_BIAS, SCALE_MODE, COMPACT, SAVE_PRE, OFF64)
 
