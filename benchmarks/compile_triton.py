@@ -156,11 +156,12 @@ class Recorder:
 
     def add(self, fn: JITFunction, kernel, grid: tuple, kwargs: dict) -> None:
         grid = [int(g) for g in grid] + [1] * (3 - len(grid))
-        key = (kernel_name(fn), kernel.metadata.hash)
+        name = kernel_name(fn)
+        key = (name, kernel.metadata.hash)
         rec = self.compiled.get(key)
         if rec is None:
             config = " ".join(f"{k}={int(v)}" for k, v in sorted(kwargs.items()) if k in LABEL_KEYS)
-            rec = Compiled(kernel_name(fn), self.case, config, grid, kernel.metadata.num_warps, kernel.metadata.num_stages,
+            rec = Compiled(name, self.case, config, grid, kernel.metadata.num_warps, kernel.metadata.num_stages,
                            binary=kernel.metadata.hash)
             usage = resource_usage(kernel.asm["cubin"])
             rec.registers, rec.local_bytes = usage["REG"], usage["LOCAL"] + usage["STACK"]
