@@ -6,9 +6,9 @@ Backends:
   cuda       the CUDA kernels of anp_kernels._C (built when torch has CUDA and nvcc)
   triton     the Triton kernels (CUDA tensors; CPU tensors only under TRITON_INTERPRET=1)
 
-`auto` picks, per op and device: CUDA tensors -> triton, else cuda, else reference; CPU tensors ->
-cpu, else reference. Override with ANP_KERNELS_BACKEND (read at import) or `set_backend()` /
-`use_backend()`. `kernels(backend)` is the torch.ops namespace of a backend's kernels: loaded once,
+`auto` picks, per op and device: CUDA tensors -> triton, else cuda, else reference (the sparse conv:
+cuda first); CPU tensors -> cpu, else reference. Override with ANP_KERNELS_BACKEND (read at import)
+or `set_backend()` / `use_backend()`. `kernels(backend)` is the torch.ops namespace of a backend's kernels: loaded once,
 at which point every op file's registration (its fakes and autograd) is applied to it.
 """
 from __future__ import annotations
@@ -28,6 +28,9 @@ MODULES = {"anp_kernels": "anp_kernels._C", "anp_triton": "anp_kernels.triton.op
 
 _state: dict = {"override": os.environ.get("ANP_KERNELS_BACKEND", "auto").strip().lower() or "auto"}
 _probe: dict = {}
+# auto on CUDA tensors, where an op departs from triton-first: the sparse conv runs the gathered cuDNN conv
+# (ops/channel_sparse_conv.py, "Dispatch rule"), Triton only when forced or measured faster (autotuning)
+_CUDA_ORDER = {"channel_sparse_conv2d": ("cuda", "triton", "reference")}
 _registrations: list[Callable[[str], None]] = []
 _loaded: dict[str, object] = {}
 
@@ -148,7 +151,8 @@ def resolve(op: str, device_type: str, dtype: torch.dtype | None = None) -> str:
     if dtype == torch.float64:
         return "reference"  # kernels are fp32/fp16/bf16; float64 is for checking
     if want == "auto":
-        order = ("triton", "cuda", "reference") if device_type == "cuda" else ("cpu", "reference")
+        order = (_CUDA_ORDER.get(op, ("triton", "cuda", "reference")) if device_type == "cuda"
+                 else ("cpu", "reference"))
         return next(name for name in order if missing(name, device_type) is None)
     why = missing(want, device_type)
     if why:

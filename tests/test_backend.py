@@ -275,3 +275,14 @@ def test_a_compiled_eval_model_takes_its_scale_from_the_current_parameters():
             if hasattr(m, "b_uc"):
                 m.b_uc.add_(0.7)  # keep probabilities move; nothing crosses the threshold
         torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_auto_on_cuda_puts_triton_first_except_for_the_sparse_conv(monkeypatch):
+    """What `backend("cuda")` reports is what the ops run: the sparse conv's rule is cuDNN's gathered conv."""
+    monkeypatch.setattr(_backend, "missing", lambda name, device_type: None)
+    with _backend.use_backend("auto"):
+        chosen = {op: _backend.resolve(op, "cuda") for op in _backend.OPS}
+        assert chosen.pop("channel_sparse_conv2d") == "cuda"
+        assert set(chosen.values()) == {"triton"}
+        monkeypatch.setattr(_backend, "missing", lambda name, device_type: "absent" if name == "cuda" else None)
+        assert _backend.resolve("channel_sparse_conv2d", "cuda") == "triton"

@@ -1,5 +1,6 @@
 """Benchmark scripts run end to end on tiny settings and write their tables (figures: benchmarks/)."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,3 +46,52 @@ def test_train_step_bench_times_compiled_steps(tmp_path):
     assert {"at [compiled]", "anp-vs [compiled]", "anp-vs-joint [compiled]"} <= set(data["seconds"])
     assert "anp-vs [compiled]" not in data["dispatched_ops"]
     assert "| anp-vs [compiled] |" in (tmp_path / "train_step_cpu.md").read_text()
+
+
+def test_ops_bench_sets_each_backend_against_the_measured_copy_bandwidth(tmp_path, monkeypatch):
+    import bench_ops
+    import torch
+
+    monkeypatch.setattr(bench_ops, "NETWORKS", {"tiny": [((4, 3, 5, 5), 2), ((4, 6), 1)]})
+    monkeypatch.setattr(bench_ops, "COPY_MB", {"cuda": 1, "cpu": 1})
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # the script's logic, not inductor's compile time
+    bench_ops.main(["--device", "cpu", "--rounds", "1", "--network", "tiny", "--dtypes", "float32", "bfloat16",
+                    "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "ops_cpu_partial.json").read_text())
+    assert data["copy_gbps"] > 0 and len(data["rows"]) == 2 * 2 * 2
+    others = bench_ops.other_backends("cpu")
+    assert data["other_backends"] == others and ("triton" in others) == (os.environ.get("TRITON_INTERPRET") == "1")
+    for r in data["rows"]:
+        elements = 1
+        for d in r["shape"]:
+            elements *= d
+        per_tensor = elements * (4 if r["dtype"] == "float32" else 2)
+        assert r["bytes_moved"] == (6 if r["op"] == "channel_distortion" else 5) * per_tensor
+        assert set(r["seconds"]) == {"fused", "eager", "compiled", *others}
+        for name, share in r["share_of_copy"].items():
+            assert share == pytest.approx(r["bytes_moved"] / r["seconds"][name] / 1e9 / data["copy_gbps"])
+    text = (tmp_path / "ops_cpu_partial.md").read_text()
+    assert "copy bandwidth" in text and "| tiny | channel_distortion | bfloat16 | (4, 3, 5, 5) x2 |" in text
+    assert all(f"On the `{name}` backend" in text for name in others)
+
+
+def test_sparse_conv_bench_times_triton_beside_the_dispatch_and_counts_tflops(tmp_path):
+    import bench_sparse_conv
+
+    bench_sparse_conv.main(["--device", "cpu", "--batch", "2", "--rounds", "1", "--min-round-ms", "0",
+                            "--layers", "res.layer2.sc", "--sparsities", "0.5", "--dtypes", "float32", "bfloat16",
+                            "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "sparse_conv_cpu_partial.json").read_text())
+    others = bench_sparse_conv.kernel_backends("cpu")
+    assert data["kernel_backends"] == others and data["dtypes"] == ["float32", "bfloat16"]
+    assert [(r["dtype"], r["pass_"]) for r in data["rows"]] == [
+        ("float32", "fwd"), ("float32", "fwd+bwd"), ("bfloat16", "fwd"), ("bfloat16", "fwd+bwd")]
+    for r in data["rows"]:
+        # 64 -> 128 at 50%: 32 x 64 kept, 1x1 kernel, 16x16 output of a 32x32 input at stride 2
+        flops = 2 * 2 * 16 * 16 * 32 * 64 * (3 if r["pass_"] == "fwd+bwd" else 1)
+        assert set(r["tflops"]) == {"ours", "aten_compact", *others}
+        assert r["tflops"]["ours"] == pytest.approx(flops / r["seconds"]["ours"] / 1e12)
+        assert r["chosen"].startswith("cpu")
+    text = (tmp_path / "sparse_conv_cpu_partial.md").read_text()
+    assert "| res.layer2.sc | 64->128, 32x32, 1x1, 2 | bfloat16 | 50% | fwd+bwd |" in text
+    assert "| bfloat16 | 50% | fwd+bwd |" in text

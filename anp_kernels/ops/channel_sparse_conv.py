@@ -196,8 +196,6 @@ def channel_sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         return channel_sparse_conv2d_reference(x, weight, bias, in_keep=in_keep, out_keep=out_keep, scale=scale,
                                                stride=stride, padding=padding, dilation=dilation,
                                                compact_output=compact_output)
-    if which == "triton" and _backend.get_backend_override() == "auto":
-        which = "cuda" if _backend.missing("cuda", x.device.type) is None else which  # the rule: cuDNN on CUDA
     save_input, save_pre = _saves(x, weight, bias, scale)
     args = (x, weight, bias, in_idx, out_idx, scale, list(stride), list(padding), list(dilation), compact_output,
             save_input, save_pre, False)
