@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import statistics
 import tempfile
 import time
@@ -155,25 +156,39 @@ def _timed_block(fn: Callable[[], object], device: torch.device, min_s: float) -
     return elapsed / calls
 
 
-def _prepare(model: nn.Module, input_shape: tuple, device: torch.device, channels_last: bool):
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _prepare(model: nn.Module, input_shape: tuple, device: torch.device, channels_last: bool,
+             dtype: torch.dtype = torch.float32):
+    """The model on `device` in eval mode and the input, both in `dtype` and the memory format asked for.
+    The model is moved in place; a dtype other than its own is applied to a copy (the caller's model
+    keeps its weights)."""
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
     fmt = torch.channels_last if channels_last and len(input_shape) == 4 else torch.contiguous_format
-    return model.to(device).eval().to(memory_format=fmt), torch.rand(input_shape, device=device).to(memory_format=fmt)
+    params = list(model.parameters())
+    if params and params[0].dtype != dtype:
+        model = copy.deepcopy(model).to(dtype=dtype)
+    x = torch.rand(input_shape, device=device, dtype=dtype).to(memory_format=fmt)
+    return model.to(device).eval().to(memory_format=fmt), x
 
 
 def report(model: nn.Module, input_shape: tuple, device: str | torch.device = "cpu", runs: int = 30,
-           channels_last: bool = False) -> dict:
+           channels_last: bool = False, dtype: torch.dtype = torch.float32) -> dict:
     """Parameters, parameter bytes, FLOPs, peak activation memory and median latency of a forward pass.
 
     channels_last: run model and input in NHWC (what oneDNN and cuDNN prefer for convolutions).
+    dtype: the weights' and input's dtype (float16/bfloat16: how a model is served on a GPU).
     """
     device = torch.device(device)
-    model, x = _prepare(model, input_shape, device, channels_last)
+    model, x = _prepare(model, input_shape, device, channels_last, dtype)
     params = sum(p.numel() for p in model.parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"params": params, "param_bytes": param_bytes, "flops": count_flops(model, x),
             "peak_activation_bytes": peak_activation_bytes(model, x),
             "latency_s": latencies({"m": lambda: model(x)}, device, runs)["m"], "input_shape": list(input_shape),
-            "device": str(device), "channels_last": channels_last}
+            "device": str(device), "channels_last": channels_last, "dtype": str(dtype).removeprefix("torch.")}
 
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -199,7 +214,7 @@ def _runners(models_: dict[str, nn.Module], x: torch.Tensor, runtime: str, folde
 
 def compare(dense: nn.Module, compact: nn.Module, input_shape: tuple, device: str | torch.device = "cpu",
             runs: int = 30, channels_last: bool = False, runtime: str = "torch", onnx_dir: str | Path | None = None,
-            min_round_s: float = 0.0) -> dict:
+            min_round_s: float = 0.0, dtype: torch.dtype = torch.float32) -> dict:
     """The paper's columns: memory % of dense, x FLOPs, and measured speedup next to the FLOP ratio.
 
     The speedup is the median over rounds of each round's dense / compact ratio (the two are timed
@@ -208,14 +223,17 @@ def compare(dense: nn.Module, compact: nn.Module, input_shape: tuple, device: st
     or both exported to ONNX and run by ONNX Runtime on the CPU (runtime="onnxruntime"; its logits
     are checked against PyTorch's). min_round_s > 0 times each model in blocks of back-to-back calls
     (steady state, as a served model runs) instead of one call right after the other model's.
+    dtype: both models and the input in float32, float16 or bfloat16 (copies where it differs).
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime == "onnxruntime" and dtype != torch.float32:
+        raise ValueError(f"runtime='onnxruntime' runs the float32 export; got dtype={dtype}")
     device = torch.device(device) if runtime == "torch" else torch.device("cpu")
-    dense, x = _prepare(dense, input_shape, device, channels_last and runtime == "torch")
-    compact, _ = _prepare(compact, input_shape, device, channels_last and runtime == "torch")
-    rd = report(dense, input_shape, device, runs=3, channels_last=channels_last)
-    rc = report(compact, input_shape, device, runs=3, channels_last=channels_last)
+    dense, x = _prepare(dense, input_shape, device, channels_last and runtime == "torch", dtype)
+    compact, _ = _prepare(compact, input_shape, device, channels_last and runtime == "torch", dtype)
+    rd = report(dense, input_shape, device, runs=3, channels_last=channels_last, dtype=dtype)
+    rc = report(compact, input_shape, device, runs=3, channels_last=channels_last, dtype=dtype)
     with torch.no_grad():
         runners, logits = _runners({"dense": dense, "compact": compact}, x, runtime, onnx_dir)
         rounds = latency_rounds(runners, device, runs, min_round_s=min_round_s)

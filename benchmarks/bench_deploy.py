@@ -11,11 +11,15 @@ them (Dropout dropped, each ReLU that feeds a pool fused into it, the 2x2 pools 
 instead of ATen's: the same function); the other torch rows run the plain modules.
 
     python benchmarks/bench_deploy.py [--lenet CKPT] [--runs 20] [--device cpu|cuda]
+        [--batches 64 256] [--dtypes float32 float16 bfloat16]
+
+float16/bfloat16 rows run both models with weights and input in that dtype (PyTorch runtime only).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import sys
 import tempfile
 from pathlib import Path
@@ -41,16 +45,20 @@ def vgg_at_paper_sparsity(fraction: float = 0.7653) -> torch.nn.Module:
     return model
 
 
-def _settings(device: str) -> list[tuple[str, str, bool, bool]]:
-    """(label, runtime, channels_last, serving form) rows to measure on this device."""
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _settings(device: str, dtype: str = "float32") -> list[tuple[str, str, bool, bool]]:
+    """(label, runtime, channels_last, serving form) rows to measure on this device in this dtype."""
     rows = [("torch NCHW", "torch", False, False), ("torch NHWC", "torch", True, False)]
-    if device == "cpu":
+    if device == "cpu" and dtype == "float32":
         rows += [("torch NCHW, serving form", "torch", False, True), ("torch NHWC, serving form", "torch", True, True),
                  ("onnxruntime", "onnxruntime", False, False)]
     return rows
 
 
-def measure(name: str, masked, arch: str, device: str, runs: int, folder: Path, min_round_s: float) -> list[dict]:
+def measure(name: str, masked, arch: str, device: str, runs: int, folder: Path, min_round_s: float,
+            batches: tuple[int, ...] = (64, 256), dtypes: tuple[str, ...] = ("float32",)) -> list[dict]:
     shape1 = models.input_shape(arch)
     compact = deploy.compact(masked, shape1, fold_bn=True)
     dense = models.build(arch).eval()
@@ -58,49 +66,57 @@ def measure(name: str, masked, arch: str, device: str, runs: int, folder: Path, 
     forms = {False: (dense, compact),
              True: (deploy.serving_form(copy.deepcopy(dense)), deploy.serving_form(copy.deepcopy(compact)))}
     rows = []
-    for batch in (64, 256):
-        for label, runtime, nhwc, serving in _settings(device):
+    for dtype, batch in itertools.product(dtypes, batches):
+        for label, runtime, nhwc, serving in _settings(device, dtype):
             cmp = profile.compare(*forms[serving], (batch, *shape1[1:]), device, runs, channels_last=nhwc,
-                                  runtime=runtime, onnx_dir=folder, min_round_s=min_round_s)
-            rows.append({"model": name, "batch": batch, "runtime": label, "unit_sparsity": sparsity(masked)["total"],
-                         "min_round_s": min_round_s,
+                                  runtime=runtime, onnx_dir=folder, min_round_s=min_round_s, dtype=DTYPES[dtype])
+            rows.append({"model": name, "batch": batch, "dtype": dtype, "runtime": label,
+                         "unit_sparsity": sparsity(masked)["total"], "min_round_s": min_round_s,
                          **{k: v for k, v in cmp.items() if k not in ("dense", "compact", "runtime")},
                          "dense_ms": cmp["dense"]["latency_s"] * 1e3, "compact_ms": cmp["compact"]["latency_s"] * 1e3})
             r = rows[-1]
             q1, q3 = r["speedup_fraction_quartiles"]
-            print(f"{name} batch {batch} {label}: {r['flop_ratio']:.2f}x FLOPs, {r['latency_speedup']:.2f}x latency "
+            print(f"{name} {dtype} batch {batch} {label}: {r['flop_ratio']:.2f}x FLOPs, {r['latency_speedup']:.2f}x latency "
                   f"({r['speedup_fraction_of_flop_ratio']:.0%}, quartiles {q1:.0%}-{q3:.0%})", flush=True)
     return rows
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lenet", default=DEFAULT_LENET)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--device", default="cpu")
     p.add_argument("--min-round-s", type=float, default=0.25,
                    help="time each model in blocks of back-to-back calls lasting this long (0: one call per round)")
-    args = p.parse_args()
+    p.add_argument("--batches", nargs="*", type=int, default=[64, 256])
+    p.add_argument("--dtypes", nargs="*", default=["float32"], choices=list(DTYPES))
+    p.add_argument("--models", nargs="*", default=["lenet5", "vgg16"], choices=["lenet5", "vgg16"])
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = p.parse_args(argv)
     cases = []
-    if Path(args.lenet).exists():
+    if "lenet5" in args.models and Path(args.lenet).exists():
         cases.append(("LeNet-5 (MNIST ANP-VS)", load_model(args.lenet)[0], "lenet5_caffe"))
-    cases.append(("VGG-16 (paper sparsity, untrained)", vgg_at_paper_sparsity(), "vgg16"))
+    if "vgg16" in args.models:
+        cases.append(("VGG-16 (paper sparsity, untrained)", vgg_at_paper_sparsity(), "vgg16"))
     with tempfile.TemporaryDirectory() as folder:
-        rows = [r for name, masked, arch in cases for r in measure(name, masked, arch, args.device, args.runs,
-                                                                   Path(folder), args.min_round_s)]
+        rows = [r for name, masked, arch in cases
+                for r in measure(name, masked, arch, args.device, args.runs, Path(folder), args.min_round_s,
+                                 tuple(args.batches), tuple(args.dtypes))]
     timing = (f"each model timed in blocks of back-to-back calls of >= {args.min_round_s} s" if args.min_round_s > 0
               else "one call per model per round")
     timing += f", {args.runs} rounds interleaved; ms: medians; speedup: median of the rounds' paired ratios"
     lines = [f"Device: {stamp(args.device)}; BatchNorm folded in dense and compact models; {timing}", "",
-             "| model | unit sparsity | batch | runtime | memory % of dense | x FLOPs | dense ms | compact ms | "
-             "speedup | speedup / FLOP ratio | quartiles |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | unit sparsity | dtype | batch | runtime | memory % of dense | x FLOPs | dense ms | compact ms | "
+             "speedup | speedup / FLOP ratio | quartiles |", "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['unit_sparsity']:.2%} | {r['batch']} | {r['runtime']} | "
+        lines.append(f"| {r['model']} | {r['unit_sparsity']:.2%} | {r.get('dtype', 'float32')} | {r['batch']} | "
+                     f"{r['runtime']} | "
                      f"{r['memory_percent_of_dense']:.2f} | {r['flop_ratio']:.2f} | {r['dense_ms']:.2f} | "
                      f"{r['compact_ms']:.2f} | {r['latency_speedup']:.2f}x | "
                      f"{r['speedup_fraction_of_flop_ratio']:.0%} | "
                      f"{r['speedup_fraction_quartiles'][0]:.0%}-{r['speedup_fraction_quartiles'][1]:.0%} |")
-    write_results(f"deploy_{args.device}", rows, "\n".join(lines))
+    partial = set(args.models) != {"lenet5", "vgg16"}
+    write_results(f"deploy_{args.device}" + ("_partial" if partial else ""), rows, "\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

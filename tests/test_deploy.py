@@ -109,6 +109,38 @@ def test_profile_counts_flops_and_compares():
     assert cmp["speedup_fraction_quartiles"] == pytest.approx([q1 / cmp["flop_ratio"], q3 / cmp["flop_ratio"]])
 
 
+
+def test_profile_runs_half_precision_on_copies_and_refuses_what_it_cannot_run():
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1))
+    rep = profile.report(conv, (2, 3, 10, 10), runs=1, dtype=torch.bfloat16)
+    assert rep["dtype"] == "bfloat16" and rep["param_bytes"] == 2 * rep["params"]
+    assert next(conv.parameters()).dtype == torch.float32  # the caller's model keeps its weights
+    model = _pruned("lenet5_caffe")
+    compact = deploy.compact(model, (1, 1, 28, 28))
+    cmp = profile.compare(models.lenet5_caffe(), compact, (4, 1, 28, 28), runs=1, dtype=torch.bfloat16)
+    assert cmp["compact"]["dtype"] == "bfloat16" and cmp["flop_ratio"] > 1.5
+    assert cmp["runtime_max_abs_logit_difference"] == 0.0
+    with pytest.raises(ValueError, match="onnxruntime"):
+        profile.compare(models.lenet5_caffe(), compact, (4, 1, 28, 28), runs=1, runtime="onnxruntime",
+                        dtype=torch.float16)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        profile.report(conv, (2, 3, 10, 10), runs=1, dtype=torch.int8)
+
+
+def test_deploy_bench_takes_batches_and_dtypes(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_deploy
+
+    bench_deploy.main(["--models", "vgg16", "--runs", "1", "--min-round-s", "0", "--batches", "1",
+                       "--dtypes", "float32", "bfloat16", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "deploy_cpu_partial.json").read_text())
+    assert {(r["dtype"], r["batch"]) for r in rows} == {("float32", 1), ("bfloat16", 1)}
+    assert not any(r["runtime"] == "onnxruntime" and r["dtype"] != "float32" for r in rows)
+    assert "| bfloat16 | 1 | torch NCHW |" in (tmp_path / "deploy_cpu_partial.md").read_text()
+
 def test_latencies_blocked_rounds_call_back_to_back():
     import time
 
