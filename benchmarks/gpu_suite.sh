@@ -8,13 +8,18 @@
 #   backends    which backends the build gives;
 #   tests_ops   the op and layer tests (CUDA and Triton backends are parametrised in on a CUDA machine);
 #   sanitizer   every CUDA kernel once under compute-sanitizer (memcheck);
-#   bench_*     sparse conv, fused ops, training step, deploy latency on cuda (results/*_cuda.{json,md});
+#   bench_*     fused ops, sparse conv, training step, deploy latency on cuda (results/*_cuda.{json,md});
+#   profile_ncu Nsight Compute counters (speed of light, memory, occupancy) of the kernels behind the
+#               goals, one launch each (benchmarks/ncu_kernels.py): OUT/ncu.csv;
 #   tests_rest  the rest of the suite (CPU-side evaluation, CLI, recipes: the CPU CI runs them too).
 # After every step the logs, tables and JSON are packed into OUT/gpu_results.tar.gz, so a command cut
 # off by the tool's limit still brings back all finished steps. Safe to re-run: each step overwrites
 # its own outputs; a failed or timed-out step is logged ("exit 124" = its limit) and the next one runs.
-#   bash benchmarks/gpu_suite.sh [OUT] [--quick] [--dry-run]   (OUT: $OUT, else gpu_results/)
-#   --dry-run prints the plan (steps, limits, commands) and runs nothing.
+#   bash benchmarks/gpu_suite.sh [OUT] [--quick] [--dry-run] [--steps=a,b]   (OUT: $OUT, else gpu_results/)
+#   --dry-run prints the plan (steps, limits, commands) and runs nothing; --steps=a,b runs only those
+#   steps (a second call on the still-warm machine, whose build is kept, for the steps a first one cut).
+# Last, in the reserve: benchmarks/gpu_goals.py writes results/goals_cuda.{json,md} (met / missed /
+# not measured per goal) from whatever the steps wrote.
 # The call, from a session with a device (the working tree must stay under the tool's 64 MiB, and the
 # committed AutoAttack states alone are larger, so they step aside for it):
 #   bash benchmarks/gpu_wheels.sh; mv benchmarks/results/mnist_repro/eval_cache /tmp/eval_cache_aside
@@ -22,36 +27,47 @@
 #   mv /tmp/eval_cache_aside benchmarks/results/mnist_repro/eval_cache
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:-gpu_results}"; quick=0; dry=0
+out="${OUT:-gpu_results}"; quick=0; dry=0; only=""
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;; --dry-run) dry=1 ;;
+    --steps=*) only=",${arg#--steps=}," ;;
     --*) echo "gpu_suite: unknown option $arg" >&2; exit 2 ;;
     *) out="$arg" ;;
   esac
 done
 deadline="${SUITE_DEADLINE_S:-540}"
-pack_reserve=15
+pack_reserve=20
 rounds=10; [ "$quick" = 1 ] && rounds=3
 workers=$(python3 -c "import xdist" 2>/dev/null && echo "-p xdist -n 8" || echo "")
 case_limit=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 300" || echo "")
 op_tests="tests/test_backend.py tests/test_distortion.py tests/test_mask.py tests/test_sparse_conv.py tests/test_pool.py tests/test_nn.py tests/test_objective.py"
 rest_ignores=$(for t in $op_tests; do printf -- '--ignore=%s ' "$t"; done)
 # name | limit in seconds | command
+ncu_sections="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats"
 plan=(
   "build|150|env ANP_KERNELS_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps -e ."
   "backends|20|python3 -c 'import anp_kernels, json, torch; print(torch.__version__, torch.cuda.get_device_name()); print(json.dumps(anp_kernels.backend(\"cuda\")))'"
   "tests_ops|120|python3 -m pytest -q -rs $workers $case_limit $op_tests"
   "sanitizer|45|compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/sanitize_cuda.py --device cuda"
-  "bench_sparse_conv|75|python3 benchmarks/bench_sparse_conv.py --device cuda --rounds $rounds"
-  "bench_ops|75|python3 benchmarks/bench_ops.py --device cuda --rounds $rounds"
-  "bench_train_step|45|python3 benchmarks/bench_train_step.py --device cuda --rounds $rounds"
+  "bench_ops|100|python3 benchmarks/bench_ops.py --device cuda --rounds $rounds"
+  "bench_sparse_conv|120|python3 benchmarks/bench_sparse_conv.py --device cuda --rounds $rounds --min-round-ms 5 --dtypes float32 float16 bfloat16"
   "bench_vgg_step|60|python3 benchmarks/bench_train_step.py --model vgg16 --device cuda --rounds $rounds --sparsities 0.5,0.765,0.9"
-  "bench_deploy|45|python3 benchmarks/bench_deploy.py --device cuda --runs $rounds"
+  "profile_ncu|75|ncu --clock-control none --profile-from-start off --nvtx --csv --page details $ncu_sections --log-file $out/ncu.csv python3 benchmarks/ncu_kernels.py --device cuda"
+  "bench_deploy|45|python3 benchmarks/bench_deploy.py --device cuda --runs $rounds --dtypes float32 float16 --batches 1 64 256"
+  "bench_train_step|45|python3 benchmarks/bench_train_step.py --device cuda --rounds $rounds"
   "bench_overhead|20|python3 benchmarks/bench_overhead.py --device cuda --rounds $rounds"
   "tests_rest|90|python3 -m pytest -q -rs $workers $case_limit tests $rest_ignores"
   "bench_compiled_step|120|python3 benchmarks/bench_train_step.py --device cuda --rounds $rounds --compile inductor --out $out/compiled"
 )
+if [ -n "$only" ]; then  # --steps=a,b: only these steps, in the plan's order
+  kept=()
+  for entry in "${plan[@]}"; do [[ "$only" == *",${entry%%|*},"* ]] && kept+=("$entry"); done
+  for name in ${only//,/ }; do
+    printf '%s\n' "${plan[@]}" | grep -q "^$name|" || { echo "gpu_suite: unknown step $name" >&2; exit 2; }
+  done
+  plan=("${kept[@]}")
+fi
 if [ "$dry" = 1 ]; then
   total=0
   for entry in "${plan[@]}"; do
@@ -89,4 +105,7 @@ for entry in "${plan[@]}"; do
   IFS='|' read -r name limit cmd <<<"$entry"
   step "$name" "$limit" "$cmd"
 done
+# the goals table (issue 13's targets against what was measured) from whatever the steps wrote: seconds
+timeout 15 python3 benchmarks/gpu_goals.py --device cuda >"$out/goals.txt" 2>&1
+log "goals: exit $?"; head -1 "$out/goals.txt" | tee -a "$out/suite.log"
 log "done"; pack

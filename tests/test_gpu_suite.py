@@ -69,3 +69,23 @@ def test_quick_takes_fewer_rounds():
 def test_unknown_option_is_refused():
     run = subprocess.run(["bash", SUITE, "--dry-runn"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "unknown option --dry-runn" in run.stderr
+
+
+def test_steps_option_keeps_the_plan_order_and_refuses_unknown_steps():
+    steps, _ = _plan("--steps=profile_ncu,bench_ops")
+    assert [name for name, _, _ in steps] == ["bench_ops", "profile_ncu"]
+    run = subprocess.run(["bash", SUITE, "--dry-run", "--steps=bench_opz"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "unknown step bench_opz" in run.stderr
+
+
+def test_profile_step_runs_ncu_on_the_kernel_cases_with_the_clocks_left_alone():
+    cmd = dict((name, cmd) for name, _, cmd in _plan()[0])["profile_ncu"]
+    argv = shlex.split(cmd)
+    assert argv[0] == "ncu" and argv[argv.index("--clock-control") + 1] == "none"
+    assert argv[argv.index("--profile-from-start") + 1] == "off"  # only the launches inside the script's range
+    script = next(a for a in argv if a.endswith(".py"))
+    assert os.path.exists(os.path.join(ROOT, script))
+    run = subprocess.run([sys.executable, os.path.join(ROOT, script), "--device", "cpu", "--small"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert "channel_distortion fwd+bwd" in run.stdout and "sparse_conv fwd vgg.conv3_x 90%" in run.stdout
