@@ -19,13 +19,17 @@ from anp_kernels.profile import latencies, peak_bytes
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
-def write_results(name: str, data: object, markdown: str, out: str | Path = RESULTS_DIR) -> None:
-    """<out>/<name>.json (the raw figures) and <out>/<name>.md (the table); prints the table."""
+def write_results(name: str, data: object, markdown: str, out: str | Path = RESULTS_DIR, echo: bool = True) -> None:
+    """<out>/<name>.json (the raw figures) and <out>/<name>.md (the table), each replaced atomically (a
+    benchmark killed by a time limit leaves its last complete write); prints the table when echo."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(data, indent=2))
-    (out / f"{name}.md").write_text(markdown + "\n")
-    print(markdown)
+    for path, text in ((out / f"{name}.json", json.dumps(data, indent=2)), (out / f"{name}.md", markdown + "\n")):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    if echo:
+        print(markdown)
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], device: str, rounds: int = 15,

@@ -26,6 +26,7 @@ import contextlib
 import itertools
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -120,24 +121,29 @@ def _row(name, shape, sparsity, dtype, backward, t, ideal, flops, chosen) -> dic
 
 
 def run(device: str, batch: int, rounds: int, min_round_s: float = 0.0, layers: list[str] | None = None,
-        sparsities: tuple[float, ...] = SPARSITIES, dtypes: tuple[str, ...] = ("float32",)) -> dict:
+        sparsities: tuple[float, ...] = SPARSITIES, dtypes: tuple[str, ...] = ("float32",),
+        save: Callable[[dict], None] | None = None) -> dict:
+    """Rows by dtype (in the order given), then layer, sparsity and pass; `save(result so far)` after each
+    row ("complete": False until the last), so that a run cut off by a time limit keeps what it measured."""
+    head = {"device": stamp(device), "batch": batch, "min_round_ms": min_round_s * 1e3, "sparsities": list(sparsities),
+            "dtypes": list(dtypes), "kernel_backends": kernel_backends(device), "complete": False}
     rows = []
-    for name, cin, cout, h, k, stride, pad in VGG16 + RESNET18:
-        if layers and name not in layers:
-            continue
-        for dtype, sparsity, backward in itertools.product([DTYPES[d] for d in dtypes], sparsities, (False, True)):
-            fns, ideal, kept, flops = _candidates(batch, cin, cout, h, k, stride, pad, sparsity, device, backward,
-                                                  dtype)
-            t = interleaved_medians(fns, device, rounds=rounds, warmup=1, min_round_s=min_round_s)
-            r = _row(name, [batch, cin, cout, h, k, stride], sparsity, dtype, backward, t, ideal, flops,
-                     _chosen(batch, cin, cout, h, k, kept, backward, device))
-            rows.append(r)
-            others = "".join(f"  {b} {t[b] * 1e3:.2f} ms" for b in kernel_backends(device))
-            print(f"{name:16s} {r['dtype']:8s} s={sparsity:.2f} {r['pass_']:8s} ours {t['ours'] * 1e3:8.2f} ms  "
-                  f"vs dense {r['speedup_vs_dense']:5.2f}x (ideal {ideal:5.1f}x, {r['fraction_of_ideal']:.0%})  "
-                  f"vs gather {r['speedup_vs_gather']:.2f}x{others}", flush=True)
-    return {"device": stamp(device), "batch": batch, "min_round_ms": min_round_s * 1e3, "sparsities": list(sparsities),
-            "dtypes": list(dtypes), "kernel_backends": kernel_backends(device), "rows": rows}
+    shapes = [s for s in VGG16 + RESNET18 if not layers or s[0] in layers]
+    for dtype, (name, cin, cout, h, k, stride, pad), sparsity, backward in itertools.product(
+            dtypes, shapes, sparsities, (False, True)):
+        fns, ideal, kept, flops = _candidates(batch, cin, cout, h, k, stride, pad, sparsity, device, backward,
+                                              DTYPES[dtype])
+        t = interleaved_medians(fns, device, rounds=rounds, warmup=1, min_round_s=min_round_s)
+        r = _row(name, [batch, cin, cout, h, k, stride], sparsity, DTYPES[dtype], backward, t, ideal, flops,
+                 _chosen(batch, cin, cout, h, k, kept, backward, device))
+        rows.append(r)
+        others = "".join(f"  {b} {t[b] * 1e3:.2f} ms" for b in head["kernel_backends"])
+        print(f"{name:16s} {dtype:8s} s={sparsity:.2f} {r['pass_']:8s} ours {t['ours'] * 1e3:8.2f} ms  "
+              f"vs dense {r['speedup_vs_dense']:5.2f}x (ideal {ideal:5.1f}x, {r['fraction_of_ideal']:.0%})  "
+              f"vs gather {r['speedup_vs_gather']:.2f}x{others}", flush=True)
+        if save:
+            save({**head, "rows": list(rows)})
+    return {**head, "complete": True, "rows": rows}
 
 
 def _ms(t: dict, key: str) -> str:
@@ -202,11 +208,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    result = run(args.device, args.batch, args.rounds, args.min_round_ms / 1e3, args.layers, tuple(args.sparsities),
-                 tuple(args.dtypes))
     partial = bool(args.layers) or tuple(args.sparsities) != SPARSITIES
-    write_results(f"sparse_conv_{args.device}" + ("_partial" if partial else ""), result, to_markdown(result),
-                  args.out)
+    name = f"sparse_conv_{args.device}" + ("_partial" if partial else "")
+    result = run(args.device, args.batch, args.rounds, args.min_round_ms / 1e3, args.layers, tuple(args.sparsities),
+                 tuple(args.dtypes), save=lambda so_far: write_results(name, so_far, to_markdown(so_far), args.out,
+                                                                      echo=False))
+    write_results(name, result, to_markdown(result), args.out)
 
 
 if __name__ == "__main__":

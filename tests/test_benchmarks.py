@@ -82,6 +82,7 @@ def test_sparse_conv_bench_times_triton_beside_the_dispatch_and_counts_tflops(tm
                             "--layers", "res.layer2.sc", "--sparsities", "0.5", "--dtypes", "float32", "bfloat16",
                             "--out", str(tmp_path)])
     data = json.loads((tmp_path / "sparse_conv_cpu_partial.json").read_text())
+    assert data["complete"] is True
     others = bench_sparse_conv.kernel_backends("cpu")
     assert data["kernel_backends"] == others and data["dtypes"] == ["float32", "bfloat16"]
     assert [(r["dtype"], r["pass_"]) for r in data["rows"]] == [
@@ -95,3 +96,12 @@ def test_sparse_conv_bench_times_triton_beside_the_dispatch_and_counts_tflops(tm
     text = (tmp_path / "sparse_conv_cpu_partial.md").read_text()
     assert "| res.layer2.sc | 64->128, 32x32, 1x1, 2 | bfloat16 | 50% | fwd+bwd |" in text
     assert "| bfloat16 | 50% | fwd+bwd |" in text
+
+
+def test_benches_save_after_every_row_so_a_cut_run_keeps_its_rows():
+    import bench_sparse_conv
+
+    saved = []
+    result = bench_sparse_conv.run("cpu", 2, 1, layers=["res.layer2.sc"], sparsities=(0.5, 0.9), save=saved.append)
+    assert [len(s["rows"]) for s in saved] == [1, 2, 3, 4] and not any(s["complete"] for s in saved)
+    assert result["complete"] and result["rows"] == saved[-1]["rows"]

@@ -69,3 +69,10 @@ def test_goals_script_reads_the_committed_cpu_results(tmp_path):
         assert (g["value"] is None) == (g["status"] == "not measured")
     text = (tmp_path / "goals_cpu.md").read_text()
     assert text.startswith("Issue 13's goals on cpu:") and "| sparse conv float32 50%" in text
+
+
+def test_a_cut_short_run_is_named_in_the_table(tmp_path):
+    _write(tmp_path, "sparse_conv_cuda.json", {"dtypes": ["float16"], "complete": False, "rows": []})
+    gpu_goals.main(["--device", "cuda", "--results", str(tmp_path)])
+    head = (tmp_path / "goals_cuda.md").read_text().splitlines()[0]
+    assert "cut short" in head and "sparse_conv_cuda.json" in head and "ops_cuda.json" not in head
