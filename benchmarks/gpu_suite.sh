@@ -45,6 +45,7 @@ case_limit=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 3
 op_tests="tests/test_backend.py tests/test_distortion.py tests/test_mask.py tests/test_sparse_conv.py tests/test_pool.py tests/test_nn.py tests/test_objective.py"
 rest_ignores=$(for t in $op_tests; do printf -- '--ignore=%s ' "$t"; done)
 # name | limit in seconds | command
+ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | tail -1)
 ncu_sections="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats"
 plan=(
   "build|150|env ANP_KERNELS_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps -e ."
@@ -54,7 +55,7 @@ plan=(
   "bench_ops|100|python3 benchmarks/bench_ops.py --device cuda --rounds $rounds"
   "bench_sparse_conv|120|python3 benchmarks/bench_sparse_conv.py --device cuda --rounds $conv_rounds --min-round-ms 5 --dtypes float16 bfloat16 float32"
   "bench_vgg_step|60|python3 benchmarks/bench_train_step.py --model vgg16 --device cuda --rounds $rounds --sparsities 0.5,0.765,0.9"
-  "profile_ncu|75|ncu --clock-control none --profile-from-start off --nvtx --csv --page details $ncu_sections --log-file $out/ncu.csv python3 benchmarks/ncu_kernels.py --device cuda"
+  "profile_ncu|75|${ncu_bin:-ncu} --clock-control none --profile-from-start off --nvtx --csv --page details $ncu_sections --log-file $out/ncu.csv python3 benchmarks/ncu_kernels.py --device cuda"
   "bench_deploy|45|python3 benchmarks/bench_deploy.py --device cuda --runs $rounds --dtypes float32 float16 --batches 1 64 256"
   "bench_train_step|45|python3 benchmarks/bench_train_step.py --device cuda --rounds $rounds"
   "bench_overhead|20|python3 benchmarks/bench_overhead.py --device cuda --rounds $rounds"
