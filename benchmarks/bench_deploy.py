@@ -23,6 +23,7 @@ import itertools
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -58,7 +59,9 @@ def _settings(device: str, dtype: str = "float32") -> list[tuple[str, str, bool,
 
 
 def measure(name: str, masked, arch: str, device: str, runs: int, folder: Path, min_round_s: float,
-            batches: tuple[int, ...] = (64, 256), dtypes: tuple[str, ...] = ("float32",)) -> list[dict]:
+            batches: tuple[int, ...] = (64, 256), dtypes: tuple[str, ...] = ("float32",),
+            save: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """One row per (dtype, batch, runtime setting); `save(rows so far)` after each."""
     shape1 = models.input_shape(arch)
     compact = deploy.compact(masked, shape1, fold_bn=True)
     dense = models.build(arch).eval()
@@ -78,7 +81,36 @@ def measure(name: str, masked, arch: str, device: str, runs: int, folder: Path, 
             q1, q3 = r["speedup_fraction_quartiles"]
             print(f"{name} {dtype} batch {batch} {label}: {r['flop_ratio']:.2f}x FLOPs, {r['latency_speedup']:.2f}x latency "
                   f"({r['speedup_fraction_of_flop_ratio']:.0%}, quartiles {q1:.0%}-{q3:.0%})", flush=True)
+            if save:
+                save(list(rows))
     return rows
+
+
+def to_markdown(rows: list[dict], device_stamp: str, runs: int, min_round_s: float) -> str:
+    timing = (f"each model timed in blocks of back-to-back calls of >= {min_round_s} s" if min_round_s > 0
+              else "one call per model per round")
+    timing += f", {runs} rounds interleaved; ms: medians; speedup: median of the rounds' paired ratios"
+    lines = [f"Device: {device_stamp}; BatchNorm folded in dense and compact models; {timing}", "",
+             "| model | unit sparsity | dtype | batch | runtime | memory % of dense | x FLOPs | dense ms | compact ms | "
+             "speedup | speedup / FLOP ratio | quartiles |", "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        q1, q3 = r["speedup_fraction_quartiles"]
+        lines.append(f"| {r['model']} | {r['unit_sparsity']:.2%} | {r.get('dtype', 'float32')} | {r['batch']} | "
+                     f"{r['runtime']} | {r['memory_percent_of_dense']:.2f} | {r['flop_ratio']:.2f} | "
+                     f"{r['dense_ms']:.2f} | {r['compact_ms']:.2f} | {r['latency_speedup']:.2f}x | "
+                     f"{r['speedup_fraction_of_flop_ratio']:.0%} | {q1:.0%}-{q3:.0%} |")
+    return "\n".join(lines)
+
+
+def _cases(models_: list[str], lenet: str) -> list[tuple]:
+    """(name, masked model, architecture) in the order asked for (LeNet-5 only when its checkpoint exists)."""
+    cases = []
+    for name in models_:
+        if name == "lenet5" and Path(lenet).exists():
+            cases.append(("LeNet-5 (MNIST ANP-VS)", load_model(lenet)[0], "lenet5_caffe"))
+        elif name == "vgg16":
+            cases.append(("VGG-16 (paper sparsity, untrained)", vgg_at_paper_sparsity(), "vgg16"))
+    return cases
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,33 +122,22 @@ def main(argv: list[str] | None = None) -> None:
                    help="time each model in blocks of back-to-back calls lasting this long (0: one call per round)")
     p.add_argument("--batches", nargs="*", type=int, default=[64, 256])
     p.add_argument("--dtypes", nargs="*", default=["float32"], choices=list(DTYPES))
-    p.add_argument("--models", nargs="*", default=["lenet5", "vgg16"], choices=["lenet5", "vgg16"])
+    p.add_argument("--models", nargs="*", default=["lenet5", "vgg16"], choices=["lenet5", "vgg16"],
+                   help="measured in this order")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
-    cases = []
-    if "lenet5" in args.models and Path(args.lenet).exists():
-        cases.append(("LeNet-5 (MNIST ANP-VS)", load_model(args.lenet)[0], "lenet5_caffe"))
-    if "vgg16" in args.models:
-        cases.append(("VGG-16 (paper sparsity, untrained)", vgg_at_paper_sparsity(), "vgg16"))
+    name = f"deploy_{args.device}" + ("" if set(args.models) == {"lenet5", "vgg16"} else "_partial")
+    device_stamp, rows = stamp(args.device), []
+
+    def save(so_far: list[dict], echo: bool = False) -> None:
+        write_results(name, rows + so_far, to_markdown(rows + so_far, device_stamp, args.runs, args.min_round_s),
+                      args.out, echo=echo)
+
     with tempfile.TemporaryDirectory() as folder:
-        rows = [r for name, masked, arch in cases
-                for r in measure(name, masked, arch, args.device, args.runs, Path(folder), args.min_round_s,
-                                 tuple(args.batches), tuple(args.dtypes))]
-    timing = (f"each model timed in blocks of back-to-back calls of >= {args.min_round_s} s" if args.min_round_s > 0
-              else "one call per model per round")
-    timing += f", {args.runs} rounds interleaved; ms: medians; speedup: median of the rounds' paired ratios"
-    lines = [f"Device: {stamp(args.device)}; BatchNorm folded in dense and compact models; {timing}", "",
-             "| model | unit sparsity | dtype | batch | runtime | memory % of dense | x FLOPs | dense ms | compact ms | "
-             "speedup | speedup / FLOP ratio | quartiles |", "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['unit_sparsity']:.2%} | {r.get('dtype', 'float32')} | {r['batch']} | "
-                     f"{r['runtime']} | "
-                     f"{r['memory_percent_of_dense']:.2f} | {r['flop_ratio']:.2f} | {r['dense_ms']:.2f} | "
-                     f"{r['compact_ms']:.2f} | {r['latency_speedup']:.2f}x | "
-                     f"{r['speedup_fraction_of_flop_ratio']:.0%} | "
-                     f"{r['speedup_fraction_quartiles'][0]:.0%}-{r['speedup_fraction_quartiles'][1]:.0%} |")
-    partial = set(args.models) != {"lenet5", "vgg16"}
-    write_results(f"deploy_{args.device}" + ("_partial" if partial else ""), rows, "\n".join(lines), args.out)
+        for case in _cases(args.models, args.lenet):
+            rows += measure(*case, args.device, args.runs, Path(folder), args.min_round_s, tuple(args.batches),
+                            tuple(args.dtypes), save)
+    save([], echo=True)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ plan=(
   "bench_sparse_conv|120|python3 benchmarks/bench_sparse_conv.py --device cuda --rounds $conv_rounds --min-round-ms 5 --dtypes float16 bfloat16 float32"
   "bench_vgg_step|60|python3 benchmarks/bench_train_step.py --model vgg16 --device cuda --rounds $rounds --sparsities 0.5,0.765,0.9"
   "profile_ncu|75|${ncu_bin:-ncu} --clock-control none --profile-from-start off --nvtx --csv --page details $ncu_sections --log-file $out/ncu.csv python3 benchmarks/ncu_kernels.py --device cuda"
-  "bench_deploy|45|python3 benchmarks/bench_deploy.py --device cuda --runs $rounds --dtypes float32 float16 --batches 1 64 256"
+  "bench_deploy|45|python3 benchmarks/bench_deploy.py --device cuda --runs $rounds --min-round-s 0.05 --models vgg16 lenet5 --dtypes float16 float32 --batches 1 64 256"
   "bench_train_step|45|python3 benchmarks/bench_train_step.py --device cuda --rounds $rounds"
   "bench_overhead|20|python3 benchmarks/bench_overhead.py --device cuda --rounds $rounds"
   "tests_rest|90|python3 -m pytest -q -rs $workers $case_limit tests $rest_ignores"
