@@ -343,3 +343,53 @@ def test_triton_strided_views_match_reference(layout):
     with anp_kernels.use_backend("triton"):
         out = ops.channel_sparse_conv2d(view, weight, bias, **kw)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def _triton_config_case(dtype, layout):
+    """KIN 65 (three 32-channel blocks, two of 64), KOUT 36 (several 32-wide column blocks), M = 162 rows
+    (not a multiple of any BM): every tile edge of every configuration is crossed."""
+    x, weight, bias, kw = _case((72, 40, 9, 9, 3, 3, 1, 1, 1), 0.1, dtype, "sample", bias=True, seed=3)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    return x, weight, bias, kw
+
+
+@pytest.mark.skipif("triton" not in fast_backends(), reason="Triton cannot run here")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("config", range(5))
+def test_every_triton_tile_configuration_matches_reference(monkeypatch, config, dtype, layout):
+    """The autotuner may pick any of the Triton conv's configurations: each one, launched on its own,
+    gives the reference's output and saved y_pre."""
+    from anp_kernels.triton import sparse_conv
+    assert len(sparse_conv._CONFIGS) == 5
+    monkeypatch.setattr(sparse_conv, "FIXED_CONFIG", sparse_conv._CONFIGS[config])
+    x, weight, bias, kw = _triton_config_case(dtype, layout)
+    kw["scale"].requires_grad_(True)  # the forward then saves y_pre (the scale's gradient reads it)
+    expected = ops.channel_sparse_conv2d_reference(x.float(), weight.float(), bias.float(), compact_output=True,
+                                                   **kw)
+    with anp_kernels.use_backend("triton"):
+        out = ops.channel_sparse_conv2d(x, weight, bias, compact_output=True, **kw)
+        grad_scale, = torch.autograd.grad(out.float().sum(), kw["scale"])
+    want_scale, = torch.autograd.grad(expected.sum(), kw["scale"])
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=5e-2, rtol=2e-2)
+    torch.testing.assert_close(out.float(), expected, **tol)
+    torch.testing.assert_close(grad_scale, want_scale, **(tol if dtype == torch.float32 else dict(atol=1.0, rtol=2e-2)))
+
+
+@pytest.mark.skipif(DEVICE != "cuda" or "triton" not in fast_backends(), reason="TF32 exists on a GPU only")
+def test_triton_fp32_conv_uses_tf32_when_cudnn_may():
+    """With torch.backends.cudnn.allow_tf32 (PyTorch's default, off in these tests) the Triton fp32 conv
+    runs its dot in TF32: within TF32's error of the IEEE result, and not bit-equal to it."""
+    x, weight, bias, kw = _triton_config_case(torch.float32, "contiguous")
+    expected = ops.channel_sparse_conv2d_reference(x, weight, bias, compact_output=True, **kw)
+    with anp_kernels.use_backend("triton"):
+        ieee = ops.channel_sparse_conv2d(x, weight, bias, compact_output=True, **kw)
+        torch.backends.cudnn.allow_tf32 = True
+        try:
+            tf32 = ops.channel_sparse_conv2d(x, weight, bias, compact_output=True, **kw)
+        finally:
+            torch.backends.cudnn.allow_tf32 = False
+    torch.testing.assert_close(ieee, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(tf32, expected, atol=2e-2, rtol=1e-2)
+    assert not torch.equal(tf32, ieee)

@@ -147,10 +147,23 @@ def packed_weight(weight: torch.Tensor, in_keep: torch.Tensor, out_keep: torch.T
     return packed
 
 
-if INTERPRET:
-    _launch_kernel = _sparse_conv_kernel  # fixed tiles below: autotuning needs a real device
-else:
-    _launch_kernel = triton.autotune(configs=_CONFIGS, key=_KEY)(_sparse_conv_kernel)
+# None: autotune over _CONFIGS on a GPU, INTERPRET_CONFIG under the interpreter (autotuning needs a real
+# device). A config here launches that one instead, everywhere: the tests run every tile configuration.
+FIXED_CONFIG: triton.Config | None = None
+INTERPRET_CONFIG = triton.Config({"BM": 64, "BN": 32, "BK": 32}, num_warps=4, num_stages=1)
+_autotuned = None if INTERPRET else triton.autotune(configs=_CONFIGS, key=_KEY)(_sparse_conv_kernel)
+
+
+def _launch(args: tuple, meta: dict, m: int, kout: int) -> None:
+    """The kernel over the (row block, output-channel block) grid: autotuned, or one fixed configuration."""
+    config = FIXED_CONFIG or (INTERPRET_CONFIG if INTERPRET else None)
+    if config is None:
+        _autotuned[lambda cfg: (triton.cdiv(m, cfg["BM"]), triton.cdiv(kout, cfg["BN"]))](*args, **meta)
+        return
+    tiles = config.kwargs
+    launch = {} if INTERPRET else {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    grid = (triton.cdiv(m, tiles["BM"]), triton.cdiv(kout, tiles["BN"]))
+    _sparse_conv_kernel[grid](*args, **meta, **tiles, **launch)
 
 
 def forward(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation, compact_output, save_pre):
@@ -182,11 +195,5 @@ def forward(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation
     args = (x, w_packed, bias_arg, scale_arg, in_keep.contiguous(), out_keep.contiguous(), out, y_pre,
             m, h, w, ho, wo, max(kin, 1), kout, c_out, *x.stride(), w_packed.stride(2),
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
-    if INTERPRET:
-        tiles = dict(BM=64, BN=32, BK=32)
-        grid = (triton.cdiv(m, tiles["BM"]), triton.cdiv(kout, tiles["BN"]))
-        _launch_kernel[grid](*args, **meta, **tiles)
-    else:
-        grid = lambda cfg: (triton.cdiv(m, cfg["BM"]), triton.cdiv(kout, cfg["BN"]))  # noqa: E731
-        _launch_kernel[grid](*args, **meta)
+    _launch(args, meta, m, kout)
     return out, y_pre, no_x_c
