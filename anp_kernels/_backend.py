@@ -8,8 +8,9 @@ Backends:
 
 `auto` picks, per op and device: CUDA tensors -> triton, else cuda, else reference (the sparse conv:
 cuda first); CPU tensors -> cpu, else reference. Override with ANP_KERNELS_BACKEND (read at import)
-or `set_backend()` / `use_backend()`. `kernels(backend)` is the torch.ops namespace of a backend's kernels: loaded once,
-at which point every op file's registration (its fakes and autograd) is applied to it.
+or `set_backend()` / `use_backend()`. `kernels(backend)` is the torch.ops namespace of a backend's
+kernels: loaded once, at which point every op file's registration (its fakes and autograd) is
+applied to it.
 """
 from __future__ import annotations
 

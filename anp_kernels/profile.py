@@ -167,8 +167,8 @@ def _prepare(model: nn.Module, input_shape: tuple, device: torch.device, channel
     if dtype not in FLOAT_DTYPES:
         raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
     fmt = torch.channels_last if channels_last and len(input_shape) == 4 else torch.contiguous_format
-    params = list(model.parameters())
-    if params and params[0].dtype != dtype:
+    first = next(model.parameters(), None)
+    if first is not None and first.dtype != dtype:
         model = copy.deepcopy(model).to(dtype=dtype)
     x = torch.rand(input_shape, device=device, dtype=dtype).to(memory_format=fmt)
     return model.to(device).eval().to(memory_format=fmt), x

@@ -13,10 +13,26 @@ from typing import Callable
 
 import torch
 
+from anp_kernels import _backend, use_backend
 from anp_kernels.profile import latencies, peak_bytes
 
 
 RESULTS_DIR = Path(__file__).parent / "results"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # --dtypes choices
+
+
+def on_backend(backend: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """fn called with every op forced to `backend` (a candidate timed beside the automatic choice)."""
+    def call():
+        with use_backend(backend):
+            return fn()
+    return call
+
+
+def other_backends(op: str, device: str) -> list[str]:
+    """The kernel backends that can run `op` on `device` other than the one `auto` picks for it."""
+    auto = _backend.backend_for(op, torch.empty(0, device=device))
+    return [b for b in ("triton", "cuda") if b != auto and _backend.available(b, device)]
 
 
 def write_results(name: str, data: object, markdown: str, out: str | Path = RESULTS_DIR, echo: bool = True) -> None:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from anp_kernels import deploy, models, profile  # noqa: E402
 from anp_kernels.checkpoint import load_model  # noqa: E402
 from anp_kernels.nn import convert, masks, sparsity  # noqa: E402
-from _harness import stamp, write_results  # noqa: E402
+from _harness import DTYPES, stamp, write_results  # noqa: E402
 
 DEFAULT_LENET = str(Path(__file__).resolve().parent / "results" / "mnist_repro" / "anpvs_ft" / "checkpoint.safetensors")
 
@@ -44,9 +44,6 @@ def vgg_at_paper_sparsity(fraction: float = 0.7653) -> torch.nn.Module:
             m.a_uc[torch.randperm(m.num_features)[: round(fraction * m.num_features)]] = -9.0
     model.anp_arch = {"model": "vgg16", "num_classes": 10, "in_channels": 3}
     return model
-
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _settings(device: str, dtype: str = "float32") -> list[tuple[str, str, bool, bool]]:

@@ -28,10 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import anp_kernels  # noqa: E402
-from anp_kernels import _backend, ops  # noqa: E402
-from _harness import interleaved_medians, peak_extra_bytes, stamp, write_results  # noqa: E402
+from anp_kernels import ops  # noqa: E402
+import _harness  # noqa: E402
+from _harness import DTYPES, interleaved_medians, on_backend, peak_extra_bytes, stamp, write_results  # noqa: E402
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 COPY_MB = {"cuda": 1024, "cpu": 256}
 
 # (shape, number of masked layers with that feature shape)
@@ -44,19 +44,12 @@ NETWORKS = {  # VGG-16 first: its large shapes carry the GPU goals, and a run cu
 
 def other_backends(device: str) -> list[str]:
     """Kernel backends that can run on `device` beside the automatic one (timed as their own columns)."""
-    auto = _backend.backend_for("channel_distortion", torch.empty(0, device=device))
-    return [b for b in ("cuda", "triton") if b != auto and _backend.available(b, device)]
+    return _harness.other_backends("channel_distortion", device)
 
 
 def _with_backends(fused, device: str) -> dict:
     """{"fused": the automatic backend, <backend>: the same call forced to that backend}."""
-    def forced(name):
-        def call():
-            with anp_kernels.use_backend(name):
-                return fused()
-        return call
-
-    return {"fused": fused, **{name: forced(name) for name in other_backends(device)}}
+    return {"fused": fused, **{name: on_backend(name, fused) for name in other_backends(device)}}
 
 
 def _distortion_case(shape, device, dtype=torch.float32):

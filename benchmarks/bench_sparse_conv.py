@@ -22,7 +22,6 @@ candidate), so that a sub-millisecond call is not read off one cold call after a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from anp_kernels import ops  # noqa: E402
 from anp_kernels import _backend  # noqa: E402
 from anp_kernels.ops.channel_sparse_conv import backward_nhwc_rule  # noqa: E402
-from _harness import interleaved_medians, stamp, write_results  # noqa: E402
+from _harness import DTYPES, interleaved_medians, on_backend, other_backends, stamp, write_results  # noqa: E402
 
 # (name, C_in, C_out, H, kernel, stride, padding)
 VGG16 = [("vgg.conv1_2", 64, 64, 32, 3, 1, 1), ("vgg.conv2_1", 64, 128, 16, 3, 1, 1),
@@ -45,7 +44,6 @@ RESNET18 = [("res.layer1", 64, 64, 32, 3, 1, 1), ("res.layer2.down", 64, 128, 32
             ("res.layer2.sc", 64, 128, 32, 1, 2, 0), ("res.layer3", 256, 256, 8, 3, 1, 1),
             ("res.layer4.down", 256, 512, 8, 3, 2, 1)]
 SPARSITIES = (0.5, 0.75, 0.9)
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _kept(c: int, sparsity: float) -> torch.Tensor:
@@ -56,8 +54,7 @@ def kernel_backends(device: str) -> list[str]:
     """The kernel backends timed beside the dispatch's choice: on CUDA the Triton kernel (the rule picks
     the gathered cuDNN conv there; this column shows what Triton would give), on CPU none (Triton only
     under its interpreter, as the tests run it)."""
-    chosen = _backend.backend_for("channel_sparse_conv2d", torch.empty(0, device=device))
-    return [name for name in ("triton", "cuda") if name != chosen and _backend.available(name, device)]
+    return other_backends("channel_sparse_conv2d", device)
 
 
 def _candidates(batch, cin, cout, h, k, stride, pad, sparsity, device, backward, dtype=torch.float32):
@@ -82,10 +79,9 @@ def _candidates(batch, cin, cout, h, k, stride, pad, sparsity, device, backward,
     def aten_compact():  # the compact conv alone on tensors gathered beforehand: cuDNN's (oneDNN's) ceiling
         return F.conv2d(x_c, w_c, None, stride, pad)
 
-    def ours(backend=None):
-        with _backend.use_backend(backend) if backend else contextlib.nullcontext():
-            return ops.channel_sparse_conv2d(x, w, in_keep=ik, out_keep=ok, scale=scale, stride=stride,
-                                             padding=pad, compact_output=True)
+    def ours():
+        return ops.channel_sparse_conv2d(x, w, in_keep=ik, out_keep=ok, scale=scale, stride=stride, padding=pad,
+                                         compact_output=True)
 
     def run(fn, inputs=(x, w)):
         if not backward:
@@ -95,7 +91,7 @@ def _candidates(batch, cin, cout, h, k, stride, pad, sparsity, device, backward,
     fns = {"dense_masked": run(dense_masked), "eager_gather": run(eager_gather), "ours": run(ours),
            "aten_compact": run(aten_compact, (x_c, w_c))}
     for name in kernel_backends(device):
-        fns[name] = run(lambda name=name: ours(name))
+        fns[name] = run(on_backend(name, ours))
     ho = (h + 2 * pad - k) // stride + 1
     flops = 2 * batch * ho * ho * len(ik) * len(ok) * k * k * (3 if backward else 1)
     return fns, cin * cout / (len(ik) * len(ok)), (len(ik), len(ok)), flops

@@ -117,10 +117,22 @@ def deploy_goals(rows: list | None) -> list[dict]:
     return goals
 
 
+SOURCES = {"ops": "ops_{}.json", "sparse_conv": "sparse_conv_{}.json", "train_step": "train_step_vgg16_{}.json",
+           "deploy": "deploy_{}.json"}
+
+
+def load(folder: Path, device: str) -> dict:
+    """{source: its JSON, or None when the benchmark wrote nothing}, each file read once."""
+    return {key: _load(folder, name.format(device)) for key, name in SOURCES.items()}
+
+
+def judge(results: dict) -> list[dict]:
+    return (op_goals(results["ops"]) + sparse_conv_goals(results["sparse_conv"])
+            + train_step_goals(results["train_step"]) + deploy_goals(results["deploy"]))
+
+
 def check(folder: Path, device: str) -> list[dict]:
-    return (op_goals(_load(folder, f"ops_{device}.json")) + sparse_conv_goals(_load(folder, f"sparse_conv_{device}.json"))
-            + train_step_goals(_load(folder, f"train_step_vgg16_{device}.json"))
-            + deploy_goals(_load(folder, f"deploy_{device}.json")))
+    return judge(load(folder, device))
 
 
 def _value(g: dict) -> str:
@@ -129,10 +141,10 @@ def _value(g: dict) -> str:
     return f"{g['value']:.0%}" if g["target"].endswith("%") else f"{g['value']:.2f}x"
 
 
-def cut_short(folder: Path, device: str) -> list[str]:
+def cut_short(results: dict, device: str) -> list[str]:
     """The results files whose benchmark stopped before its last row (a step's time limit)."""
-    names = [f"ops_{device}.json", f"sparse_conv_{device}.json"]
-    return [n for n in names if (_load(folder, n) or {}).get("complete") is False]
+    return [SOURCES[key].format(device) for key in ("ops", "sparse_conv")
+            if (results[key] or {}).get("complete") is False]
 
 
 def to_markdown(goals: list[dict], device: str, partial: list[str] = ()) -> str:
@@ -151,8 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--results", default=str(RESULTS_DIR), help="where the benchmarks wrote their JSON")
     p.add_argument("--out", default=None, help="default: the --results folder")
     args = p.parse_args(argv)
-    goals = check(Path(args.results), args.device)
-    markdown = to_markdown(goals, args.device, cut_short(Path(args.results), args.device))
+    results = load(Path(args.results), args.device)
+    goals = judge(results)
+    markdown = to_markdown(goals, args.device, cut_short(results, args.device))
     write_results(f"goals_{args.device}", goals, markdown, args.out or args.results)
 
 

@@ -16,12 +16,16 @@ on every kernel backend; channel_sparse_conv2d forward at VGG-16 conv2_2 and con
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
 
-import anp_kernels
-from anp_kernels import ops
+sys.path.insert(0, str(Path(__file__).parent))
+import anp_kernels  # noqa: E402
+from anp_kernels import ops  # noqa: E402
+from _harness import on_backend  # noqa: E402
 
 FEATURE = (128, 64, 32, 32)
 CONVS = (("vgg.conv2_2", 128, 128, 16), ("vgg.conv3_x", 256, 256, 8))
@@ -29,13 +33,6 @@ CONVS = (("vgg.conv2_2", 128, 128, 16), ("vgg.conv3_x", 256, 256, 8))
 
 def kernel_backends(device: str) -> list[str]:
     return [b for b in ("triton", "cuda", "cpu") if anp_kernels.available(b, device)]
-
-
-def _forced(backend: str, fn: Callable[[], object]) -> Callable[[], object]:
-    def call():
-        with anp_kernels.use_backend(backend):
-            return fn()
-    return call
 
 
 def _elementwise_cases(device: str, shape: tuple) -> dict:
@@ -46,9 +43,9 @@ def _elementwise_cases(device: str, shape: tuple) -> dict:
     g_c, g = torch.rand(shape[1], device=device), torch.randn(shape, device=device)
     cases = {}
     for backend in kernel_backends(device):
-        cases[f"channel_distortion fwd+bwd {backend}"] = _forced(
+        cases[f"channel_distortion fwd+bwd {backend}"] = on_backend(
             backend, lambda: torch.autograd.grad(ops.channel_distortion(z, z_adv), (z, z_adv), g_c))
-        cases[f"masked_activation fwd+bwd {backend}"] = _forced(
+        cases[f"masked_activation fwd+bwd {backend}"] = on_backend(
             backend, lambda: torch.autograd.grad(ops.masked_activation(z, a, b, 0.1, seed=7), (z, a, b), g))
     return cases
 
@@ -67,7 +64,7 @@ def _conv_cases(device: str, batch: int, dtype: torch.dtype) -> dict:
 
         cases[f"sparse_conv fwd {name} {sparsity:.0%} dispatch"] = conv
         if device == "cuda" and anp_kernels.available("triton", device):
-            cases[f"sparse_conv fwd {name} {sparsity:.0%} triton"] = _forced("triton", conv)
+            cases[f"sparse_conv fwd {name} {sparsity:.0%} triton"] = on_backend("triton", conv)
     return cases
 
 
