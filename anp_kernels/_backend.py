@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 from typing import Callable, Iterator
 
 import torch
@@ -100,6 +101,24 @@ def _triton_missing(device_type: str) -> str | None:
         return _probe["triton"]
     if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         return "Triton runs CPU tensors only under the interpreter: set TRITON_INTERPRET=1 before importing anp_kernels"
+    if device_type == "cpu":
+        return _interpreter_numpy_clash(_version(importlib.import_module("triton").__version__),
+                                        _version(importlib.import_module("numpy").__version__))
+    return None
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = (text.split(".") + ["0"])[:2]
+    return int(major), int(re.match(r"\d*", minor).group() or 0)
+
+
+def _interpreter_numpy_clash(triton_version: tuple[int, int], numpy_version: tuple[int, int]) -> str | None:
+    """Triton before 3.7 interprets a kernel's loop bounds with int() of a 1-element array, an error since
+    NumPy 2.4 (a warning before): every kernel with a loop over a runtime size would fail deep inside."""
+    if triton_version < (3, 7) and numpy_version >= (2, 4):
+        return (f"Triton {'.'.join(map(str, triton_version))}'s interpreter cannot run these kernels with NumPy "
+                f"{'.'.join(map(str, numpy_version))} (NumPy 2.4 made int() of a 1-element array an error; Triton "
+                "3.7 fixed it): pip install 'numpy<2.4' or 'triton>=3.7'")
     return None
 
 

@@ -52,6 +52,20 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
             ops.channel_distortion(torch.ones(2, 2), torch.ones(2, 2))
 
 
+def test_triton_interpreter_with_a_numpy_it_cannot_run_is_a_clear_error(monkeypatch):
+    # Triton 3.6's interpreter with NumPy 2.4 failed every kernel with a loop (TypeError deep inside)
+    assert "numpy<2.4" in _backend._interpreter_numpy_clash((3, 6), (2, 4))
+    assert _backend._interpreter_numpy_clash((3, 6), (2, 3)) is None
+    assert _backend._interpreter_numpy_clash((3, 7), (2, 5)) is None
+    assert _backend._version("3.6.0") == (3, 6) and _backend._version("2.4rc1") == (2, 4)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_backend, "_probe", {})
+    monkeypatch.setattr(_backend, "_interpreter_numpy_clash", lambda t, n: "the interpreter cannot run")
+    with anp_kernels.use_backend("triton"):
+        with pytest.raises(anp_kernels.BackendUnavailableError, match="the interpreter cannot run"):
+            ops.channel_distortion(torch.ones(2, 2), torch.ones(2, 2))
+
+
 def test_environment_variable_selects_backend():
     code = "import anp_kernels; print(anp_kernels.backend('cpu')['masked_activation'])"
     env = {**os.environ, "ANP_KERNELS_BACKEND": "reference"}
