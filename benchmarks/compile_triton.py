@@ -17,7 +17,8 @@ do) or how fast they are (benchmarks/gpu_suite.sh on a GPU does).
 
     python benchmarks/compile_triton.py [--arch 90] [--sms 132] [--quick] [--jobs N] [--out benchmarks/results]
 
-Needs TRITON_INTERPRET unset (the kernels must be compiled objects, not interpreted functions).
+Writes <out>/triton_compile_sm<arch>_triton<major.minor>.{json,md} (benchmarks/gpu_toolchain.sh runs it with
+the GPU machine's Triton 3.6). Needs TRITON_INTERPRET unset (the kernels must be compiled objects, not interpreted functions).
 Exit status 1 when a kernel fails to compile, a launch breaks a limit or a kernel was never compiled.
 """
 from __future__ import annotations
@@ -433,6 +434,11 @@ def merge(arch: int, shards: list) -> tuple[list[Compiled], list[dict], int]:
     return list(merged.values()), failures, sum(calls for _, _, calls in shards)
 
 
+def triton_release() -> str:
+    """Triton's major.minor version, as in the results' file names ("3.6")."""
+    return ".".join(triton.__version__.split(".")[:2])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", type=int, default=90, choices=sorted(LIMITS))
@@ -456,7 +462,8 @@ def main() -> int:
                   never_compiled=sorted(launched_kernels() - {r.kernel for r in compiled}),
                   compiled=[asdict(r) for r in compiled], failures=failures, rows=summary_rows(compiled))
     report["offsets"] = offset_rows(report["compiled"])
-    name = f"triton_compile_sm{args.arch}" + ("_quick" if args.quick else "")
+    # one file per Triton release: the GPU machine's Triton (3.6) compiles differently from a newer one here
+    name = f"triton_compile_sm{args.arch}_triton{triton_release()}" + ("_quick" if args.quick else "")
     write_results(name, report, markdown(report), args.out)
     bad = report["failures"] or report["never_compiled"] or any(r.problems for r in compiled)
     return 1 if bad else 0

@@ -89,3 +89,12 @@ def test_profile_step_runs_ncu_on_the_kernel_cases_with_the_clocks_left_alone():
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert "channel_distortion fwd+bwd" in run.stdout and "sparse_conv fwd vgg.conv3_x 90%" in run.stdout
+
+
+def test_toolchain_check_parses_and_names_a_bad_option():
+    """benchmarks/gpu_toolchain.sh needs the package index and 4 GB, so CI only checks that it parses and
+    refuses what it does not know before installing anything."""
+    script = os.path.join(ROOT, "benchmarks", "gpu_toolchain.sh")
+    assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
+    bad = subprocess.run(["bash", script, "--bogus"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr
