@@ -3,6 +3,7 @@
 A GPU session has 15 minutes of device time and 10 minutes a command; a stale flag or path in the
 suite would waste that run, so the plan is checked here, on the CPU, against the scripts it calls.
 """
+import ast
 import os
 import re
 import shlex
@@ -89,6 +90,20 @@ def test_profile_step_runs_ncu_on_the_kernel_cases_with_the_clocks_left_alone():
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert "channel_distortion fwd+bwd" in run.stdout and "sparse_conv fwd vgg.conv3_x 90%" in run.stdout
+
+
+def test_sanitizer_step_calls_every_kernel_on_the_cpu_and_triton_backends():
+    """The sanitizer step's script, with its calls on CPU tensors (C++ ops; Triton interpreted): a broken
+    call there would leave compute-sanitizer with nothing to check on the GPU."""
+    cmd = dict((name, cmd) for name, _, cmd in _plan()[0])["sanitizer"]
+    script = next(a for a in shlex.split(cmd) if a.endswith(".py"))
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, os.path.join(ROOT, script), "--device", "cpu", "--backend", "cpu", "triton"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for backend in ("cpu", "triton"):
+        line = next(line for line in run.stdout.splitlines() if line.startswith(backend + " "))
+        assert len(ast.literal_eval(line.split(" ", 1)[1])) == 6, line  # 3 dtypes x 2 layouts
 
 
 def test_toolchain_check_parses_and_names_a_bad_option():
