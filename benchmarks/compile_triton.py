@@ -365,17 +365,19 @@ def summary_rows(compiled: list[Compiled]) -> list[dict]:
 
 def offset_rows(compiled: list[dict]) -> list[dict]:
     """The sparse conv's spills with 64-bit offsets next to the same call's with 32-bit ones."""
-    def spills(case: str, config: str) -> dict | None:
-        return next((r for r in compiled if case in r["cases"] and r["config"] == config), None)
+    def spills(case: str, config: str, warps: int, stages: int) -> dict | None:
+        return next((r for r in compiled if case in r["cases"] and r["config"] == config
+                     and (r["num_warps"], r["num_stages"]) == (warps, stages)), None)
     rows = []
     for r in compiled:
         for case in r["cases"]:
             if "64-bit offsets" in case and "OFF64=1" in r["config"]:
-                twin = spills(case.replace(" 64-bit offsets", ""), r["config"].replace("OFF64=1", "OFF64=0"))
+                twin = spills(case.replace(" 64-bit offsets", ""), r["config"].replace("OFF64=1", "OFF64=0"),
+                              r["num_warps"], r["num_stages"])
                 rows.append(dict(case=case.replace(" 64-bit offsets", ""), tiles=r["config"].replace(" OFF64=1", ""),
                                  warps=r["num_warps"], local_64=r["local_bytes"],
                                  local_32=twin["local_bytes"] if twin else None))
-    return sorted(rows, key=lambda row: (row["case"], row["tiles"]))
+    return sorted(rows, key=lambda row: (row["case"], row["tiles"], row["warps"]))
 
 
 def markdown(report: dict) -> str:

@@ -9,6 +9,7 @@
 #   tests_ops   the op and layer tests (CUDA and Triton backends are parametrised in on a CUDA machine);
 #   sanitizer   every CUDA kernel once under compute-sanitizer (memcheck);
 #   bench_*     fused ops, sparse conv, training step, deploy latency on cuda (results/*_cuda.{json,md});
+#               the sparse conv's log names the tile configuration Triton's autotuner kept per shape;
 #   profile_ncu Nsight Compute counters (speed of light, memory, occupancy) of the kernels behind the
 #               goals, one launch each (benchmarks/ncu_kernels.py): OUT/ncu.csv;
 #   tests_rest  the rest of the suite (CPU-side evaluation, CLI, recipes: the CPU CI runs them too).
@@ -53,7 +54,7 @@ plan=(
   "tests_ops|120|python3 -m pytest -q -rs $workers $case_limit $op_tests"
   "sanitizer|45|compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/sanitize_cuda.py --device cuda"
   "bench_ops|100|python3 benchmarks/bench_ops.py --device cuda --rounds $rounds"
-  "bench_sparse_conv|120|python3 benchmarks/bench_sparse_conv.py --device cuda --rounds $conv_rounds --min-round-ms 5 --dtypes float16 bfloat16 float32"
+  "bench_sparse_conv|120|TRITON_PRINT_AUTOTUNING=1 python3 benchmarks/bench_sparse_conv.py --device cuda --rounds $conv_rounds --min-round-ms 5 --dtypes float16 bfloat16 float32"
   "bench_vgg_step|60|python3 benchmarks/bench_train_step.py --model vgg16 --device cuda --rounds $rounds --sparsities 0.5,0.765,0.9"
   "profile_ncu|75|${ncu_bin:-ncu} --clock-control none --profile-from-start off --nvtx --csv --page details $ncu_sections --log-file $out/ncu.csv python3 benchmarks/ncu_kernels.py --device cuda"
   "bench_deploy|45|python3 benchmarks/bench_deploy.py --device cuda --runs $rounds --min-round-s 0.05 --models vgg16 lenet5 --dtypes float16 float32 --batches 1 64 256"

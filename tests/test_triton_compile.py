@@ -51,7 +51,7 @@ def test_every_kernel_compiles_for_sm90_within_the_launch_limits(tmp_path):
         # every autotuner config, with 32- and 64-bit offsets, for NCHW activations
         tiles = {(" ".join(p for p in r["config"].split() if p[:2] in ("BM", "BN", "BK")), r["num_warps"],
                   r["num_stages"]) for r in conv if variant in r["config"].split()}
-        assert len(tiles) == 5, (variant, tiles)
+        assert len(tiles) == 7, (variant, tiles)
     assert report["offsets"] and all(r["local_32"] is not None for r in report["offsets"])
     assert all(r["registers"] > 0 and r["shared_bytes"] >= 0 for r in report["compiled"])
     assert "| sparse_conv._sparse_conv_kernel |" in (tmp_path / f"triton_compile_sm90_triton{release}_quick.md").read_text()
@@ -127,3 +127,16 @@ def test_helpers_called_by_kernels_are_not_counted_as_kernels(tmp_path):
     names = json.loads(run.stdout.strip().splitlines()[-1])
     assert {"sparse_conv._sparse_conv_kernel", "mask._sample_kernel", "kl._bwd", "distortion._bwd"} <= set(names)
     assert "sparse_conv._x_tile" not in names and "sparse_conv._epilogue" not in names
+
+
+def test_offsets_table_pairs_binaries_of_the_same_warps_and_stages():
+    """Two configurations with the same tiles and different warp counts: each 64-bit binary is set beside
+    the 32-bit binary of its own configuration, not the first one found."""
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    import compile_triton
+
+    def binary(off64, warps, local):
+        return dict(config=f"BK=32 BM=128 BN=64 OFF64={off64}", num_warps=warps, num_stages=3, local_bytes=local,
+                    cases=["conv" + (" 64-bit offsets" if off64 else "")])
+    rows = compile_triton.offset_rows([binary(0, 4, 152), binary(0, 8, 0), binary(1, 4, 400), binary(1, 8, 8)])
+    assert [(r["warps"], r["local_64"], r["local_32"]) for r in rows] == [(4, 400, 152), (8, 8, 0)]

@@ -116,6 +116,11 @@ _CONFIGS = [
     triton.Config({"BM": 128, "BN": 128, "BK": 32}, num_warps=8, num_stages=3),
     triton.Config({"BM": 64, "BN": 32, "BK": 64}, num_warps=4, num_stages=4),
     triton.Config({"BM": 128, "BN": 32, "BK": 32}, num_warps=4, num_stages=4),
+    # the same 128-row tiles over 8 warps: with Triton 3.6 (the GPU machine's) the 4-warp ones spill up to
+    # 208 B a thread (32-bit offsets), these none (ptxas for sm_90, benchmarks/compile_triton.py); fewer
+    # pipeline stages did not help. The autotuner times both and keeps the faster per shape
+    triton.Config({"BM": 128, "BN": 64, "BK": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BM": 128, "BN": 32, "BK": 32}, num_warps=8, num_stages=4),
 ]
 _KEY = ["M", "KIN", "KOUT", "KH", "KW", "X_M_FASTEST"]
 # Offsets are 32-bit when every element of x, the packed weight and the outputs is reachable with them:
