@@ -357,12 +357,12 @@ def _triton_config_case(dtype, layout):
 @pytest.mark.skipif("triton" not in fast_backends(), reason="Triton cannot run here")
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("config", range(7))
+@pytest.mark.parametrize("config", range(5))
 def test_every_triton_tile_configuration_matches_reference(monkeypatch, config, dtype, layout):
     """The autotuner may pick any of the Triton conv's configurations: each one, launched on its own,
     gives the reference's output and saved y_pre."""
     from anp_kernels.triton import sparse_conv
-    assert len(sparse_conv._CONFIGS) == 7
+    assert len(sparse_conv._CONFIGS) == 5
     monkeypatch.setattr(sparse_conv, "FIXED_CONFIG", sparse_conv._CONFIGS[config])
     x, weight, bias, kw = _triton_config_case(dtype, layout)
     kw["scale"].requires_grad_(True)  # the forward then saves y_pre (the scale's gradient reads it)

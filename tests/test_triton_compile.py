@@ -51,7 +51,7 @@ def test_every_kernel_compiles_for_sm90_within_the_launch_limits(tmp_path):
         # every autotuner config, with 32- and 64-bit offsets, for NCHW activations
         tiles = {(" ".join(p for p in r["config"].split() if p[:2] in ("BM", "BN", "BK")), r["num_warps"],
                   r["num_stages"]) for r in conv if variant in r["config"].split()}
-        assert len(tiles) == 7, (variant, tiles)
+        assert len(tiles) == 5, (variant, tiles)
     assert report["offsets"] and all(r["local_32"] is not None for r in report["offsets"])
     assert all(r["registers"] > 0 and r["shared_bytes"] >= 0 for r in report["compiled"])
     assert "| sparse_conv._sparse_conv_kernel |" in (tmp_path / f"triton_compile_sm90_triton{release}_quick.md").read_text()

@@ -110,16 +110,15 @@ def _epilogue(acc, bias_ptr, scale_ptr, out_keep_ptr, out_ptr, ypre_ptr, n, hw, 
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=ok2)
 
 
+# The 128-row tiles narrower than 128 columns run on 8 warps: on 4 warps, with Triton 3.6 (the GPU machine's),
+# they spilled up to 192 B a thread with 32-bit offsets, on 8 warps none (ptxas for sm_90,
+# benchmarks/compile_triton.py; fewer pipeline stages did not help). Five configurations, not more: on a
+# fresh machine each one is compiled and timed per shape and dtype before the first call returns.
 _CONFIGS = [
-    triton.Config({"BM": 128, "BN": 64, "BK": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BM": 128, "BN": 64, "BK": 32}, num_warps=8, num_stages=3),
     triton.Config({"BM": 64, "BN": 64, "BK": 32}, num_warps=4, num_stages=3),
     triton.Config({"BM": 128, "BN": 128, "BK": 32}, num_warps=8, num_stages=3),
     triton.Config({"BM": 64, "BN": 32, "BK": 64}, num_warps=4, num_stages=4),
-    triton.Config({"BM": 128, "BN": 32, "BK": 32}, num_warps=4, num_stages=4),
-    # the same 128-row tiles over 8 warps: with Triton 3.6 (the GPU machine's) the 4-warp ones spill up to
-    # 208 B a thread (32-bit offsets), these none (ptxas for sm_90, benchmarks/compile_triton.py); fewer
-    # pipeline stages did not help. The autotuner times both and keeps the faster per shape
-    triton.Config({"BM": 128, "BN": 64, "BK": 32}, num_warps=8, num_stages=3),
     triton.Config({"BM": 128, "BN": 32, "BK": 32}, num_warps=8, num_stages=4),
 ]
 _KEY = ["M", "KIN", "KOUT", "KH", "KW", "X_M_FASTEST"]
