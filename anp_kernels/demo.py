@@ -221,9 +221,10 @@ def run_demo(quick: bool = False, out: str = "anp_demo", data: str = "digits") -
     shape = models.input_shape(s.model, ds.input_shape[0])
     _say(1, f"training {s.model} on {data} ({len(ds.x_train)} train images {ds.input_shape}): clean warm start, "
             f"AT ({s.epochs} epochs), then ANP-VS from AT ({s.anp_epochs} epochs), PGD-{s.steps}, eps {s.eps}")
-    tradeoff = train_models(s, data, ds, out_dir / "runs", shape)
-    dense, _ = load_model(out_dir / "runs" / "at" / "checkpoint.safetensors")
-    pruned, _ = load_model(out_dir / "runs" / "anp-vs" / "checkpoint.safetensors")
+    runs = runs_dir(out_dir, data, quick)
+    tradeoff = train_models(s, data, ds, runs, shape)
+    dense, _ = load_model(runs / "at" / "checkpoint.safetensors")
+    pruned, _ = load_model(runs / "anp-vs" / "checkpoint.safetensors")
     x, y = (ds.x_test, ds.y_test) if s.eval_n is None else (ds.x_test[: s.eval_n], ds.y_test[: s.eval_n])
     compact = deploy.compact(pruned, shape)
     _say(2, f"evaluating both on {len(x)} test images: AutoAttack (standard) + PGD cross-check, FMN "
@@ -243,6 +244,13 @@ def run_demo(quick: bool = False, out: str = "anp_demo", data: str = "digits") -
     print((out_dir / "report.md").read_text())
     print(f"done in {figures['seconds']:.0f} s: {out_dir / 'report.md'}; plots, figures.json, export/ beside it")
     return 0
+
+
+def runs_dir(out_dir: Path, data: str, quick: bool) -> Path:
+    """The training runs' folder, one per data source and size: a second demo in the same report folder
+    resumes its own runs, and `anp demo` after `anp demo --quick` trains anew instead of failing on the
+    quick run's checkpoints (other epochs)."""
+    return out_dir / "runs" / (data.split(":", 1)[0] + ("-quick" if quick else ""))
 
 
 def _slug(name: str) -> str:

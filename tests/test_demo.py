@@ -2,7 +2,7 @@
 import json
 
 from anp_kernels.cli import main
-from anp_kernels.demo import DemoSettings
+from anp_kernels.demo import DemoSettings, runs_dir
 
 
 def test_demo_quick_writes_the_report(tmp_path, capsys):
@@ -12,6 +12,7 @@ def test_demo_quick_writes_the_report(tmp_path, capsys):
                  "vulnerability_at.png", "vulnerability_anpvs.png", "thin_ice.json", "tradeoff.png",
                  "export/model.safetensors"):
         assert (out / name).exists(), name
+    assert (runs_dir(out, "digits", True) / "anp-vs" / "checkpoint.safetensors").exists()
     figures = json.loads((out / "figures.json").read_text())
     assert set(figures["models"]) == {"AT (dense)", "ANP-VS"}
     for r in figures["models"].values():
@@ -34,3 +35,11 @@ def test_demo_quick_writes_the_report(tmp_path, capsys):
                     "## Deployment"):
         assert section in report
     assert "[4/4]" in capsys.readouterr().out
+
+
+def test_quick_and_full_demos_and_data_sources_keep_their_own_runs(tmp_path):
+    """`anp demo` after `anp demo --quick` in the same folder once failed: it resumed the quick run's
+    checkpoints, trained for other epochs. Each size and data source now has its own runs folder."""
+    names = {runs_dir(tmp_path, data, quick) for data in ("digits", "mnist:/data/mnist") for quick in (False, True)}
+    assert len(names) == 4
+    assert runs_dir(tmp_path, "mnist:/data/mnist", False) == tmp_path / "runs" / "mnist"
