@@ -102,8 +102,11 @@ def _triton_missing(device_type: str) -> str | None:
     if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         return "Triton runs CPU tensors only under the interpreter: set TRITON_INTERPRET=1 before importing anp_kernels"
     if device_type == "cpu":
-        return _interpreter_numpy_clash(_version(importlib.import_module("triton").__version__),
-                                        _version(importlib.import_module("numpy").__version__))
+        if "interpreter" not in _probe:  # versions do not change in a process: checked once, not per op call
+            _probe["interpreter"] = _interpreter_numpy_clash(
+                _version(importlib.import_module("triton").__version__),
+                _version(importlib.import_module("numpy").__version__))
+        return _probe["interpreter"]
     return None
 
 
