@@ -1,8 +1,9 @@
 """Build anp_kernels._C: C++ CPU ops always, CUDA ops when torch has CUDA and nvcc exists.
 
 ANP_KERNELS_CUDA=1 forces the CUDA build (and fails clearly if it cannot be done),
-ANP_KERNELS_CUDA=0 skips it. Install with `pip install --no-build-isolation .` so the
-build uses the torch already installed instead of fetching a fresh (CUDA) one.
+ANP_KERNELS_CUDA=0 skips it; ANP_KERNELS_DEBUG_INFO=1 keeps debug info in _C. Install with
+`pip install --no-build-isolation .` so the build uses the torch already installed instead of
+fetching a fresh (CUDA) one.
 """
 import os
 import sys
@@ -41,6 +42,10 @@ def extension():
     here = os.path.dirname(os.path.abspath(__file__))
     sources = [os.path.join("csrc", "anp_cpu.cpp"), os.path.join("csrc", "max_pool_cpu.cpp")]
     cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math"]
+    # Python's own CFLAGS carry -g: debug info over the torch headers makes _C 17 MB instead of 0.9 MB and the
+    # build slower; ANP_KERNELS_DEBUG_INFO=1 keeps it (a debugger, a sanitizer's symbolised reports)
+    if os.environ.get("ANP_KERNELS_DEBUG_INFO", "0").strip().lower() not in ("1", "true", "yes"):
+        cxx.append("-g0")
     kwargs = dict(include_dirs=[os.path.join(here, "csrc")], extra_link_args=["-fopenmp"])
     if cuda_wanted():
         sources.append(os.path.join("csrc", "anp_cuda.cu"))

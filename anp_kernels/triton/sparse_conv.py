@@ -12,6 +12,8 @@ and stores run along pixels (coalesced). The epilogue adds bias, multiplies the
 channels of a full output are the zeros it was allocated with). fp16/bf16 inputs use
 fp32 accumulation; fp32 uses TF32 when torch allows it for cuDNN.
 """
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -153,7 +155,7 @@ def packed_weight(weight: torch.Tensor, in_keep: torch.Tensor, out_keep: torch.T
 
 # None: autotune over _CONFIGS on a GPU, INTERPRET_CONFIG under the interpreter (autotuning needs a real
 # device). A config here launches that one instead, everywhere: the tests run every tile configuration.
-FIXED_CONFIG: triton.Config | None = None
+FIXED_CONFIG: Optional[triton.Config] = None  # Optional: module annotations run on Python 3.9
 INTERPRET_CONFIG = triton.Config({"BM": 64, "BN": 32, "BK": 32}, num_warps=4, num_stages=1)
 _autotuned = None if INTERPRET else triton.autotune(configs=_CONFIGS, key=_KEY)(_sparse_conv_kernel)
 
