@@ -41,7 +41,9 @@ def cuda_wanted() -> bool:
 def extension():
     here = os.path.dirname(os.path.abspath(__file__))
     sources = [os.path.join("csrc", "anp_cpu.cpp"), os.path.join("csrc", "max_pool_cpu.cpp")]
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math"]
+    # no -std: torch's BuildExtension adds the standard its headers need (C++17 in torch 2.11, C++20 in
+    # 2.13 and later: torch 2.14's headers fail under C++17)
+    cxx = ["-O3", "-fopenmp", "-fno-trapping-math"]
     # Python's own CFLAGS carry -g: debug info over the torch headers makes _C 17 MB instead of 0.9 MB and the
     # build slower; ANP_KERNELS_DEBUG_INFO=1 keeps it (a debugger, a sanitizer's symbolised reports)
     if os.environ.get("ANP_KERNELS_DEBUG_INFO", "0").strip().lower() not in ("1", "true", "yes"):
@@ -52,7 +54,7 @@ def extension():
         # no --use_fast_math: the kernels are memory-bound (a few expf/logf per mask row, not per element), so
         # approximate intrinsics and flushed subnormals would buy no time and move the masks and gradients
         # away from the CPU ops and the reference, which use the accurate functions
-        nvcc = ["-O3", "-std=c++17", "-lineinfo"]
+        nvcc = ["-O3", "-lineinfo"]
         return cpp_extension.CUDAExtension(
             "anp_kernels._C", sources, extra_compile_args={"cxx": cxx + ["-DANP_WITH_CUDA"], "nvcc": nvcc}, **kwargs
         )

@@ -116,12 +116,18 @@ def _version(text: str) -> tuple[int, int]:
 
 
 def _interpreter_numpy_clash(triton_version: tuple[int, int], numpy_version: tuple[int, int]) -> str | None:
-    """Triton before 3.7 interprets a kernel's loop bounds with int() of a 1-element array, an error since
-    NumPy 2.4 (a warning before): every kernel with a loop over a runtime size would fail deep inside."""
+    """Two NumPy releases that Triton's interpreter did not yet know (seen on this machine):
+    - before Triton 3.2, under NumPy 2 its stores are lost: every kernel silently returns what the output
+      held before (zeros), no error;
+    - before Triton 3.7, under NumPy 2.4 int() of a 1-element array (a loop bound) is an error deep inside."""
+    triton, numpy = (".".join(map(str, v)) for v in (triton_version, numpy_version))
+    newer_triton = "triton>=3.7" if numpy_version >= (2, 4) else "triton>=3.2"
+    if triton_version < (3, 2) and numpy_version >= (2, 0):
+        return (f"Triton {triton}'s interpreter computes nothing with NumPy {numpy} (under NumPy 2 its stores are "
+                f"lost, silently; Triton 3.2 fixed it): pip install 'numpy<2' or '{newer_triton}'")
     if triton_version < (3, 7) and numpy_version >= (2, 4):
-        return (f"Triton {'.'.join(map(str, triton_version))}'s interpreter cannot run these kernels with NumPy "
-                f"{'.'.join(map(str, numpy_version))} (NumPy 2.4 made int() of a 1-element array an error; Triton "
-                "3.7 fixed it): pip install 'numpy<2.4' or 'triton>=3.7'")
+        return (f"Triton {triton}'s interpreter cannot run these kernels with NumPy {numpy} (NumPy 2.4 made int() "
+                "of a 1-element array an error; Triton 3.7 fixed it): pip install 'numpy<2.4' or 'triton>=3.7'")
     return None
 
 

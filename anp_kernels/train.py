@@ -31,7 +31,7 @@ from . import models
 from .attacks import pgd
 from .checkpoint import atomic_write_text, build_model, load_model, load_state, remove_stale_temporaries, save_state
 from .losses import MASK_OBJECTIVES, METHODS, ANPVSLoss
-from .nn import compile_model, convert, fast_pooling, parameter_groups, set_mask_generator, sparsity
+from .nn import compile_model, compile_unsupported, convert, fast_pooling, parameter_groups, set_mask_generator, sparsity
 
 CHECKPOINT, METRICS = "checkpoint.safetensors", "metrics.jsonl"
 NOT_BINDING = ("out", "device", "compile")  # may differ on --resume: where and how the run runs, not what it is
@@ -94,6 +94,8 @@ class TrainConfig:
         if self.compile is not None and self.compile not in torch.compiler.list_backends(exclude_tags=()):
             raise ValueError(f"--compile must be a torch.compile backend "
                              f"({', '.join(torch.compiler.list_backends())}), got {self.compile!r}")
+        if self.compile is not None and compile_unsupported():
+            raise ValueError(f"--compile: {compile_unsupported()}")
 
     def resolved_milestones(self) -> list[float]:
         return list(self.milestones) if self.milestones is not None else models.milestones(self.model)

@@ -436,6 +436,15 @@ def merge(arch: int, shards: list) -> tuple[list[Compiled], list[dict], int]:
     return list(merged.values()), failures, sum(calls for _, _, calls in shards)
 
 
+def unsupported_triton() -> str | None:
+    """Why this Triton cannot be driven here, or None: the Recorder swaps the active driver through
+    DriverConfig._active (Triton 3.6 and 3.9 have it; 3.0 and 3.2 do not)."""
+    if hasattr(driver, "_active"):
+        return None
+    return (f"compile_triton drives Triton's DriverConfig._active, which Triton {triton.__version__} lacks "
+            "(tried: 3.6 and 3.9 have it)")
+
+
 def triton_release() -> str:
     """Triton's major.minor version, as in the results' file names ("3.6")."""
     return ".".join(triton.__version__.split(".")[:2])
@@ -453,6 +462,8 @@ def main() -> int:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
     if os.environ.get("TRITON_INTERPRET") == "1":
         p.error("unset TRITON_INTERPRET (under the interpreter Triton compiles nothing)")
+    if unsupported_triton():
+        p.error(unsupported_triton())
     from _harness import stamp, write_results
     start = time.time()
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

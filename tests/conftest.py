@@ -4,6 +4,7 @@ TRITON_INTERPRET must be set before any Triton kernel is defined, so it is set
 here, before anp_kernels is imported by any test module.
 """
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -20,6 +21,14 @@ import pytest  # noqa: E402
 
 import anp_kernels  # noqa: E402
 from anp_kernels import _backend  # noqa: E402
+
+def torch_release() -> tuple[int, int]:
+    return tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
+
+
+# compile_model refuses a torch whose dynamo recompiles a masked training step every step (nn.compile_unsupported)
+needs_compile = pytest.mark.skipif(anp_kernels.nn.compile_unsupported() is not None,
+                                   reason=str(anp_kernels.nn.compile_unsupported()))
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_overhead  # noqa: E402
 import bench_train_step  # noqa: E402
+from conftest import needs_compile  # noqa: E402
 
 
 def test_train_step_bench_writes_steps_ops_and_uniform_sparsity_rows(tmp_path):
@@ -36,6 +37,7 @@ def test_overhead_bench_times_every_entry_point(tmp_path):
     assert len(us) == 8 and all(v > 0 for v in us.values())
 
 
+@needs_compile
 def test_train_step_bench_times_compiled_steps(tmp_path):
     import torch
 

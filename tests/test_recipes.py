@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import needs_compile
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,6 +24,7 @@ def test_train_evaluate_deploy_recipes(tmp_path):
     assert "flop_ratio" in out and (tmp_path / "m.onnx").exists()
 
 
+@needs_compile
 def test_train_recipe_compiled(tmp_path):
     out = _run(ROOT / "python" / "train_anpvs.py", "--epochs", "1", "--compile", "aot_eager",
                "--out", tmp_path / "run", cwd=tmp_path)

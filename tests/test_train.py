@@ -12,6 +12,7 @@ from anp_kernels.checkpoint import load_state
 from anp_kernels.cli import main
 from anp_kernels.checkpoint import load_model
 from anp_kernels.train import TrainConfig, save_epoch, setup, train, train_epoch
+from conftest import needs_compile
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(model="lenet_digits", data="synthetic", epochs=2, batch_size=64, eps=0.1, step_size=0.05, steps=2,
@@ -95,6 +96,7 @@ def test_nan_mask_parameters_stop_the_epoch(tmp_path):
         train_epoch(run, 0, progress=False)
 
 
+@needs_compile
 def test_compiled_training_matches_eager(tmp_path):
     """--compile: the network under torch.compile(fullgraph=True) trains to the same metrics as eager
     (aot_eager: the same kernels, so the same numbers), pruned units and all."""

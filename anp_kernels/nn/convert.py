@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 from typing import Callable, Iterable
 
 import torch
@@ -185,6 +186,22 @@ def set_mask_generator(model: nn.Module, generator: torch.Generator | None) -> N
         m.generator = generator
 
 
+# torch 2.4's dynamo guards the masks' per-step seed tensors by identity: a compiled training step recompiles
+# every step until its cache limit (under fullgraph an error). From 2.6 they are graph inputs (tested on 2.6,
+# 2.11, 2.13, 2.14.1; 2.5 not tried).
+MIN_COMPILE_TORCH = (2, 6)
+
+
+def compile_unsupported() -> str | None:
+    """Why compile_model cannot run with this torch, or None where it can."""
+    release = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
+    if release >= MIN_COMPILE_TORCH:
+        return None
+    return (f"compiling a masked model needs torch >= {'.'.join(map(str, MIN_COMPILE_TORCH))}, this is torch "
+            f"{torch.__version__} (its dynamo recompiles a training step every step, past its cache limit); "
+            "run eagerly or upgrade torch")
+
+
 def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
     """torch.compile(model, fullgraph=True), set up for ANP-VS training and attacks.
 
@@ -195,6 +212,9 @@ def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
     ANPVSLoss and the attacks refresh the kept channels each step; another loop calls
     `refresh_eval_states(model)` once per step, outside the compiled function.
     """
+    reason = compile_unsupported()
+    if reason:
+        raise RuntimeError(reason)
     torch._dynamo.config.capture_scalar_outputs = True
     torch._functorch.config.donated_buffer = False
     refresh_eval_states(model)

@@ -1,5 +1,7 @@
-"""The anp_triton::* custom ops (same schemas as anp_kernels::*), backed by the Triton kernels."""
-from typing import Optional
+"""The anp_triton::* custom ops (same schemas as anp_kernels::*), backed by the Triton kernels.
+
+typing.List, not list: torch 2.4's schema inference (the oldest torch the package declares) knows only the former."""
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -70,7 +72,7 @@ def channel_scale_backward(grad: Tensor, x: Tensor, z: Tensor) -> tuple[Tensor, 
 
 @torch.library.custom_op("anp_triton::channel_sparse_conv2d", mutates_args=())
 def channel_sparse_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_keep: Tensor, out_keep: Tensor,
-                          scale: Optional[Tensor], stride: list[int], padding: list[int], dilation: list[int],
+                          scale: Optional[Tensor], stride: List[int], padding: List[int], dilation: List[int],
                           compact_output: bool, save_input: bool, save_pre: bool,
                           nhwc: bool) -> tuple[Tensor, Tensor, Tensor]:
     arg_checks.sparse_conv(x, weight, bias, in_keep, out_keep, scale, stride, padding, dilation)
