@@ -94,8 +94,9 @@ class TrainConfig:
         if self.compile is not None and self.compile not in torch.compiler.list_backends(exclude_tags=()):
             raise ValueError(f"--compile must be a torch.compile backend "
                              f"({', '.join(torch.compiler.list_backends())}), got {self.compile!r}")
-        if self.compile is not None and compile_unsupported():
-            raise ValueError(f"--compile: {compile_unsupported()}")
+        reason = compile_unsupported() if self.compile is not None else None
+        if reason:
+            raise ValueError(f"--compile: {reason}")
 
     def resolved_milestones(self) -> list[float]:
         return list(self.milestones) if self.milestones is not None else models.milestones(self.model)

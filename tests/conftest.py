@@ -4,7 +4,6 @@ TRITON_INTERPRET must be set before any Triton kernel is defined, so it is set
 here, before anp_kernels is imported by any test module.
 """
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -22,8 +21,9 @@ import pytest  # noqa: E402
 import anp_kernels  # noqa: E402
 from anp_kernels import _backend  # noqa: E402
 
+
 def torch_release() -> tuple[int, int]:
-    return tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
+    return _backend._version(torch.__version__)
 
 
 # compile_model refuses a torch whose dynamo recompiles a masked training step every step (nn.compile_unsupported)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import fnmatch
-import re
 from typing import Callable, Iterable
 
 import torch
@@ -194,8 +193,7 @@ MIN_COMPILE_TORCH = (2, 6)
 
 def compile_unsupported() -> str | None:
     """Why compile_model cannot run with this torch, or None where it can."""
-    release = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
-    if release >= MIN_COMPILE_TORCH:
+    if _backend._version(torch.__version__) >= MIN_COMPILE_TORCH:
         return None
     return (f"compiling a masked model needs torch >= {'.'.join(map(str, MIN_COMPILE_TORCH))}, this is torch "
             f"{torch.__version__} (its dynamo recompiles a training step every step, past its cache limit); "
