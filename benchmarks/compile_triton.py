@@ -462,8 +462,9 @@ def main() -> int:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
     if os.environ.get("TRITON_INTERPRET") == "1":
         p.error("unset TRITON_INTERPRET (under the interpreter Triton compiles nothing)")
-    if unsupported_triton():
-        p.error(unsupported_triton())
+    reason = unsupported_triton()
+    if reason:
+        p.error(reason)
     from _harness import stamp, write_results
     start = time.time()
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
