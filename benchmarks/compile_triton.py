@@ -27,6 +27,7 @@ import argparse
 import multiprocessing
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -380,6 +381,23 @@ def offset_rows(compiled: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda row: (row["case"], row["tiles"], row["warps"]))
 
 
+def conv_spill_rows(compiled: list[dict]) -> list[dict]:
+    """Per activation layout, the sparse conv's binaries with 32-bit offsets: how many spill, the most
+    local memory, the median registers; and the most local memory with 64-bit offsets."""
+    conv = [r for r in compiled if r["kernel"] == "sparse_conv._sparse_conv_kernel"]
+    rows = []
+    for layout, flag in (("NCHW", "X_M_FASTEST=1"), ("channels-last", "X_M_FASTEST=0")):
+        recs = [r for r in conv if flag in r["config"].split()]
+        narrow = [r for r in recs if "OFF64=0" in r["config"].split()]
+        wide = [r for r in recs if "OFF64=1" in r["config"].split()]
+        if narrow:
+            rows.append(dict(layout=layout, binaries=len(narrow), spilling=sum(r["local_bytes"] > 0 for r in narrow),
+                             max_local=max(r["local_bytes"] for r in narrow),
+                             median_registers=statistics.median(r["registers"] for r in narrow),
+                             max_local_64=max((r["local_bytes"] for r in wide), default=None)))
+    return rows
+
+
 def markdown(report: dict) -> str:
     lines = [f"# Triton kernels compiled for sm_{report['arch']} (compiled, not run)", "",
              f"{report['stamp']}; triton {report['triton']}; {report['cases']} calls in {report['seconds']:.0f} s "
@@ -402,6 +420,14 @@ def markdown(report: dict) -> str:
               "| call | tiles | warps | 64-bit offsets | 32-bit offsets |", "|---|---|---|---|---|"]
     for r in report["offsets"]:
         lines.append(f"| {r['case']} | {r['tiles']} | {r['warps']} | {r['local_64']} | {r['local_32']} |")
+    lines += ["", "The sparse conv's binaries per activation layout, over every tile configuration: with 32-bit "
+              "offsets, how many spill, the most local memory and the median registers; with 64-bit offsets, the "
+              "most local memory.", "",
+              "| layout | binaries (32-bit) | spilling | most local B | median registers | most local B, 64-bit |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for r in report.get("conv_spills", []):
+        lines.append(f"| {r['layout']} | {r['binaries']} | {r['spilling']} | {r['max_local']} | "
+                     f"{r['median_registers']:g} | {r['max_local_64']} |")
     for f in report["failures"][:20]:
         lines += ["", f"- compile failure, {f['case']}: `{f['error'][-300:]}`"]
     for rec in report["compiled"]:
@@ -476,6 +502,7 @@ def main() -> int:
                   never_compiled=sorted(launched_kernels() - {r.kernel for r in compiled}),
                   compiled=[asdict(r) for r in compiled], failures=failures, rows=summary_rows(compiled))
     report["offsets"] = offset_rows(report["compiled"])
+    report["conv_spills"] = conv_spill_rows(report["compiled"])
     # one file per Triton release: the GPU machine's Triton (3.6) compiles differently from a newer one here
     name = f"triton_compile_sm{args.arch}_triton{triton_release()}" + ("_quick" if args.quick else "")
     write_results(name, report, markdown(report), args.out)

@@ -377,6 +377,31 @@ def test_every_triton_tile_configuration_matches_reference(monkeypatch, config, 
     torch.testing.assert_close(grad_scale, want_scale, **(tol if dtype == torch.float32 else dict(atol=1.0, rtol=2e-2)))
 
 
+@pytest.mark.skipif("triton" not in fast_backends(), reason="Triton cannot run here")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_128_column_tile_stores_both_halves(monkeypatch, dtype, layout):
+    """The 128 x 128 tile's epilogue runs on its two 64-channel halves in turn: with 144 kept output channels
+    the first column block fills both halves and the second half of the second block is past KOUT; the full
+    output (pruned channels zero) and the saved y_pre match the reference."""
+    from anp_kernels.triton import sparse_conv
+    wide = [c for c in sparse_conv._CONFIGS if (c.kwargs["BM"], c.kwargs["BN"]) == (128, 128)]
+    monkeypatch.setattr(sparse_conv, "FIXED_CONFIG", wide[0])
+    x, weight, bias, kw = _case((24, 160, 9, 9, 3, 3, 1, 1, 1), 0.1, dtype, "sample", bias=True, seed=5)
+    assert kw["out_keep"].numel() > 128
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    kw["scale"].requires_grad_(True)
+    expected = ops.channel_sparse_conv2d_reference(x.float(), weight.float(), bias.float(), **kw)
+    with anp_kernels.use_backend("triton"):
+        out = ops.channel_sparse_conv2d(x, weight, bias, **kw)
+        grad_scale, = torch.autograd.grad(out.float().sum(), kw["scale"])
+    want_scale, = torch.autograd.grad(expected.sum(), kw["scale"])
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=5e-2, rtol=2e-2)
+    torch.testing.assert_close(out.float(), expected, **tol)
+    torch.testing.assert_close(grad_scale, want_scale, **(tol if dtype == torch.float32 else dict(atol=1.0, rtol=2e-2)))
+
+
 @pytest.mark.skipif(DEVICE != "cuda" or "triton" not in fast_backends(), reason="TF32 exists on a GPU only")
 def test_triton_fp32_conv_uses_tf32_when_cudnn_may():
     """With torch.backends.cudnn.allow_tf32 (PyTorch's default, off in these tests) the Triton fp32 conv
