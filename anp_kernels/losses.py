@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .nn.convert import mask_parameters, masks, require_latent, weight_parameters
+from .nn.convert import mask_parameters, masks, require_latent, warn_fully_pruned, weight_parameters
 from .nn.mask import refresh_eval_states, shared_mask_sample, total_kl
 
 MASK_OBJECTIVES = ("adversarial", "joint")
@@ -99,6 +99,7 @@ class ANPVSLoss:
         self._mask_params = mask_parameters(model)
         self._weights = weight_parameters(model)
         self._anchor = torch.zeros((), requires_grad=True)  # see _SplitBackward
+        self._fully_pruned: set[str] = set()  # layers already warned about (FullyPrunedWarning)
         if latent is not None:
             self._latent = [model.get_submodule(n) for n in latent]
         else:
@@ -128,6 +129,7 @@ class ANPVSLoss:
         """x_adv=None: clean training (CE(x) + beta KL / N for weights and masks alike)."""
         if self.masks:
             refresh_eval_states(list(self.masks.values()))  # eager, so a compiled model sees today's pruning
+            warn_fully_pruned(self.masks, self._fully_pruned)
         if x_adv is None:
             logits = self.model(x)
             ce = F.cross_entropy(logits, y)

@@ -234,3 +234,38 @@ def test_anp_vs_training_step_synchronises_at_most_twice(pruned):
             torch.cuda.set_sync_debug_mode("default")
     syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
     assert len(syncs) <= 2, syncs
+
+
+def test_loss_warns_once_per_layer_that_loses_every_unit():
+    """A layer whose every mask unit is pruned cuts a plain network's input off: ANPVSLoss names it in a
+    FullyPrunedWarning once, again only after it recovered and was pruned away anew."""
+    import warnings
+
+    from anp_kernels.nn import FullyPrunedWarning, fully_pruned
+
+    torch.manual_seed(0)
+    model = convert(models.lenet_digits())
+    loss = ANPVSLoss(model, beta=1.0, num_train=64)
+    x, y = _batch()
+    name, mask = next(iter(masks(model).items()))
+    saved = mask.a_uc.detach().clone()
+
+    def calls(n=2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(n):
+                loss(x, x, y)
+        return [str(w.message) for w in caught if issubclass(w.category, FullyPrunedWarning)]
+
+    assert calls() == [] and fully_pruned(model) == []
+    with torch.no_grad():
+        mask.a_uc.fill_(-10.0)  # a ~ 4.5e-5: E[pi] far below the 1e-3 threshold for every unit
+    first = calls()
+    assert len(first) == 1 and repr(name) in first[0] and f"{mask.num_features} units" in first[0]
+    assert fully_pruned(model) == [name]
+    with torch.no_grad():
+        mask.a_uc.copy_(saved)
+    assert calls() == [] and fully_pruned(model) == []
+    with torch.no_grad():
+        mask.a_uc.fill_(-10.0)
+    assert len(calls()) == 1

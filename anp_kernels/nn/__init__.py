@@ -1,12 +1,13 @@
 """Masks, masked layers and model conversion for ANP-VS."""
-from .convert import (ACTIVATIONS, compile_model, compile_unsupported, convert, latent_layers, mask_parameters,
+from .convert import (ACTIVATIONS, FullyPrunedWarning, compile_model, compile_unsupported, convert,
+                      fully_pruned, latent_layers, mask_parameters,
                       masks, parameter_groups, require_latent, set_latent, set_mask_generator, sparsity, weight_parameters)
 from .layers import ANPConv2d, ANPLayer, ANPLinear
 from .mask import BetaBernoulliMask, refresh_eval_states, shared_mask_sample, total_kl
 from .pool import MaxPool2x2, fast_pooling, fast_pooling_during, fuse_relu_pooling
 
 __all__ = ["BetaBernoulliMask", "ANPLayer", "ANPConv2d", "ANPLinear", "ACTIVATIONS", "convert", "compile_model",
-           "compile_unsupported", "masks", "sparsity",
+           "compile_unsupported", "masks", "sparsity", "fully_pruned", "FullyPrunedWarning",
            "mask_parameters", "weight_parameters", "parameter_groups", "latent_layers", "require_latent",
            "set_latent", "shared_mask_sample", "total_kl", "refresh_eval_states", "set_mask_generator",
            "MaxPool2x2", "fast_pooling", "fast_pooling_during", "fuse_relu_pooling"]

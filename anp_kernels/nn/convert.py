@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from typing import Callable, Iterable
 
 import torch
@@ -89,7 +90,9 @@ def convert(model: nn.Module, include: Iterable[str] | None = None, exclude: Ite
     replaces the default choice (all), exclude wins over both. latent: names of the modules whose
     outputs VS measures (default: every activation module, see `latent_layers`). init_a: the masks'
     initial a_uc: a number, {"conv": .., "linear": ..}, or None for the model's default (VGG-16:
-    2.0 on conv masks) and -1.0 elsewhere. Other mask_kwargs go to BetaBernoulliMask (alpha,
+    2.0 on conv masks) and -1.0 elsewhere (the original's; E[pi] starts at 0.24, so a narrow layer can
+    lose every unit: ANPVSLoss then raises a FullyPrunedWarning naming it, and 2.0, E[pi] 0.68, is
+    the original's more open start). Other mask_kwargs go to BetaBernoulliMask (alpha,
     temperature, threshold, init_b). Weights are kept (the layers are wrapped, not copied); a
     Dropout directly before a masked Linear is removed. Returns the same model object, modified.
     """
@@ -117,6 +120,33 @@ def convert(model: nn.Module, include: Iterable[str] | None = None, exclude: Ite
 def masks(model: nn.Module) -> dict[str, BetaBernoulliMask]:
     """Every mask of the model by the name of the layer it masks."""
     return {name: m.mask for name, m in model.named_modules() if isinstance(m, ANPLayer)}
+
+
+class FullyPrunedWarning(UserWarning):
+    """Every unit of a masked layer is pruned: unless a residual path bypasses the layer, the network's
+    output no longer depends on its input."""
+
+
+def fully_pruned(model: nn.Module) -> list[str]:
+    """Names of the masked layers with no unit left (E[pi] <= threshold for all of them)."""
+    return [name for name, mask in masks(model).items() if mask.num_active() == 0]
+
+
+def warn_fully_pruned(named_masks: dict[str, BetaBernoulliMask], warned: set[str]) -> None:
+    """One FullyPrunedWarning per layer that has just lost its last unit (names in `warned` are skipped
+    and the new ones added; a layer that recovers may warn again). Reads the cached kept indices: no
+    host-device synchronisation once they are fresh."""
+    for name, mask in named_masks.items():
+        if mask.keep_index().numel():
+            warned.discard(name)
+        elif name not in warned:
+            warned.add(name)
+            warnings.warn(f"every one of the {mask.num_features} units of masked layer {name!r} is pruned "
+                          f"(E[pi] <= {mask.threshold}): unless a residual path bypasses it, the network's output "
+                          "no longer depends on its input. Masks that start more open (convert(model, "
+                          "init_a=2.0), the original's VGG conv init), a smaller beta or leaving the layer "
+                          "unmasked (convert(exclude=...)) may keep it",
+                          FullyPrunedWarning, stacklevel=3)
 
 
 def sparsity(model: nn.Module) -> dict:
