@@ -7,7 +7,7 @@ reject are only reached on a GPU. This script reaches them here: it calls the an
 on CPU tensors with the launch logic of a real device (Triton's driver replaced by one that names the
 target; the SM count given by --sms), and every kernel launch is compiled to a cubin instead of run.
 Every configuration of an autotuned kernel is compiled. Then, per compiled kernel, from the cubin
-(cuobjdump) and Triton's metadata: registers, local memory (spills), shared memory, and the checks
+(cuobjdump) and Triton's metadata: registers, local memory (spills), shared memory, SASS instructions, and the checks
 of a launch on the target: shared memory within the per-block limit, registers x threads within the
 register file, grid within CUDA's limits. The shapes: VGG-16 / ResNet-18 CIFAR layers, a linear
 layer's [N, C] features and a small odd shape; fp32, fp16, bf16; contiguous and channels-last.
@@ -75,6 +75,7 @@ class Compiled:
     local_bytes: int = -1
     shared_bytes: int = -1
     occupancy: float = 0.0
+    instructions: int = -1  # SASS instructions in the binary (static count, not executed)
     problems: list = field(default_factory=list)
     cases: list = field(default_factory=list)  # every call that launched this binary
     binary: str = ""  # Triton's hash of the binary
@@ -119,6 +120,15 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     line = next(ln for ln in text.splitlines() if "REG:" in ln)
     fields = dict(item.split(":", 1) for item in line.split() if ":" in item)
     return {k: int(fields[k]) for k in ("REG", "LOCAL", "SHARED", "STACK")}
+
+
+def sass_instructions(cubin: bytes) -> int:
+    """How many SASS instructions the cubin's code holds (cuobjdump -sass; a static count, loops once)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([_cuobjdump(), "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    return sum(1 for ln in text.splitlines() if re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+\S.*;", ln))
 
 
 def occupancy(rec: Compiled, arch: int) -> float:
@@ -169,6 +179,7 @@ class Recorder:
             rec.registers, rec.local_bytes = usage["REG"], usage["LOCAL"] + usage["STACK"]
             rec.shared_bytes = max(kernel.metadata.shared, usage["SHARED"])
             rec.occupancy = occupancy(rec, self.arch)
+            rec.instructions = sass_instructions(kernel.asm["cubin"])
             self.compiled[key] = rec
         rec.join(grid, [self.case], self.arch)
 
@@ -241,6 +252,18 @@ def _features(shape, dtype, layout) -> torch.Tensor:
     return x.to(memory_format=layout) if x.dim() == 4 else x
 
 
+def _offsets64(module: str, call):
+    """call() with anp_kernels.triton.<module>'s kernels on 64-bit offsets (otherwise taken for tensors of
+    2**31 elements or more)."""
+    import importlib
+    kernels = importlib.import_module(f"anp_kernels.triton.{module}")
+    limit, kernels.OFFSET32_LIMIT = kernels.OFFSET32_LIMIT, 1
+    try:
+        return call()
+    finally:
+        kernels.OFFSET32_LIMIT = limit
+
+
 def feature_cases(ops, shape, dtype, layout) -> dict:
     """Every elementwise/reduction op, forward and backward, on one [N, C, ...] tensor."""
     x, x_adv = _features(shape, dtype, layout), _features(shape, dtype, layout)
@@ -250,6 +273,8 @@ def feature_cases(ops, shape, dtype, layout) -> dict:
     return {
         "channel_distortion": lambda: ops.channel_distortion(x, x_adv),
         "channel_distortion_backward": lambda: ops.channel_distortion_backward(g_c, x, x_adv),
+        "channel_distortion_backward 64-bit offsets": lambda: _offsets64(
+            "distortion", lambda: ops.channel_distortion_backward(g_c, x, x_adv)),
         "masked_activation": lambda: ops.masked_activation(x, a, b, 0.1, 3),
         "masked_activation_backward": lambda: ops.masked_activation_backward(x_adv, x, a, b, 0.1, 3),
         "channel_scale z[C]": lambda: ops.channel_scale(x, torch.rand(c)),
@@ -358,7 +383,7 @@ def summary_rows(compiled: list[Compiled]) -> list[dict]:
         rows.append(dict(kernel=kernel, config=config or "-", warps=warps, stages=stages, binaries=len(recs),
                          registers=max(r.registers for r in recs), local_bytes=max(r.local_bytes for r in recs),
                          shared_bytes=max(r.shared_bytes for r in recs),
-                         occupancy=min(r.occupancy for r in recs),
+                         occupancy=min(r.occupancy for r in recs), instructions=max(r.instructions for r in recs),
                          largest_grid=max((r.grid for r in recs), key=lambda g: g[0] * g[1] * g[2]),
                          problems=sum(bool(r.problems) for r in recs)))
     return rows
@@ -408,12 +433,13 @@ def markdown(report: dict) -> str:
              f"never compiled: {', '.join(report['never_compiled']) or 'none'}.", "",
              "Per kernel and tile configuration, the largest figure over its binaries (the lowest occupancy): "
              "registers and local memory per thread from the cubin (local memory is register spills), shared "
-             "memory per block, theoretical occupancy from those, the largest grid launched.", "",
+             "memory per block, theoretical occupancy from those, SASS instructions in the binary (a static "
+             "count), the largest grid launched.", "",
              "| kernel | tiles | warps | stages | binaries | registers | local (spill) B | shared B | occupancy "
-             "| largest grid | over a limit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| SASS instructions | largest grid | over a limit |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['kernel']} | {r['config']} | {r['warps']} | {r['stages']} | {r['binaries']} | "
-                     f"{r['registers']} | {r['local_bytes']} | {r['shared_bytes']} | {r['occupancy']:.0%} | "
+                     f"{r['registers']} | {r['local_bytes']} | {r['shared_bytes']} | {r['occupancy']:.0%} | {r['instructions']} | "
                      f"{'x'.join(map(str, r['largest_grid']))} | {r['problems']} |")
     lines += ["", "The sparse conv's offsets: local memory (spill) bytes per thread of the same call with "
               "64-bit offsets (what tensors of 2**31 elements or more take) and with 32-bit ones (the rest).", "",

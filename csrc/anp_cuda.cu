@@ -4,6 +4,8 @@
 // block, no atomics) or channels-last [N, S, C] ("NSC", threads over channels,
 // a tile of positions per block, one atomicAdd per thread and tile).
 // All accumulation is fp32. The relaxed mask is sampled inside the kernels.
+#include <limits>
+
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -60,12 +62,14 @@ __global__ void distortion_fwd_cl(const T* __restrict__ z, const T* __restrict__
   atomicAdd(out + c, acc);
 }
 
-template <typename T>
+// Index: int32_t when every index the grid-stride loop forms fits (distortion_bwd_fits_int32): the NCHW
+// channel is found with a division per element, which in 64 bits is a long emulated routine.
+template <typename T, typename Index>
 __global__ void distortion_bwd(const float* __restrict__ grad, const T* __restrict__ z, const T* __restrict__ w,
-                               T* __restrict__ gz, T* __restrict__ gw, int64_t numel, int64_t C, int64_t S,
+                               T* __restrict__ gz, T* __restrict__ gw, Index numel, Index C, Index S,
                                bool channels_last) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < numel; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t c = channels_last ? i % C : (i / S) % C;
+  for (Index i = blockIdx.x * (Index)blockDim.x + threadIdx.x; i < numel; i += (Index)gridDim.x * blockDim.x) {
+    const Index c = channels_last ? i % C : (i / S) % C;
     const float d = static_cast<float>(z[i]) - static_cast<float>(w[i]);
     const float v = d > 0.f ? grad[c] : (d < 0.f ? -grad[c] : 0.f);
     gz[i] = static_cast<T>(v);
@@ -102,6 +106,24 @@ Tensor channel_distortion_cuda(const Tensor& z_in, const Tensor& w_in) {
   return out;
 }
 
+// Whether the grid-stride loop's indices (below numel + grid * threads) fit in int32.
+bool distortion_bwd_fits_int32(int64_t numel) {
+  return numel + static_cast<int64_t>(grid_for(numel)) * kThreads <= std::numeric_limits<int32_t>::max();
+}
+
+template <typename Index>
+void launch_distortion_bwd(const Tensor& grad, const Tensor& z, const Tensor& w, Tensor& gz, Tensor& gw,
+                           const Geometry& g) {
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "channel_distortion_bwd_cuda", [&] {
+    distortion_bwd<scalar_t, Index><<<grid_for(z.numel()), kThreads, 0, stream>>>(
+        grad.data_ptr<float>(), z.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), gz.data_ptr<scalar_t>(),
+        gw.data_ptr<scalar_t>(), static_cast<Index>(z.numel()), static_cast<Index>(g.C), static_cast<Index>(g.S),
+        g.channels_last);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 std::tuple<Tensor, Tensor> channel_distortion_backward_cuda(const Tensor& grad_in, const Tensor& z_in,
                                                             const Tensor& w_in) {
   check_distortion("channel_distortion_backward", z_in, w_in, grad_in);
@@ -111,13 +133,10 @@ std::tuple<Tensor, Tensor> channel_distortion_backward_cuda(const Tensor& grad_i
   Tensor grad = grad_in.to(at::kFloat).contiguous();
   auto [gz, gw] = empty_pair_like(z, w);
   if (z.numel() == 0) return {gz, gw};
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "channel_distortion_bwd_cuda", [&] {
-    distortion_bwd<scalar_t><<<grid_for(z.numel()), kThreads, 0, stream>>>(
-        grad.data_ptr<float>(), z.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), gz.data_ptr<scalar_t>(),
-        gw.data_ptr<scalar_t>(), z.numel(), g.C, g.S, g.channels_last);
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (distortion_bwd_fits_int32(z.numel()))
+    launch_distortion_bwd<int32_t>(grad, z, w, gz, gw, g);
+  else
+    launch_distortion_bwd<int64_t>(grad, z, w, gz, gw, g);
   return {gz, gw};
 }
 

@@ -92,6 +92,18 @@ def test_channel_distortion(emu, shape, layout, dtype):
     assert_same(emu.channel_distortion(z, w), ops.channel_distortion_reference(z, w))
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_channel_distortion_backward_on_64_bit_indices(emu, layout):
+    """The backward's int64 instantiation (taken for 2**31 elements or more) equals the int32 one the op
+    takes on these sizes, and the C++ CPU op."""
+    z, w = randn((2, 8, 5, 5), torch.bfloat16, layout, 0), randn((2, 8, 5, 5), torch.bfloat16, layout, 1)
+    grad = randn(8, seed=2)
+    assert_same(emu.probe_distortion_backward_int64(grad, z, w), emu.channel_distortion_backward(grad, z, w),
+                torch.bfloat16)
+    assert_same(emu.probe_distortion_backward_int64(grad, z, w), CPU.channel_distortion_backward(grad, z, w),
+                torch.bfloat16)
+
+
 def test_channel_distortion_paired_halves(emu):
     """z and z_adv as the two halves of one batch: the gradients are the halves of one buffer."""
     both = randn((4, 8, 3, 3))

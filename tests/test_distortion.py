@@ -39,6 +39,23 @@ def test_matches_reference_forward_and_backward(backend, layout, dtype, shape):
     torch.testing.assert_close(gw, exp_gw, **tolerance(dtype))
 
 
+@pytest.mark.skipif("triton" not in fast_backends(), reason="Triton cannot run here")
+@pytest.mark.parametrize("offsets", ["32-bit", "64-bit"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_triton_backward_with_either_offset_width(monkeypatch, offsets, layout):
+    """The Triton backward indexes elements in 32 bits below OFFSET32_LIMIT elements and in 64 bits above
+    (forced here by lowering the limit): both give the reference's gradients."""
+    from anp_kernels.triton import distortion
+    monkeypatch.setattr(distortion, "OFFSET32_LIMIT", 2**31 if offsets == "32-bit" else 1)
+    z, w = _inputs((3, 5, 6, 7), torch.bfloat16, layout)
+    grad = torch.rand(5, device=DEVICE)
+    expected = torch.autograd.grad(ops.channel_distortion_reference(z, w), (z, w), grad)
+    with anp_kernels.use_backend("triton"):
+        got = torch.autograd.grad(ops.channel_distortion(z, w), (z, w), grad)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, **tolerance(torch.bfloat16))
+
+
 @pytest.mark.parametrize("backend", fast_backends())
 def test_output_keeps_channels_last_layout(backend):
     z, w = _inputs((2, 8, 4, 4), torch.float32, "channels_last")

@@ -41,9 +41,19 @@ def _fwd_channels_last(z_ptr, w_ptr, out_ptr, P, C, p_per_prog, BP: tl.constexpr
     tl.atomic_add(out_ptr + c, tl.sum(acc, axis=0), mask=c < C)
 
 
+# Element indices are 32-bit below this many elements: the NCHW backward finds each element's channel with
+# an integer division, which in 64 bits is a long emulated sequence (sm_90, Triton 3.6, VGG-16 conv1 features
+# in fp32: 1136 SASS instructions in 64 bits, 672 in 32; benchmarks/compile_triton.py compiles and counts both)
+OFFSET32_LIMIT = 2**31
+
+
 @triton.jit
-def _bwd(g_ptr, z_ptr, w_ptr, gz_ptr, gw_ptr, numel, C, S, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+def _bwd(g_ptr, z_ptr, w_ptr, gz_ptr, gw_ptr, numel, C, S, CHANNELS_LAST: tl.constexpr, OFF64: tl.constexpr,
+         BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    if OFF64:
+        pid = pid.to(tl.int64)
+    i = pid * BLOCK + tl.arange(0, BLOCK)
     m = i < numel
     if CHANNELS_LAST:
         c = i % C
@@ -95,5 +105,6 @@ def backward(grad: torch.Tensor, z: torch.Tensor, z_adv: torch.Tensor):
     grad = grad.to(torch.float32).contiguous()
     block = min(TILE, next_pow2(z.numel()))
     _bwd[(triton.cdiv(z.numel(), block),)](grad, z, z_adv, gz, gw, z.numel(), g.c, max(g.s, 1),
-                                           CHANNELS_LAST=g.channels_last, BLOCK=block)
+                                           CHANNELS_LAST=g.channels_last, OFF64=z.numel() + block >= OFFSET32_LIMIT,
+                                           BLOCK=block)
     return gz, gw

@@ -67,6 +67,17 @@ Tensor probe_launch(int64_t grid, int64_t block) {
   return out;
 }
 
+// channel_distortion_backward on 64-bit indices (the op takes them for 2**31 elements or more).
+std::tuple<Tensor, Tensor> probe_distortion_backward_int64(const Tensor& grad_in, const Tensor& z_in,
+                                                           const Tensor& w_in) {
+  Tensor z = z_in, w = w_in;
+  anp::Geometry g = anp::geometry({&z, &w});
+  Tensor grad = grad_in.to(at::kFloat).contiguous();
+  auto [gz, gw] = anp::empty_pair_like(z, w);
+  anp::launch_distortion_bwd<int64_t>(grad, z, w, gz, gw, g);
+  return {gz, gw};
+}
+
 Tensor probe_write_past_end(int64_t n) {
   Tensor out = at::zeros({n});
   write_past_end<<<1, 32>>>(out.data_ptr<float>(), n);
@@ -82,4 +93,5 @@ TORCH_LIBRARY_FRAGMENT(anp_cuda_emu, m) {
   m.def("probe_partial_warp_shuffle", &anp_probes::probe_partial_warp_shuffle);
   m.def("probe_launch", &anp_probes::probe_launch);
   m.def("probe_write_past_end", &anp_probes::probe_write_past_end);
+  m.def("probe_distortion_backward_int64", &anp_probes::probe_distortion_backward_int64);
 }
