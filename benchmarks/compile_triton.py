@@ -110,13 +110,17 @@ def _cuobjdump() -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
 
 
-def resource_usage(cubin: bytes) -> dict[str, int]:
-    """REG, LOCAL, SHARED, STACK of the cubin's one function, as cuobjdump reports them."""
+def _cuobjdump_text(cubin: bytes, flag: str) -> str:
+    """cuobjdump's output for the cubin with one flag (--dump-resource-usage, -sass)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True, text=True,
-                              check=True).stdout
+        return subprocess.run([_cuobjdump(), flag, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def resource_usage(cubin: bytes) -> dict[str, int]:
+    """REG, LOCAL, SHARED, STACK of the cubin's one function, as cuobjdump reports them."""
+    text = _cuobjdump_text(cubin, "--dump-resource-usage")
     line = next(ln for ln in text.splitlines() if "REG:" in ln)
     fields = dict(item.split(":", 1) for item in line.split() if ":" in item)
     return {k: int(fields[k]) for k in ("REG", "LOCAL", "SHARED", "STACK")}
@@ -124,10 +128,7 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
 
 def sass_instructions(cubin: bytes) -> int:
     """How many SASS instructions the cubin's code holds (cuobjdump -sass; a static count, loops once)."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        text = subprocess.run([_cuobjdump(), "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    text = _cuobjdump_text(cubin, "-sass")
     return sum(1 for ln in text.splitlines() if re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+\S.*;", ln))
 
 
@@ -298,8 +299,6 @@ def mask_cases(ops, channels: int, batch: int, dtype) -> dict:
 def conv_case(ops, spec, dtype, layout, sparsity: float, flags: tuple, offsets64: bool = False):
     """One channel_sparse_conv2d call keeping every k-th input and output channel (k from sparsity); with
     offsets64 the kernel's 64-bit offsets (otherwise taken for tensors of 2**31 elements or more)."""
-    from anp_kernels.triton import sparse_conv
-
     def call():  # the tensors made when called: a list of cases holds no conv inputs
         x_shape, w_shape, stride, padding = spec
         bias, scale, compact, save_pre = flags
@@ -310,13 +309,11 @@ def conv_case(ops, spec, dtype, layout, sparsity: float, flags: tuple, offsets64
         in_keep, out_keep = torch.arange(0, c_in, step), torch.arange(0, c_out, step)
         bias_t = torch.randn(c_out).to(dtype) if bias else None
         scale_t = {None: None, "C": torch.rand(c_out).to(dtype), "NC": torch.rand(n, c_out).to(dtype)}[scale]
-        limit = sparse_conv.OFFSET32_LIMIT
-        sparse_conv.OFFSET32_LIMIT = 1 if offsets64 else limit
-        try:
+
+        def conv():
             return ops.channel_sparse_conv2d(x, w, bias_t, in_keep, out_keep, scale_t, [stride] * 2, [padding] * 2,
                                              [1, 1], compact, False, save_pre, False)
-        finally:
-            sparse_conv.OFFSET32_LIMIT = limit
+        return _offsets64("sparse_conv", conv) if offsets64 else conv()
     return call
 
 

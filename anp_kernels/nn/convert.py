@@ -137,7 +137,7 @@ def warn_fully_pruned(named_masks: dict[str, BetaBernoulliMask], warned: set[str
     and the new ones added; a layer that recovers may warn again). Reads the cached kept indices: no
     host-device synchronisation once they are fresh."""
     for name, mask in named_masks.items():
-        if mask.keep_index().numel():
+        if mask.num_active():
             warned.discard(name)
         elif name not in warned:
             warned.add(name)

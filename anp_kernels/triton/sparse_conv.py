@@ -103,6 +103,7 @@ def _store_tile(acc_t, bias_ptr, scale_ptr, out_keep_ptr, out_ptr, ypre_ptr, n, 
         _epilogue(acc_t, bias_ptr, scale_ptr, out_keep_ptr, out_ptr, ypre_ptr, n, hw, m_ok, j, j < KOUT,
                   plane, KOUT, C_OUT, HAS_BIAS, SCALE_MODE, COMPACT, SAVE_PRE, OFF64)
 
+
 @triton.jit
 def _epilogue(acc, bias_ptr, scale_ptr, out_keep_ptr, out_ptr, ypre_ptr, n, hw, m_ok, j, j_ok, plane, KOUT, C_OUT,
               HAS_BIAS: tl.constexpr, SCALE_MODE: tl.constexpr, COMPACT: tl.constexpr, SAVE_PRE: tl.constexpr,

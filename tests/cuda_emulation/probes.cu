@@ -68,14 +68,8 @@ Tensor probe_launch(int64_t grid, int64_t block) {
 }
 
 // channel_distortion_backward on 64-bit indices (the op takes them for 2**31 elements or more).
-std::tuple<Tensor, Tensor> probe_distortion_backward_int64(const Tensor& grad_in, const Tensor& z_in,
-                                                           const Tensor& w_in) {
-  Tensor z = z_in, w = w_in;
-  anp::Geometry g = anp::geometry({&z, &w});
-  Tensor grad = grad_in.to(at::kFloat).contiguous();
-  auto [gz, gw] = anp::empty_pair_like(z, w);
-  anp::launch_distortion_bwd<int64_t>(grad, z, w, gz, gw, g);
-  return {gz, gw};
+std::tuple<Tensor, Tensor> probe_distortion_backward_int64(const Tensor& grad, const Tensor& z, const Tensor& w) {
+  return anp::distortion_backward_indexed<int64_t>(grad, z, w);
 }
 
 Tensor probe_write_past_end(int64_t n) {
