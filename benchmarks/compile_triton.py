@@ -387,19 +387,22 @@ def summary_rows(compiled: list[Compiled]) -> list[dict]:
 
 
 def offset_rows(compiled: list[dict]) -> list[dict]:
-    """The sparse conv's spills with 64-bit offsets next to the same call's with 32-bit ones."""
-    def spills(case: str, config: str, warps: int, stages: int) -> dict | None:
-        return next((r for r in compiled if case in r["cases"] and r["config"] == config
-                     and (r["num_warps"], r["num_stages"]) == (warps, stages)), None)
+    """Each binary compiled with 64-bit offsets beside the same kernel's binary for the same call with 32-bit
+    ones (same tiles, warps and stages): local memory (spills), registers and SASS instructions of both."""
+    def twin_of(r: dict, case: str) -> dict:
+        key = (r["kernel"], r["config"].replace("OFF64=1", "OFF64=0"), r["num_warps"], r["num_stages"])
+        return next((t for t in compiled if case in t["cases"]
+                     and (t["kernel"], t["config"], t["num_warps"], t["num_stages"]) == key), {})
     rows = []
     for r in compiled:
         for case in r["cases"]:
             if "64-bit offsets" in case and "OFF64=1" in r["config"]:
-                twin = spills(case.replace(" 64-bit offsets", ""), r["config"].replace("OFF64=1", "OFF64=0"),
-                              r["num_warps"], r["num_stages"])
-                rows.append(dict(case=case.replace(" 64-bit offsets", ""), tiles=r["config"].replace(" OFF64=1", ""),
-                                 warps=r["num_warps"], local_64=r["local_bytes"],
-                                 local_32=twin["local_bytes"] if twin else None))
+                base = case.replace(" 64-bit offsets", "")
+                twin = twin_of(r, base)
+                rows.append(dict(case=base, tiles=r["config"].replace(" OFF64=1", ""), warps=r["num_warps"],
+                                 local_64=r["local_bytes"], local_32=twin.get("local_bytes"),
+                                 registers_64=r.get("registers"), registers_32=twin.get("registers"),
+                                 instructions_64=r.get("instructions"), instructions_32=twin.get("instructions")))
     return sorted(rows, key=lambda row: (row["case"], row["tiles"], row["warps"]))
 
 
@@ -438,11 +441,15 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['kernel']} | {r['config']} | {r['warps']} | {r['stages']} | {r['binaries']} | "
                      f"{r['registers']} | {r['local_bytes']} | {r['shared_bytes']} | {r['occupancy']:.0%} | {r['instructions']} | "
                      f"{'x'.join(map(str, r['largest_grid']))} | {r['problems']} |")
-    lines += ["", "The sparse conv's offsets: local memory (spill) bytes per thread of the same call with "
-              "64-bit offsets (what tensors of 2**31 elements or more take) and with 32-bit ones (the rest).", "",
-              "| call | tiles | warps | 64-bit offsets | 32-bit offsets |", "|---|---|---|---|---|"]
+    lines += ["", "Offset widths: each call compiled with 64-bit offsets (what tensors of 2**31 elements or more "
+              "take) and with 32-bit ones (the rest): local memory (spill) bytes and registers per thread, SASS "
+              "instructions (a static count).", "",
+              "| call | tiles | warps | spill B, 64-bit | spill B, 32-bit | registers, 64 | registers, 32 "
+              "| SASS, 64 | SASS, 32 |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in report["offsets"]:
-        lines.append(f"| {r['case']} | {r['tiles']} | {r['warps']} | {r['local_64']} | {r['local_32']} |")
+        lines.append(f"| {r['case']} | {r['tiles']} | {r['warps']} | {r['local_64']} | {r['local_32']} | "
+                     f"{r.get('registers_64')} | {r.get('registers_32')} | {r.get('instructions_64')} | "
+                     f"{r.get('instructions_32')} |")
     lines += ["", "The sparse conv's binaries per activation layout, over every tile configuration: with 32-bit "
               "offsets, how many spill, the most local memory and the median registers; with 64-bit offsets, the "
               "most local memory.", "",

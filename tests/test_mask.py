@@ -137,6 +137,30 @@ def test_masked_activation_matches_reference(backend, layout, dtype, shape):
     torch.testing.assert_close(gb, eb, atol=tol["atol"] * 10 * scale, rtol=tol["rtol"] * 10)
 
 
+@pytest.mark.parametrize("backend", fast_backends())
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_scale_kernels_sum_rows_longer_than_one_block(backend, layout):
+    """Features of 1640 pixels per channel: the rows kernel (NCHW) streams each row in blocks of 1024 and
+    adds each block's sum_s grad*x to its row's total, the last block partial; channels-last tiles add
+    theirs atomically. Sampled mask and stored z, forward and backward, against the reference."""
+    x = make_layout(torch.randn(3, 5, 40, 41).to(DEVICE, torch.bfloat16), layout).requires_grad_()
+    a, b = (t.requires_grad_() for t in mask_params(5, DEVICE))
+    z = torch.rand(3, 5, device=DEVICE, requires_grad=True)
+    for op, ref, inputs in ((lambda x, a, b: ops.masked_activation(x, a, b, 0.1, seed=5),
+                             lambda x, a, b: ops.masked_activation_reference(x, a, b, 0.1, seed=5), (x, a, b)),
+                            (ops.channel_scale, ops.channel_scale_reference, (x, z))):
+        expected = ref(*inputs)
+        grad = torch.randn_like(expected)
+        want = torch.autograd.grad(expected, inputs, grad)
+        with anp_kernels.use_backend(backend):
+            out = op(*inputs)
+            got = torch.autograd.grad(out, inputs, grad)
+        torch.testing.assert_close(out, expected, **tolerance(torch.bfloat16))
+        torch.testing.assert_close(got[0], want[0], **tolerance(torch.bfloat16))
+        for g, e in zip(got[1:], want[1:]):  # sums over 3 x 1640 or 1640 terms
+            torch.testing.assert_close(g, e, atol=0.1, rtol=2e-2)
+
+
 @pytest.mark.parametrize("backend", available_backends())
 def test_masked_activation_uses_the_sample_mask_of_its_seed(backend):
     x = torch.randn(6, 5, 3, device=DEVICE)

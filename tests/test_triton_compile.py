@@ -63,9 +63,20 @@ def test_every_kernel_compiles_for_sm90_within_the_launch_limits(tmp_path):
         wide_tile = [r for r in conv if {"BM=128", "BN=128", "OFF64=0"} <= set(r["config"].split())]
         assert wide_tile and all(r["local_bytes"] == 0 for r in wide_tile), [(r["config"], r["local_bytes"]) for r in wide_tile]
     assert all(r["registers"] > 0 and r["shared_bytes"] >= 0 and r["instructions"] > 0 for r in report["compiled"])
+    scale = [r for r in report["compiled"] if r["kernel"] in ("mask._scale_rows", "mask._scale_channels_last")]
+    full_tiles = [r for r in scale if _tile_elements(r["config"]) >= 4096]  # VGG-16 conv1's features: 4096
+    assert full_tiles and all(r["num_warps"] == 8 for r in full_tiles), [(r["config"], r["num_warps"]) for r in scale]
+    if release in ("3.6", "3.9"):  # measured with these: 16 values a thread, at most 64 registers
+        assert all(r["registers"] <= 64 for r in full_tiles), [(r["config"], r["registers"]) for r in full_tiles]
     distortion_bwd = {r["config"] for r in report["compiled"] if r["kernel"] == "distortion._bwd"}
     assert any("OFF64=1" in c for c in distortion_bwd) and any("OFF64=0" in c for c in distortion_bwd)
     assert "| sparse_conv._sparse_conv_kernel |" in (tmp_path / f"triton_compile_sm90_triton{release}_quick.md").read_text()
+
+
+def _tile_elements(config: str) -> int:
+    """Elements of a scale kernel's tile from its label: BR x BS (rows) or BS x BC (channels-last)."""
+    sizes = dict(part.split("=") for part in config.split())
+    return int(sizes["BS"]) * int(sizes.get("BR", sizes.get("BC", 1)))
 
 
 def test_a_kernel_only_the_gpu_compiler_rejects_is_reported(tmp_path):
@@ -146,8 +157,12 @@ def test_offsets_table_pairs_binaries_of_the_same_warps_and_stages():
     sys.path.insert(0, os.path.dirname(SCRIPT))
     import compile_triton
 
-    def binary(off64, warps, local):
-        return dict(config=f"BK=32 BM=128 BN=64 OFF64={off64}", num_warps=warps, num_stages=3, local_bytes=local,
+    def binary(off64, warps, local, kernel="sparse_conv._sparse_conv_kernel"):
+        return dict(kernel=kernel, config=f"BK=32 BM=128 BN=64 OFF64={off64}", num_warps=warps, num_stages=3,
+                    local_bytes=local, registers=100 + local, instructions=1000 + warps,
                     cases=["conv" + (" 64-bit offsets" if off64 else "")])
-    rows = compile_triton.offset_rows([binary(0, 4, 152), binary(0, 8, 0), binary(1, 4, 400), binary(1, 8, 8)])
-    assert [(r["warps"], r["local_64"], r["local_32"]) for r in rows] == [(4, 400, 152), (8, 8, 0)]
+    other_kernel = binary(0, 4, 999, kernel="other._kernel")  # same call and config, another kernel: no twin
+    rows = compile_triton.offset_rows([other_kernel, binary(0, 4, 152), binary(0, 8, 0), binary(1, 4, 400),
+                                       binary(1, 8, 8)])
+    assert [(r["warps"], r["local_64"], r["local_32"], r["registers_32"], r["instructions_32"]) for r in rows] == [
+        (4, 400, 152, 252, 1004), (8, 8, 0, 100, 1008)]

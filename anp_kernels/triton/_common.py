@@ -15,6 +15,11 @@ TILE = 65536 if INTERPRET else 4096
 # (ptxas, sm_90; benchmarks/compile_triton.py) and a [128, 512] mask filled 16 programs of an H100's 132
 # SMs; at 1024 (256 rows of 4 pixels) they take 40 to 72 and fill 64 to 256 programs.
 MASK_TILE = 65536 if INTERPRET else 1024
+# Kernels index elements in 32 bits when every offset they form (the padded last tile's included) is below
+# this, and in 64 bits (OFF64=1) otherwise: 64-bit offsets take two registers each and make divisions
+# emulated routines (benchmarks/compile_triton.py compiles both widths). Each kernel module imports it by
+# name, so a test or the compile script can force 64 bits in one module (module.OFFSET32_LIMIT = 1).
+OFFSET32_LIMIT = 2**31
 
 
 def next_pow2(n: int) -> int:

@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from .._layout import geometry
-from ._common import INTERPRET, TILE, next_pow2
+from ._common import INTERPRET, OFFSET32_LIMIT, TILE, next_pow2
 
 
 @triton.jit
@@ -41,10 +41,9 @@ def _fwd_channels_last(z_ptr, w_ptr, out_ptr, P, C, p_per_prog, BP: tl.constexpr
     tl.atomic_add(out_ptr + c, tl.sum(acc, axis=0), mask=c < C)
 
 
-# Element indices are 32-bit below this many elements: the NCHW backward finds each element's channel with
-# an integer division, which in 64 bits is a long emulated sequence (sm_90, Triton 3.6, VGG-16 conv1 features
-# in fp32: 1136 SASS instructions in 64 bits, 672 in 32; benchmarks/compile_triton.py compiles and counts both)
-OFFSET32_LIMIT = 2**31
+# The backward's element indices are 32-bit below OFFSET32_LIMIT elements: the NCHW form finds each element's
+# channel with an integer division, which in 64 bits is a long emulated sequence (sm_90, Triton 3.6, VGG-16
+# conv1 features in fp32: 1136 SASS instructions in 64 bits, 672 in 32; benchmarks/compile_triton.py counts both)
 
 
 @triton.jit

@@ -46,7 +46,7 @@ def _scale_rows(x_ptr, g_ptr, out_ptr, gz_ptr, z_ptr, a_ptr, b_ptr, kp1, kp2, kz
     rm = r < R
     z = channel_scale_value(r // C, r % C, rm, z_ptr, a_ptr, b_ptr, kp1, kp2, kz1, kz2, temperature, C,
                             SAMPLED=SAMPLED, Z_BATCH=Z_BATCH)
-    acc = tl.zeros([BR, BS], dtype=tl.float32)
+    acc = tl.zeros([BR], dtype=tl.float32)
     for sb in range(0, S, BS):
         s = sb + tl.arange(0, BS)
         m = rm[:, None] & (s < S)[None, :]
@@ -55,12 +55,12 @@ def _scale_rows(x_ptr, g_ptr, out_ptr, gz_ptr, z_ptr, a_ptr, b_ptr, kp1, kp2, kz
             gv = tl.load(g_ptr + off, mask=m, other=0.0).to(tl.float32)
             xv = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
             tl.store(out_ptr + off, (gv * z[:, None]).to(out_ptr.dtype.element_ty), mask=m)
-            acc += gv * xv
+            acc += tl.sum(gv * xv, axis=1)
         else:
             xv = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
             tl.store(out_ptr + off, (xv * z[:, None]).to(out_ptr.dtype.element_ty), mask=m)
     if BACKWARD:
-        dz = tl.sum(acc, axis=1)
+        dz = acc
         if SAMPLED:  # d loss / d logit(pi)
             dz = dz * z * (1.0 - z) / temperature
         tl.store(gz_ptr + r, dz, mask=rm)
@@ -136,6 +136,12 @@ def relaxed(a, b, u_pi, u_z, temperature: float) -> torch.Tensor:
     return out
 
 
+def _warps(tile_elements: int) -> int:
+    """Warps of a scale kernel's program: 8 on a tile of 4096 elements (32 a thread on 4 warps took up to 142
+    registers in the backward, ptxas for sm_90, Triton 3.6; 16 a thread on 8 take at most 64), else 4."""
+    return 8 if tile_elements >= 4096 else 4
+
+
 def _launch(x, grad, z, a, b, temperature, seed, backward: bool):
     """Shared launcher of the forward (grad None) and backward channel-scale kernels."""
     tensors = (x,) if grad is None else (grad, x)
@@ -161,14 +167,16 @@ def _launch(x, grad, z, a, b, temperature, seed, backward: bool):
         bs = min(next_pow2(g.s), 1024)
         br = max(1, min(next_pow2(g.n * g.c), TILE // bs, MASK_TILE // min(bs, 4)))  # a mask value per row
         _scale_rows[(triton.cdiv(g.n * g.c, br),)](x, grad, out, gz, zz, a32, b32, *keys, float(temperature),
-                                                   g.n * g.c, g.c, g.s, BR=br, BS=bs, **common)
+                                                   g.n * g.c, g.c, g.s, BR=br, BS=bs, num_warps=_warps(br * bs),
+                                                   **common)
     else:
         bc = min(next_pow2(g.c), 128)
         bs = max(1, min(next_pow2(g.s), TILE // bc))
         tiles_s = triton.cdiv(g.s, bs)
         _scale_channels_last[(g.n * tiles_s, triton.cdiv(g.c, bc))](x, grad, out, gz, zz, a32, b32, *keys,
                                                                     float(temperature), g.s, g.c, tiles_s,
-                                                                    BS=bs, BC=bc, **common)
+                                                                    BS=bs, BC=bc, num_warps=_warps(bs * bc),
+                                                                    **common)
     return out, gz
 
 

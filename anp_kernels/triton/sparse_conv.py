@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET
+from ._common import INTERPRET, OFFSET32_LIMIT
 
 
 @triton.jit
@@ -144,10 +144,9 @@ _CONFIGS = [
     triton.Config({"BM": 128, "BN": 32, "BK": 32}, num_warps=8, num_stages=4),
 ]
 _KEY = ["M", "KIN", "KOUT", "KH", "KW", "X_M_FASTEST"]
-# Offsets are 32-bit when every element of x, the packed weight and the outputs is reachable with them:
+# Offsets are 32-bit when every element of x, the packed weight and the outputs is below OFFSET32_LIMIT:
 # half the registers of 64-bit pointer arithmetic on the tiles (ptxas for sm_90, Triton 3.9: fewer
 # spills in every tile configuration; benchmarks/compile_triton.py reports them).
-OFFSET32_LIMIT = 2**31
 # the packed weight's rows are padded to this many elements: 16-byte aligned, vectorised tile loads
 WEIGHT_ROW_ALIGN = 16
 
