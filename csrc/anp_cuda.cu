@@ -441,15 +441,18 @@ std::tuple<Tensor, Tensor> kumaraswamy_kl_backward_cuda(const Tensor& grad, cons
 // ------------------------------------------------------------------ channel-sparse conv
 // Fused epilogue on the compact cuDNN conv y [N, K, P]: (y + bias) * scale into the
 // compact or the full output (the scatter to kept channels happens in the store).
-template <typename T>
+// Index: int32_t when every index of the grid-stride loop fits (sparse_conv_epilogue_fits_int32): each
+// element's row, channel and sample are found with divisions, which in 64 bits are long emulated routines.
+template <typename T, typename Index>
 __global__ void sparse_conv_epilogue(T* __restrict__ y, T* __restrict__ out, const float* __restrict__ bias,
                                      const float* __restrict__ scale, bool scale_batch,
-                                     const int64_t* __restrict__ out_keep, int64_t N, int64_t K, int64_t P,
-                                     int64_t Cout, bool compact, bool save_pre) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < N * K * P; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t r = i / P, p = i % P, n = r / K, j = r % K;
+                                     const int64_t* __restrict__ out_keep, Index N, Index K, Index P, Index Cout,
+                                     bool compact, bool save_pre) {
+  const Index total = N * K * P;
+  for (Index i = blockIdx.x * (Index)blockDim.x + threadIdx.x; i < total; i += (Index)gridDim.x * blockDim.x) {
+    const Index r = i / P, p = i % P, n = r / K, j = r % K;
     const float v = static_cast<float>(y[i]) + (bias ? bias[j] : 0.f);
-    const int64_t o = (compact ? r : n * Cout + out_keep[j]) * P + p;
+    const Index o = (compact ? r : n * Cout + static_cast<Index>(out_keep[j])) * P + p;
     if (scale) {
       if (save_pre) y[i] = static_cast<T>(v);
       out[o] = static_cast<T>(v * scale[scale_batch ? r : j]);
@@ -459,22 +462,53 @@ __global__ void sparse_conv_epilogue(T* __restrict__ y, T* __restrict__ out, con
   }
 }
 
+// Whether the epilogue's indices (below the larger of y and out, plus one grid stride) fit in int32.
+bool sparse_conv_epilogue_fits_int32(const EpilogueArgs& e) {
+  const int64_t largest = std::max<int64_t>(e.y.numel(), e.out.numel());
+  return largest + static_cast<int64_t>(grid_for(e.y.numel())) * kThreads <= std::numeric_limits<int32_t>::max();
+}
+
+// The epilogue on Index-wide indices (run_sparse_conv_epilogue picks the width; the emulation tests call both).
+template <typename Index>
+void sparse_conv_epilogue_indexed(const EpilogueArgs& e) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.y.scalar_type(), "sparse_conv_epilogue_cuda", [&] {
+    sparse_conv_epilogue<scalar_t, Index><<<grid_for(e.y.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        e.y.data_ptr<scalar_t>(), e.out.data_ptr<scalar_t>(), e.bias, e.scale, e.scale_batch, e.out_keep,
+        static_cast<Index>(e.N), static_cast<Index>(e.K), static_cast<Index>(e.P), static_cast<Index>(e.Cout),
+        e.compact, e.save_pre);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void run_sparse_conv_epilogue(const EpilogueArgs& e) {
+  if (sparse_conv_epilogue_fits_int32(e)) {
+    sparse_conv_epilogue_indexed<int32_t>(e);
+  } else {
+    sparse_conv_epilogue_indexed<int64_t>(e);
+  }
+}
+
+// The forward with the given epilogue launcher (the op: run_sparse_conv_epilogue).
+template <typename RunEpilogue>
+std::tuple<Tensor, Tensor, Tensor> channel_sparse_conv2d_with(RunEpilogue run_epilogue, const Tensor& x,
+                                                      const Tensor& weight, const c10::optional<Tensor>& bias,
+                                                      const Tensor& in_keep, const Tensor& out_keep,
+                                                      const c10::optional<Tensor>& scale, at::IntArrayRef stride,
+                                                      at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                      bool compact_output, bool save_input, bool save_pre, bool nhwc) {
+  c10::cuda::CUDAGuard guard(x.device());
+  return sparse_conv_forward(x, weight, bias, in_keep, out_keep, scale, SparseConvArgs{stride, padding, dilation},
+                             compact_output, SparseConvSaves{save_input, save_pre, nhwc}, run_epilogue);
+}
+
 std::tuple<Tensor, Tensor, Tensor> channel_sparse_conv2d_cuda(const Tensor& x, const Tensor& weight,
                                                       const c10::optional<Tensor>& bias, const Tensor& in_keep,
                                                       const Tensor& out_keep, const c10::optional<Tensor>& scale,
                                                       at::IntArrayRef stride, at::IntArrayRef padding,
                                                       at::IntArrayRef dilation, bool compact_output,
                                                       bool save_input, bool save_pre, bool nhwc) {
-  c10::cuda::CUDAGuard guard(x.device());
-  return sparse_conv_forward(x, weight, bias, in_keep, out_keep, scale, SparseConvArgs{stride, padding, dilation},
-                             compact_output, SparseConvSaves{save_input, save_pre, nhwc}, [](const EpilogueArgs& e) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.y.scalar_type(), "sparse_conv_epilogue_cuda", [&] {
-      sparse_conv_epilogue<scalar_t><<<grid_for(e.y.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          e.y.data_ptr<scalar_t>(), e.out.data_ptr<scalar_t>(), e.bias, e.scale, e.scale_batch, e.out_keep, e.N, e.K,
-          e.P, e.Cout, e.compact, e.save_pre);
-    });
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  return channel_sparse_conv2d_with(run_sparse_conv_epilogue, x, weight, bias, in_keep, out_keep, scale, stride,
+                                    padding, dilation, compact_output, save_input, save_pre, nhwc);
 }
 
 }  // namespace

@@ -1,7 +1,5 @@
 """Backend choice, override and errors; torch.compile without graph breaks; op registration."""
-import inspect
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -148,7 +146,6 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(g, e)
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 @pytest.mark.parametrize("namespace", ["anp_kernels", "anp_triton"])
 @pytest.mark.parametrize("call,message", [c[1:] for c in bad_op_calls()], ids=[c[0] for c in bad_op_calls()])
 def test_ops_reject_arguments_that_do_not_fit(namespace, call, message):
@@ -160,34 +157,29 @@ def test_ops_reject_arguments_that_do_not_fit(namespace, call, message):
         call(getattr(torch.ops, namespace))
 
 
-def _torch_cxx_standard() -> str:
-    """The C++ standard torch's BuildExtension gives an extension that names none (setup.py names none):
-    C++17 in torch 2.11, C++20 in 2.13 and later."""
-    from torch.utils import cpp_extension
-
-    found = re.search(r"cpp_flag_prefix \+ 'c\+\+(\d+)'", inspect.getsource(cpp_extension.BuildExtension))
-    assert found, "torch's BuildExtension no longer adds a -std flag where it did: read the build's flags again"
-    return f"c++{found.group(1)}"
-
-
-def test_cuda_sources_compile_with_nvcc(tmp_path):
-    """nvcc compiles csrc/anp_cuda.cu against torch's headers (nothing runs it on a CPU-only machine).
-
-    The CPU wheel lacks one cmake-generated header; an empty stand-in is enough to compile.
-    """
-    include = Path(torch.__file__).parent / "include"
-    shim = tmp_path / "shim" / "c10" / "cuda" / "impl"
-    shim.mkdir(parents=True)
-    if not (include / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h").exists():
-        (shim / "cuda_cmake_macros.h").write_text("#pragma once\n")
-    cmd = [
-        "nvcc", f"-std={_torch_cxx_standard()}", "-O0", "-arch=sm_90", f"-I{tmp_path / 'shim'}", f"-I{include}",
-        f"-I{include / 'torch' / 'csrc' / 'api' / 'include'}", f"-I{ROOT / 'csrc'}",
-        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-        "-c", str(ROOT / "csrc" / "anp_cuda.cu"), "-o", str(tmp_path / "anp_cuda.o"),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+def test_cuda_sources_compile_with_nvcc_and_no_kernel_spills(tmp_path):
+    """nvcc compiles csrc/anp_cuda.cu for sm_90 against torch's headers with the CUDA build's device flags
+    (benchmarks/compile_cuda.py; nothing runs it on a CPU-only machine), and, where a cuobjdump is at hand,
+    every kernel instantiation (both index widths of the distortion backward and the conv epilogue
+    included) keeps its values in registers: no local memory."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import compile_cuda
+    finally:
+        sys.path.pop(0)
+    obj = tmp_path / "anp_cuda.o"
+    result = subprocess.run(compile_cuda.nvcc_command(obj, tmp_path / "shim", optimise=False), capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+    try:
+        kernels = compile_cuda.kernel_resources(obj)
+    except (FileNotFoundError, ImportError):
+        pytest.skip("no cuobjdump (CUDA toolkit or Triton) to read the kernels with")
+    names = {k["kernel"] for k in kernels}
+    assert {"distortion_bwd<float, int>", "distortion_bwd<float, long>", "sparse_conv_epilogue<float, int>",
+            "sparse_conv_epilogue<float, long>", "scale_bwd_rows<float, SampledZ>"} <= names, sorted(names)
+    assert [k for k in kernels if k["local_bytes"] or k["stack"]] == []
 
 
 def test_dispatch_is_a_fixed_rule_unless_autotuning_is_asked_for(monkeypatch):

@@ -180,6 +180,21 @@ def test_channel_sparse_conv2d(emu, dtype, compact, scale_kind, conv):
     torch.testing.assert_close(out.float(), want, **tolerance(dtype))
 
 
+@pytest.mark.parametrize("scale_kind", [None, "example"])
+@pytest.mark.parametrize("compact", [False, True])
+def test_channel_sparse_conv2d_epilogue_on_64_bit_indices(emu, compact, scale_kind):
+    """The epilogue's int64 instantiation (taken for 2**31 elements or more) gives what the int32 one the
+    op takes on these sizes gives, and what the C++ CPU op gives: every output, y_pre included."""
+    x, weight = randn((2, 6, 7, 7), torch.bfloat16), randn((5, 6, 3, 3), torch.bfloat16, seed=1)
+    bias = randn(5, torch.bfloat16, seed=2)
+    scale = torch.rand(2, 5) if scale_kind else None
+    args = (x, weight, bias, torch.tensor([0, 2, 3, 5]), torch.tensor([1, 2, 4]), scale, [1, 1], [1, 1], [1, 1],
+            compact, True, True, False)
+    wide = emu.probe_sparse_conv2d_int64(*args)
+    assert_same(wide, emu.channel_sparse_conv2d(*args), torch.bfloat16)
+    assert_same(wide, CPU.channel_sparse_conv2d(*args), torch.bfloat16)
+
+
 @pytest.mark.parametrize("call,message", [c[1:] for c in bad_op_calls()], ids=[c[0] for c in bad_op_calls()])
 def test_cuda_ops_reject_arguments_that_do_not_fit(emu, call, message):
     with pytest.raises(RuntimeError, match=message):

@@ -72,6 +72,18 @@ std::tuple<Tensor, Tensor> probe_distortion_backward_int64(const Tensor& grad, c
   return anp::distortion_backward_indexed<int64_t>(grad, z, w);
 }
 
+// channel_sparse_conv2d with its epilogue on 64-bit indices (the op takes them for 2**31 elements or more).
+std::tuple<Tensor, Tensor, Tensor> probe_sparse_conv2d_int64(const Tensor& x, const Tensor& weight,
+                                                     const c10::optional<Tensor>& bias, const Tensor& in_keep,
+                                                     const Tensor& out_keep, const c10::optional<Tensor>& scale,
+                                                     at::IntArrayRef stride, at::IntArrayRef padding,
+                                                     at::IntArrayRef dilation, bool compact_output, bool save_input,
+                                                     bool save_pre, bool nhwc) {
+  return anp::channel_sparse_conv2d_with(anp::sparse_conv_epilogue_indexed<int64_t>, x, weight, bias, in_keep,
+                                         out_keep, scale, stride, padding, dilation, compact_output, save_input,
+                                         save_pre, nhwc);
+}
+
 Tensor probe_write_past_end(int64_t n) {
   Tensor out = at::zeros({n});
   write_past_end<<<1, 32>>>(out.data_ptr<float>(), n);
@@ -88,4 +100,5 @@ TORCH_LIBRARY_FRAGMENT(anp_cuda_emu, m) {
   m.def("probe_launch", &anp_probes::probe_launch);
   m.def("probe_write_past_end", &anp_probes::probe_write_past_end);
   m.def("probe_distortion_backward_int64", &anp_probes::probe_distortion_backward_int64);
+  m.def("probe_sparse_conv2d_int64", &anp_probes::probe_sparse_conv2d_int64);
 }
