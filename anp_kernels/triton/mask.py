@@ -137,7 +137,7 @@ def relaxed(a, b, u_pi, u_z, temperature: float) -> torch.Tensor:
 
 
 def _warps(tile_elements: int) -> int:
-    """Warps of a scale kernel's program: 8 on a tile of 4096 elements (32 a thread on 4 warps took up to 142
+    """Warps of a scale kernel's program: 8 on a tile of 4096 elements (32 a thread on 4 warps took up to 137
     registers in the backward, ptxas for sm_90, Triton 3.6; 16 a thread on 8 take at most 64), else 4."""
     return 8 if tile_elements >= 4096 else 4
 
