@@ -29,12 +29,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _cubin import LIMITS, SASS_LINE, bundled_cuobjdump, theoretical_occupancy  # noqa: E402
 from _harness import write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "csrc" / "anp_cuda.cu"
-REGISTERS_PER_SM, THREADS_PER_SM, BLOCKS_PER_SM = 65536, 2048, 32  # sm_80 and sm_90
-SHARED_PER_SM = {80: 167936, 90: 233472}
 
 
 def torch_cxx_standard() -> str:
@@ -63,11 +62,7 @@ def nvcc_command(obj: Path, shim: Path, arch: int = 90, optimise: bool = True) -
 
 
 def cuobjdump() -> str:
-    found = shutil.which("cuobjdump")
-    if found:
-        return found
-    import triton  # its wheel bundles one
-    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+    return shutil.which("cuobjdump") or bundled_cuobjdump()
 
 
 def demangle(names: list[str]) -> list[str]:
@@ -103,7 +98,7 @@ def sass_instructions(obj: Path) -> dict[str, int]:
         if head:
             current = head.group(1)
             counts[current] = 0
-        elif current and re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+\S.*;", line):
+        elif current and SASS_LINE.match(line):
             counts[current] += 1
     return counts
 
@@ -114,15 +109,6 @@ def block_threads() -> int:
     if not found:
         raise RuntimeError("csrc/anp_cuda.cu no longer defines kThreads: read its launch configurations again")
     return int(found.group(1))
-
-
-def occupancy(row: dict, threads: int, arch: int) -> float:
-    """Theoretical occupancy (resident warps / 64) of blocks of `threads` with this kernel's resources."""
-    per_thread = (max(row["registers"], 1) + 7) // 8 * 8  # allocated in units of 8 a thread (256 a warp)
-    limits = [REGISTERS_PER_SM // (per_thread * threads), THREADS_PER_SM // threads, BLOCKS_PER_SM]
-    if row["shared_bytes"]:
-        limits.append(SHARED_PER_SM[arch] // (row["shared_bytes"] + 1024))
-    return min(limits) * threads / THREADS_PER_SM
 
 
 def markdown(report: dict) -> str:
@@ -141,7 +127,7 @@ def markdown(report: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", type=int, default=90, choices=sorted(SHARED_PER_SM))
+    parser.add_argument("--arch", type=int, default=90, choices=sorted(LIMITS))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     from _harness import stamp
@@ -156,7 +142,7 @@ def main() -> int:
         rows, counts, threads = kernel_resources(obj), sass_instructions(obj), block_threads()
     for r in rows:
         r["instructions"] = counts.get(r.pop("mangled"), -1)
-        r["occupancy"] = occupancy(r, threads, args.arch)
+        r["occupancy"] = theoretical_occupancy(r["registers"], threads // 32, r["shared_bytes"], args.arch)
     rows.sort(key=lambda r: r["kernel"])
     nvcc = re.search(r"release (\S+),", subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout)
     report = dict(arch=args.arch, stamp=stamp("cpu"), nvcc=nvcc.group(1) if nvcc else "?", seconds=seconds,

@@ -48,13 +48,8 @@ from triton.runtime.autotuner import Autotuner  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _cubin import LIMITS, SASS_LINE, bundled_cuobjdump, theoretical_occupancy  # noqa: E402
 
-# per-block and per-SM limits of the targets (CUDA C Programming Guide, compute capabilities table;
-# shared memory per SM less the 1 KiB the driver reserves per block is what blocks can share)
-LIMITS = {
-    80: dict(shared_per_block=166912, shared_per_sm=167936, registers_per_sm=65536, warps_per_sm=64, blocks_per_sm=32),
-    90: dict(shared_per_block=232448, shared_per_sm=233472, registers_per_sm=65536, warps_per_sm=64, blocks_per_sm=32),
-}
 MAX_GRID = (2**31 - 1, 65535, 65535)
 # the constexpr arguments that name a binary's variant in the tables: tile sizes, backward, offset width,
 # the sparse conv's activation-tile order (X_M_FASTEST=1: NCHW, pixels fastest)
@@ -106,16 +101,12 @@ class _TargetDriver:
         return torch.device("cpu")
 
 
-def _cuobjdump() -> str:
-    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
-
-
 def _cuobjdump_text(cubin: bytes, flag: str) -> str:
     """cuobjdump's output for the cubin with one flag (--dump-resource-usage, -sass)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        return subprocess.run([_cuobjdump(), flag, f.name], capture_output=True, text=True, check=True).stdout
+        return subprocess.run([bundled_cuobjdump(), flag, f.name], capture_output=True, text=True, check=True).stdout
 
 
 def resource_usage(cubin: bytes) -> dict[str, int]:
@@ -129,18 +120,12 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
 def sass_instructions(cubin: bytes) -> int:
     """How many SASS instructions the cubin's code holds (cuobjdump -sass; a static count, loops once)."""
     text = _cuobjdump_text(cubin, "-sass")
-    return sum(1 for ln in text.splitlines() if re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+\S.*;", ln))
+    return sum(1 for ln in text.splitlines() if SASS_LINE.match(ln))
 
 
 def occupancy(rec: Compiled, arch: int) -> float:
-    """Theoretical occupancy (resident warps / the SM's most) from registers, shared memory and warps, with
-    the register file allocated per warp in units of 256 and 1 KiB of shared memory reserved per block."""
-    limits, warps = LIMITS[arch], rec.num_warps
-    regs_per_warp = -(-rec.registers * 32 // 256) * 256
-    blocks = min(limits["blocks_per_sm"], limits["warps_per_sm"] // warps,
-                 limits["registers_per_sm"] // max(regs_per_warp, 1) // warps,
-                 limits["shared_per_sm"] // (rec.shared_bytes + 1024))
-    return blocks * warps / limits["warps_per_sm"]
+    """Theoretical occupancy of rec's launch on the target (_cubin.theoretical_occupancy)."""
+    return theoretical_occupancy(rec.registers, rec.num_warps, rec.shared_bytes, arch)
 
 
 def launch_problems(rec: Compiled, arch: int) -> list[str]:
