@@ -26,6 +26,7 @@ from .bench_cli import channel_chart
 from .checkpoint import load_model
 from .evaluate import autoattack, fmn, pgd_examples, security_curve, thin_ice, vulnerability, vulnerability_histogram
 from .evaluate.curves import plot_curves
+from .evaluate.paired import PairedDifference
 from .evaluate.robustness import predictions
 from .evaluate.study import attack_form
 from .nn import sparsity
@@ -261,11 +262,12 @@ def summary(f: dict) -> list[str]:
     """The three lines a reader takes away, from the run's own figures."""
     at, anp, c = f["models"]["AT (dense)"], f["models"]["ANP-VS"], f["deploy"]["compare"]
     diff = 100 * (anp["autoattack_robust_acc"] - at["autoattack_robust_acc"])
+    change = PairedDifference(**f["thin_ice"]["accuracy_change"])  # on the per-image worst case
     return [f"- **Sparsity**: ANP-VS pruned {anp['unit_sparsity']:.1%} of the masked units.",
             f"- **Robustness**: AutoAttack accuracy {anp['autoattack_robust_acc']:.1%} vs "
-            f"{at['autoattack_robust_acc']:.1%} for the dense AT model ({diff:+.1f} points); vulnerability "
-            f"{anp['vulnerability']:.4f} vs "
-            f"{at['vulnerability']:.4f}.",
+            f"{at['autoattack_robust_acc']:.1%} for the dense AT model ({diff:+.1f} points; the per-image worst "
+            f"case with PGD-40: {change.points()} over these {change.n} images); vulnerability "
+            f"{anp['vulnerability']:.4f} vs {at['vulnerability']:.4f}.",
             f"- **Deployment**: the compact model is {c['latency_speedup']:.2f}x faster at batch {BATCH} on this CPU "
             f"(both in serving form), with {c['memory_percent_of_dense']:.1f}% of the dense parameters and "
             f"{c['flop_ratio']:.2f}x fewer FLOPs."]
@@ -285,7 +287,9 @@ def report(f: dict, thin_ice_md: str) -> str:
         lines.append(f"| {name} | {r['clean_acc']:.4f} | {r['autoattack_robust_acc']:.4f} | "
                      f"{r['pgd_robust_acc']:.4f} | {r['robust_acc_worst_case']:.4f} | "
                      f"{r['fmn_robust_acc_at_eps']:.4f} | {r['vulnerability']:.4f} | {r['unit_sparsity']:.2%} |")
-    lines += ["", "Worst case = robust against both AutoAttack and PGD-40, per sample. Checks passed on every "
+    lines += ["", "Worst case = robust against both AutoAttack and PGD-40, per sample. The interval in the summary "
+                  "is Newcombe's for paired accuracies (both models on the same images): on a few hundred images "
+                  "a difference of a few points can be the images rather than the pruning. Checks passed on every "
                   "evaluation: eval mode, deterministic logits, inputs in [0, 1], logits not probabilities, "
                   "perturbations within eps. Both are attacked with BatchNorm folded into the conv before it, "
                   "ANP-VS as its compact model (the same functions: "

@@ -1,6 +1,8 @@
 """`anp demo --quick` runs end to end and writes a report whose figures come from the run."""
 import json
 
+import pytest
+
 from anp_kernels.cli import main
 from anp_kernels.demo import DemoSettings, runs_dir
 
@@ -29,6 +31,10 @@ def test_demo_quick_writes_the_report(tmp_path, capsys):
     anp, at, c = figures["models"]["ANP-VS"], figures["models"]["AT (dense)"], figures["deploy"]["compare"]
     assert f"{anp['unit_sparsity']:.1%}" in summary[0]
     assert f"{anp['autoattack_robust_acc']:.1%} vs {at['autoattack_robust_acc']:.1%}" in summary[1]
+    change = figures["thin_ice"]["accuracy_change"]  # worst case, ANP-VS minus AT, on the attacked images
+    assert change["n"] == DemoSettings.quick().eval_n
+    assert change["difference"] == pytest.approx(anp["robust_acc_worst_case"] - at["robust_acc_worst_case"])
+    assert f"{100 * change['low']:+.1f} to {100 * change['high']:+.1f}" in summary[1]
     assert f"{c['latency_speedup']:.2f}x faster" in summary[2]
     assert f"{c['memory_percent_of_dense']:.1f}% of the dense parameters" in summary[2]
     for section in ("## Robustness", "## The trade-off over ANP-VS training", "## Samples on thin ice",

@@ -36,8 +36,14 @@ def test_study_writes_every_figure_for_every_method(tmp_path):
         assert r["autoattack_acc"] <= r["pgd_acc"] <= r["clean_acc"], name
         assert sum(p["count"] for p in r["clean"]["populations"].values()) == len(x)
         assert r["structured"] == ("channel" in name)
+        change = r["robust"]["accuracy_change"]  # the worst-case robust accuracies, paired per sample
+        assert change["difference"] == pytest.approx(r["robust_acc_worst_case"] - d["robust_acc_worst_case"])
+        assert change["low"] <= change["difference"] <= change["high"]
     assert result["methods"]["magnitude-weight-80"]["sparsity"] > 0.79
-    assert "| magnitude-channel-50 | 50" in (tmp_path / "study.md").read_text()
+    md = (tmp_path / "study.md").read_text()
+    assert "| magnitude-channel-50 | 50" in md
+    change = result["methods"]["magnitude-channel-50"]["robust"]["accuracy_change"]
+    assert f"| {100 * change['difference']:+.1f} ({100 * change['low']:+.1f} to {100 * change['high']:+.1f}) |" in md
 
 
 def test_anp_study_refuses_unnamed_checkpoints(tmp_path, capsys):

@@ -5,7 +5,9 @@ fixed it), "00". Each sample gets the dense model's FMN distance to its decision
 (computed against the dense prediction, so misclassified samples have a real distance too)
 and its dense logit margin. AUC = probability that a flipped sample is closer to the boundary
 than a stable one (sklearn's roc_auc_score on -distance), with the two-sided Mann-Whitney U
-p-value (scipy), for 10 vs 11 (flip) and 01 vs 00 (fix).
+p-value (scipy), for 10 vs 11 (flip) and 01 vs 00 (fix). The populations are also the paired table
+of the two models' accuracies: `accuracy_change` is pruned minus dense with Newcombe's interval and
+the exact McNemar p (`evaluate.paired`).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from .._extras import require
 from .._plot import figure, save
 from .checks import check_inputs, model_device
 from .fmn import fmn, logit_margin
+from .paired import PairedDifference, paired_difference_from_counts
 
 POPULATIONS = ("11", "10", "01", "00")
 COLORS = {"11": "tab:green", "10": "tab:red", "01": "tab:blue", "00": "tab:grey"}
@@ -39,6 +42,12 @@ class ThinIceResult:
     population: np.ndarray
     norm: str
 
+    @property
+    def accuracy_change(self) -> PairedDifference | None:
+        """Pruned minus dense accuracy (on the correctness the populations use), None without samples."""
+        c = self.populations
+        return paired_difference_from_counts(c["11"], c["01"], c["10"], c["00"]) if sum(c.values()) else None
+
     def to_json(self) -> dict:
         n = len(self.population)
         return {
@@ -47,6 +56,7 @@ class ThinIceResult:
                             for k, c in self.populations.items()},
             "auc_flip": self.auc_flip, "p_flip": self.p_flip, "auc_fix": self.auc_fix, "p_fix": self.p_fix,
             "median_distance": {k: _median(self.distance[self.population == k]) for k in POPULATIONS},
+            "accuracy_change": None if self.accuracy_change is None else self.accuracy_change.to_json(),
         }
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
@@ -78,6 +88,10 @@ class ThinIceResult:
         lines += ["", "| comparison | AUC (flipped closer to the boundary) | Mann-Whitney U p |", "|---|---:|---:|",
                   f"| 10 vs 11 (flip) | {_fmt(self.auc_flip)} | {_fmt(self.p_flip, 'g')} |",
                   f"| 01 vs 00 (fix) | {_fmt(self.auc_fix)} | {_fmt(self.p_fix, 'g')} |"]
+        change = self.accuracy_change
+        if change is not None:
+            lines += ["", f"Accuracy, pruned minus dense: {change.points()} over these {change.n} samples "
+                          f"(Newcombe's paired interval); exact McNemar p {change.mcnemar_p:.3g}."]
         return "\n".join(lines) + "\n"
 
     def plot(self, path: str | Path) -> Path:
