@@ -77,7 +77,7 @@ def issue_schema(result: dict) -> dict:
     methods = {}
     for name, r in result["methods"].items():
         entry = {"sparsity": r["sparsity"], "structured": r["structured"], **{k: r[k] for k in FIELDS}}
-        for key in ("populations", "auc_flip", "p_flip", "auc_fix", "p_fix"):
+        for key in ("populations", "auc_flip", "p_flip", "auc_fix", "p_fix", "accuracy_change"):
             entry[key] = {kind: r[kind][key] for kind in ("clean", "robust")}
         methods[name] = entry
     return {"eps": result["eps"], "n": result["n"], "dense": {k: result["dense"][k] for k in FIELDS},
