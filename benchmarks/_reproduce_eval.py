@@ -9,8 +9,8 @@ import torch
 from anp_kernels import data as data_mod
 from anp_kernels import models, profile
 from anp_kernels.checkpoint import load_model
-from anp_kernels.evaluate import (autoattack, check_perturbations, pgd_examples, predictions, thin_ice,
-                                  vulnerability)
+from anp_kernels.evaluate import (autoattack, check_perturbations, paired_difference, pgd_examples, predictions,
+                                  thin_ice, vulnerability)
 from anp_kernels.evaluate.study import CHUNK, attack_form, distance_consistency, tight_distances
 from anp_kernels.evaluate.resumable import model_fingerprint
 from anp_kernels.nn import sparsity
@@ -18,6 +18,7 @@ from _harness import stamp, write_results
 
 EPS, PAPER_STEP = 0.3, 0.01
 ORDER = ("AT", "ANP (from AT)", "ANP-VS (from AT)", "ANP", "ANP-VS", "ANP-VS (paper's KL weight)")
+VS_PAIRS = (("ANP-VS (from AT)", "ANP (from AT)"), ("ANP-VS", "ANP"))  # VS on and off, same start and schedule
 
 
 def cache_dir(args) -> Path:
@@ -132,6 +133,44 @@ def _thin_ice(args, cfgs: dict, x, y) -> dict:
     return result
 
 
+def _vs_effect(args, cfgs: dict, x, y) -> dict:
+    """What vulnerability suppression changes: ANP-VS minus ANP from the same start, per image on the
+    same images (clean, and worst case of AutoAttack and PGD-40), with Newcombe's paired 95% interval."""
+    result = {}
+    for with_vs, without in VS_PAIRS:
+        (_, a, aa_a), (_, b, aa_b) = _attack(args, cfgs[with_vs], x, y), _attack(args, cfgs[without], x, y)
+        result[f"{with_vs} - {without}"] = {
+            "clean": paired_difference(predictions(a, x) == y, predictions(b, x) == y).to_json(),
+            "robust": paired_difference(aa_a.robust_flags, aa_b.robust_flags).to_json()}
+    return result
+
+
+def _change(c: dict) -> str:
+    return f"{100 * c['difference']:+.1f} ({100 * c['low']:+.1f} to {100 * c['high']:+.1f})"
+
+
+def _ice_table(ice: dict) -> list[str]:
+    lines = ["| thin ice vs AT | population | 10 (flipped) | 01 (fixed) | AUC flip | p flip | AUC fix | p fix | "
+             "minus AT, points (95%) |", "|---|---|" + "---:|" * 7]
+    fmt = lambda v, f=".3f": "n/a" if v is None else format(v, f)  # noqa: E731
+    for name, both in ((k, v) for k, v in ice.items() if k != "distances"):
+        for kind, r in both.items():
+            pops = r["populations"]
+            lines.append(f"| {name} | {kind} | {pops['10']['count']} | {pops['01']['count']} | {fmt(r['auc_flip'])} | "
+                         f"{fmt(r['p_flip'], '.2g')} | {fmt(r['auc_fix'])} | {fmt(r['p_fix'], '.2g')} | "
+                         f"{_change(r['accuracy_change'])} |")
+    return lines
+
+
+def _vs_table(vs: dict) -> list[str]:
+    lines = ["| VS on minus off | clean, points (95%) | McNemar p | worst-case robust, points (95%) | McNemar p |",
+             "|---|---:|---:|---:|---:|"]
+    for name, r in vs.items():
+        lines.append(f"| {name} | {_change(r['clean'])} | {r['clean']['mcnemar_p']:.2g} | {_change(r['robust'])} | "
+                     f"{r['robust']['mcnemar_p']:.2g} |")
+    return lines
+
+
 def _optional(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -157,21 +196,15 @@ def stage_report(args, cfgs: dict) -> None:
     for name in ORDER:
         rows[name] = json.loads((Path(cfgs[name].out) / "eval" / "row.json").read_text())
         rows[name].pop("model_fingerprint", None)
-    ice = _thin_ice(args, cfgs, x, y)
+    ice, vs = _thin_ice(args, cfgs, x, y), _vs_effect(args, cfgs, x, y)
     result = {"device": stamp("cpu"), "setup": setup.split("\n\n")[1], "rows": rows, "paper_table1": PAPER,
-              "thin_ice": ice}
+              "thin_ice": ice, "vs_effect": vs}
     lines = [f"Device: {result['device']}; MNIST held-out {len(x):,} images, eps 0.3", "", *_table(rows)]
     c = ice["distances"]
     lines += ["", f"AT network's distances to its boundary (FMN-100 from three step sizes and AutoAttack's "
                   f"adversarials, per-sample minimum): {c['distance_robust_acc']:.4f} of the samples lie beyond "
                   f"eps 0.3 against AutoAttack's robust accuracy {c['autoattack_robust_acc']:.4f}; samples put "
-                  f"beyond eps that AutoAttack broke: {c['fmn_aa_disagreements']}.", "",
-              "| thin ice vs AT | population | 10 (flipped) | 01 (fixed) | AUC flip | p flip | AUC fix | p fix |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for name, both in ((k, v) for k, v in ice.items() if k != "distances"):
-        for kind, r in both.items():
-            pops = r["populations"]
-            fmt = lambda v, f=".3f": "n/a" if v is None else format(v, f)  # noqa: E731
-            lines.append(f"| {name} | {kind} | {pops['10']['count']} | {pops['01']['count']} | {fmt(r['auc_flip'])} | "
-                         f"{fmt(r['p_flip'], '.2g')} | {fmt(r['auc_fix'])} | {fmt(r['p_fix'], '.2g')} |")
+                  f"beyond eps that AutoAttack broke: {c['fmn_aa_disagreements']}.", "", *_ice_table(ice), "",
+              "Vulnerability suppression on and off (the same start, schedule and images; Newcombe's paired "
+              "interval, exact McNemar p):", "", *_vs_table(vs)]
     write_results("mnist_reproduction", result, "\n".join(lines))
