@@ -173,6 +173,8 @@ def _add_study(sub) -> None:
     st.add_argument("--n", type=int, default=None, help="first N test samples (default: all)")
     st.add_argument("--plus-n", type=int, default=0, help="AutoAttack plus on the first N samples too")
     st.add_argument("--steps", type=int, default=100, help="FMN steps")
+    st.add_argument("--baseline", default=None, metavar="NAME",
+                    help="compare every other method with this one too, sample by sample (paired 95%% interval)")
     st.add_argument("--out", default="anp_study")
     st.add_argument("--quiet", action="store_true", help="no progress bars")
     st.set_defaults(func=_study)
@@ -188,6 +190,8 @@ def _study(args: argparse.Namespace) -> int:
     pairs = [item.partition("=") for item in args.pruned]
     if any(not name or not sep or not path for name, sep, path in pairs):
         raise ValueError(f"--pruned takes NAME=CHECKPOINT items, got {args.pruned}")
+    if args.baseline is not None and args.baseline not in [n for n, _, _ in pairs] + args.prune:
+        raise ValueError(f"--baseline {args.baseline!r} names none of the --pruned / --prune models")
     pairs += [(spec, "=", str(_pruned_here(args, spec))) for spec in args.prune]
     if not pairs:
         raise ValueError("give --pruned NAME=CHECKPOINT ... and/or --prune SPEC ...")
@@ -196,7 +200,8 @@ def _study(args: argparse.Namespace) -> int:
     dense, _ = load_model(args.dense)
     pruned = {name: load_model(path)[0] for name, _, path in pairs}
     x, y = held_out_split(args.data, args.n, dense)
-    study(dense, pruned, x, y, args.eps, args.out, steps=args.steps, plus_n=args.plus_n, progress=not args.quiet)
+    study(dense, pruned, x, y, args.eps, args.out, steps=args.steps, plus_n=args.plus_n, progress=not args.quiet,
+          baseline=args.baseline)
     print((Path(args.out) / "study.md").read_text())
     return 0
 

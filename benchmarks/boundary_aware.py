@@ -120,6 +120,13 @@ def rows_of(result: dict) -> dict:
     return rows
 
 
+def _vs(change: dict | None) -> str:
+    if change is None:
+        return "-"
+    return (f"{100 * change['difference']:+.1f} ({100 * change['low']:+.1f} to {100 * change['high']:+.1f}; "
+            f"p {change['mcnemar_p']:.2g})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--stage", default="all", choices=("prune", "study", "all"))
@@ -144,18 +151,21 @@ def main() -> None:
     dense = load_model(s["dense"])[0].to(args.device)
     pruned = {name: load_model(path)[0].to(args.device) for name, path in checkpoints.items()}
     x, y = held_out_split(s["spec"], s["n"], dense)
-    result = study(dense, pruned, x, y, s["eps"], s["out"] / "study", progress=not args.quiet, cache_dir=s["cache"])
+    result = study(dense, pruned, x, y, s["eps"], s["out"] / "study", progress=not args.quiet, cache_dir=s["cache"],
+                   baseline=BASE if BASE in pruned else None)
     bins = flips_by_distance(s["out"], list(pruned), s["eps"])
     plot_flips(bins, RESULTS / f"{args.data}_boundary_aware_flips.png")
     data = {"device": stamp(args.device), "setup": __doc__.split("\n\n")[1], "eps": s["eps"], "n": len(x),
-            "dense": result["dense"], "rows": rows_of(result), "flips_by_distance": bins}
+            "dense": result["dense"], "rows": rows_of(result), "flips_by_distance": bins,
+            "vs_base": result.get("vs_baseline", {})}
     lines = [f"Device: {data['device']}; {args.data}, {len(x)} held-out images, eps {s['eps']:g}", "",
-             "| model | sparsity | clean | AutoAttack | flips (clean) | flips (robust) | fixes | AUC flip (clean) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | sparsity | clean | AutoAttack | flips (clean) | flips (robust) | fixes | AUC flip (clean) | "
+             f"worst-case robust vs {BASE}, points (95%) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in data["rows"].items():
         auc = "n/a" if r["auc_flip"] is None else f"{r['auc_flip']:.3f}"
+        vs = data["vs_base"].get(name, {}).get("robust")
         lines.append(f"| {name} | {r['sparsity']:.2%} | {r['clean_acc']:.4f} | {r['autoattack_acc']:.4f} | "
-                     f"{r['flips']} | {r['robust_flips']} | {r['fixes']} | {auc} |")
+                     f"{r['flips']} | {r['robust_flips']} | {r['fixes']} | {auc} | {_vs(vs)} |")
     write_results(f"{args.data}_boundary_aware", data, "\n".join(lines))
 
 

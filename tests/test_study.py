@@ -25,7 +25,8 @@ def test_study_writes_every_figure_for_every_method(tmp_path):
         model = models.build("lenet_digits", 10, 1)
         model.load_state_dict(dense.state_dict())
         pruned[name] = prune.bake(prune.magnitude(model, 0.8 if not structured else 0.5, structured, "layer")).eval()
-    result = study(dense.eval(), pruned, x, y, 0.1, tmp_path, steps=20, progress=False)
+    result = study(dense.eval(), pruned, x, y, 0.1, tmp_path, steps=20, progress=False,
+                   baseline="magnitude-weight-80")
     assert json.loads((tmp_path / "study.json").read_text()) == json.loads(json.dumps(result))
     for f in ("study.md", "security_curves.png", "magnitude-weight-80/thin_ice_scatter.png"):
         assert (tmp_path / f).exists(), f
@@ -44,6 +45,13 @@ def test_study_writes_every_figure_for_every_method(tmp_path):
     assert "| magnitude-channel-50 | 50" in md
     change = result["methods"]["magnitude-channel-50"]["robust"]["accuracy_change"]
     assert f"| {100 * change['difference']:+.1f} ({100 * change['low']:+.1f} to {100 * change['high']:+.1f}) |" in md
+    versus = result["vs_baseline"]["magnitude-channel-50"]  # the one other method against the baseline
+    assert list(result["vs_baseline"]) == ["magnitude-channel-50"] and "Against the baseline" in md
+    base = result["methods"]["magnitude-weight-80"]
+    for kind, acc in (("clean", "clean_acc"), ("robust", "robust_acc_worst_case")):
+        assert versus[kind]["difference"] == pytest.approx(result["methods"]["magnitude-channel-50"][acc] - base[acc])
+    with pytest.raises(ValueError, match="baseline 'hydra'"):
+        study(dense, pruned, x, y, 0.1, tmp_path, baseline="hydra")
 
 
 def test_anp_study_refuses_unnamed_checkpoints(tmp_path, capsys):
@@ -52,6 +60,9 @@ def test_anp_study_refuses_unnamed_checkpoints(tmp_path, capsys):
     assert main(["study", "--dense", "d.safetensors", "--pruned", "p.safetensors", "--data", "digits",
                  "--eps", "0.1", "--out", str(tmp_path)]) == 2
     assert "NAME=CHECKPOINT" in capsys.readouterr().err
+    assert main(["study", "--dense", "d.safetensors", "--pruned", "a=p.safetensors", "--baseline", "b", "--data",
+                 "digits", "--eps", "0.1", "--out", str(tmp_path)]) == 2  # refused before loading or pruning
+    assert "--baseline 'b' names none" in capsys.readouterr().err
 
 
 def _dense_and_masked(seed=0):

@@ -27,6 +27,7 @@ from .autoattack import autoattack
 from .checks import model_device
 from .curves import plot_curves, security_curve
 from .fmn import boundary_distance, cached_boundary_distance
+from .paired import paired_difference
 from .robustness import predictions
 from .thin_ice import thin_ice
 
@@ -149,22 +150,33 @@ def _evaluated(model, x, y, eps, cache: Path, steps: int, plus_n: int, progress:
     return row, aa, d
 
 
+def _versus(correct: dict, robust: dict, baseline: str) -> dict:
+    """Each method's clean and worst-case robust accuracy minus the baseline method's, paired per sample."""
+    return {name: {"clean": paired_difference(correct[name], correct[baseline]).to_json(),
+                   "robust": paired_difference(robust[name], robust[baseline]).to_json()}
+            for name in correct if name != baseline}
+
+
 def study(dense: nn.Module, pruned: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, eps: float,
           out_dir: str | Path, steps: int = 100, plus_n: int = 0, progress: bool = True,
-          cache_dir: str | Path | None = None) -> dict:
+          cache_dir: str | Path | None = None, baseline: str | None = None) -> dict:
     """Run the study (Linf) and write study.json, study.md, security_curves.png and one thin-ice
     folder per pruned model into out_dir; returns the JSON. cache_dir holds the AutoAttack and
-    distance states (default: out_dir)."""
+    distance states (default: out_dir). baseline: one of the pruned models' names; every other
+    method is also compared with it, sample by sample (`vs_baseline`: Newcombe's paired interval)."""
     if not pruned:
         raise ValueError("give at least one pruned model")
+    if baseline is not None and baseline not in pruned:
+        raise ValueError(f"baseline {baseline!r} is not one of the pruned models {sorted(pruned)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else out
     dense_row, dense_aa, d = _evaluated(dense, x, y, eps, cache, steps, plus_n, progress)
     curves = {"dense": _curve(dense, x, y, d, eps)}
-    rows = {}
+    rows, correct, robust_flags = {}, {}, {}
     for name, model in pruned.items():
         row, aa, d_model = _evaluated(model, x, y, eps, cache, steps, plus_n, progress)
+        correct[name], robust_flags[name] = predictions(model, x) == y, aa.robust_flags
         curves[name] = _curve(model, x, y, d_model, eps)
         clean = thin_ice(dense, model, x, y, distances=d)
         robust = thin_ice(dense, model, x, y, distances=d, correct_dense=dense_aa.robust_flags,
@@ -173,6 +185,8 @@ def study(dense: nn.Module, pruned: dict[str, nn.Module], x: torch.Tensor, y: to
         rows[name] = {**model_sparsity(model), **row, "clean": clean.to_json(), "robust": robust.to_json()}
     plot_curves(curves, out / "security_curves.png", mark_eps=eps)
     result = {"eps": eps, "n": len(x), "dense": dense_row, "methods": rows}
+    if baseline is not None:
+        result.update(baseline=baseline, vs_baseline=_versus(correct, robust_flags, baseline))
     (out / "study.json").write_text(json.dumps(result, indent=2))
     (out / "study.md").write_text(markdown(result))
     return result
@@ -210,4 +224,9 @@ def markdown(result: dict) -> str:
                      f"{c['populations']['10']['count']} / "
                      f"{rb['populations']['10']['count']} | {_f(c['auc_flip'], '.3f')} / {_f(rb['auc_flip'], '.3f')} | "
                      f"{_f(c['p_flip'], '.2g')} / {_f(rb['p_flip'], '.2g')} |")
+    if result.get("vs_baseline"):
+        lines += ["", f"Against the baseline {result['baseline']} (the same samples; points, Newcombe's 95% interval, "
+                      "exact McNemar p):", "", "| method | clean | p | worst-case robust | p |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {_change(v['clean'])} | {v['clean']['mcnemar_p']:.2g} | {_change(v['robust'])} | "
+                  f"{v['robust']['mcnemar_p']:.2g} |" for name, v in result["vs_baseline"].items()]
     return "\n".join(lines) + "\n"
