@@ -11,6 +11,7 @@ from anp_kernels import models, profile
 from anp_kernels.checkpoint import load_model
 from anp_kernels.evaluate import (autoattack, check_perturbations, paired_difference, pgd_examples, predictions,
                                   thin_ice, vulnerability)
+from anp_kernels.evaluate.paired import points_cell
 from anp_kernels.evaluate.study import CHUNK, attack_form, distance_consistency, tight_distances
 from anp_kernels.evaluate.resumable import model_fingerprint
 from anp_kernels.nn import sparsity
@@ -145,10 +146,6 @@ def _vs_effect(args, cfgs: dict, x, y) -> dict:
     return result
 
 
-def _change(c: dict) -> str:
-    return f"{100 * c['difference']:+.1f} ({100 * c['low']:+.1f} to {100 * c['high']:+.1f})"
-
-
 def _ice_table(ice: dict) -> list[str]:
     lines = ["| thin ice vs AT | population | 10 (flipped) | 01 (fixed) | AUC flip | p flip | AUC fix | p fix | "
              "minus AT, points (95%) |", "|---|---|" + "---:|" * 7]
@@ -158,7 +155,7 @@ def _ice_table(ice: dict) -> list[str]:
             pops = r["populations"]
             lines.append(f"| {name} | {kind} | {pops['10']['count']} | {pops['01']['count']} | {fmt(r['auc_flip'])} | "
                          f"{fmt(r['p_flip'], '.2g')} | {fmt(r['auc_fix'])} | {fmt(r['p_fix'], '.2g')} | "
-                         f"{_change(r['accuracy_change'])} |")
+                         f"{points_cell(r['accuracy_change'])} |")
     return lines
 
 
@@ -166,7 +163,7 @@ def _vs_table(vs: dict) -> list[str]:
     lines = ["| VS on minus off | clean, points (95%) | McNemar p | worst-case robust, points (95%) | McNemar p |",
              "|---|---:|---:|---:|---:|"]
     for name, r in vs.items():
-        lines.append(f"| {name} | {_change(r['clean'])} | {r['clean']['mcnemar_p']:.2g} | {_change(r['robust'])} | "
+        lines.append(f"| {name} | {points_cell(r['clean'])} | {r['clean']['mcnemar_p']:.2g} | {points_cell(r['robust'])} | "
                      f"{r['robust']['mcnemar_p']:.2g} |")
     return lines
 

@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _harness import stamp, write_results  # noqa: E402
 from anp_kernels.checkpoint import load_model  # noqa: E402
+from anp_kernels.evaluate.paired import points_cell  # noqa: E402
 from anp_kernels.evaluate.report import held_out_split  # noqa: E402
 from anp_kernels.evaluate.study import study  # noqa: E402
 from anp_kernels.prune.run import ensure_pruned  # noqa: E402
@@ -121,10 +122,7 @@ def rows_of(result: dict) -> dict:
 
 
 def _vs(change: dict | None) -> str:
-    if change is None:
-        return "-"
-    return (f"{100 * change['difference']:+.1f} ({100 * change['low']:+.1f} to {100 * change['high']:+.1f}; "
-            f"p {change['mcnemar_p']:.2g})")
+    return "-" if change is None else f"{points_cell(change)[:-1]}; p {change['mcnemar_p']:.2g})"
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ setting and seed, and measures what the demo's targets depend on: unit sparsity,
 FLOP ratio and PGD-40 robust accuracy (eps 0.1, step eps/4, eval mode, BatchNorm folded) on all
 held-out images and on the first 150 (the images the demo attacks with AutoAttack), beside AT's.
 
-    python benchmarks/screen_demo.py [--out /tmp/anp_screen] [--settings NAME ...] [--seeds 0 1 2]
+    python benchmarks/screen_demo.py [--out /tmp/anp_screen] [--settings NAME ...] [--seeds 0 1 2] [--results NAME]
 """
 from __future__ import annotations
 
@@ -90,6 +90,7 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/anp_screen", help="folder for the trained networks")
     p.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--results", default="demo_screen_cpu", help="name of the results files in benchmarks/results")
     args = p.parse_args()
     base, runs, ds = demo.DemoSettings(), Path(args.out), data_mod.load("digits")
     cfgs = demo._configs(base, "digits", runs)
@@ -98,10 +99,11 @@ def main() -> None:
     at_ok = pgd40(load_model(Path(cfgs["at"].out) / "checkpoint.safetensors")[0], ds.x_test, ds.y_test, base.eps)
     jobs = [(name, seed) for name in args.settings for seed in (args.seeds if name in SEEDED else [0])]
     rows = [screen_one(name, seed, base, runs, ds, at_ok) for name, seed in tqdm(jobs, desc="ANP-VS settings")]
-    header = (f"Device: {stamp('cpu')}; `python benchmarks/screen_demo.py`; digits, {base.model}, eps {base.eps}, "
+    command = " ".join(["python benchmarks/screen_demo.py", *(f'"{a}"' if " " in a else a for a in sys.argv[1:])])
+    header = (f"Device: {stamp('cpu')}; `{command}`; digits, {base.model}, eps {base.eps}, "
               f"PGD-{base.steps} training; ANP-VS from the demo's AT network (clean {base.clean_epochs} + AT "
               f"{base.epochs} epochs), beta {base.beta} unless named; PGD-40 on {len(ds.x_test)} held-out images")
-    write_results("demo_screen_cpu", rows, table(rows, header))
+    write_results(args.results, rows, table(rows, header))
 
 
 if __name__ == "__main__":

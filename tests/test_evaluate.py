@@ -9,7 +9,7 @@ from torch import nn
 from anp_kernels import models
 from anp_kernels.evaluate import (EvaluationError, autoattack, fmn, paired_difference, security_curve, thin_ice,
                                   vulnerability, vulnerability_histogram)
-from anp_kernels.evaluate.paired import paired_difference_from_counts
+from anp_kernels.evaluate.paired import paired_difference_from_counts, points_cell
 from anp_kernels.evaluate.resumable import run_chunks
 from anp_kernels.evaluate.robustness import pgd_examples, predictions
 from anp_kernels.nn import convert
@@ -260,6 +260,7 @@ def test_paired_difference_matches_published_newcombe_interval_and_exact_mcnemar
     assert (round(r.difference, 4), round(r.low, 4), round(r.high, 4)) == (-0.0621, -0.1186, -0.0046)
     assert r.mcnemar_p == pytest.approx(110056 / 2 ** 21, rel=1e-9)
     assert r.points() == "-6.2 points (95% interval -11.9 to -0.5)"
+    assert points_cell(r) == points_cell(r.to_json()) == "-6.2 (-11.9 to -0.5)" and points_cell(None) == "n/a"
     same = paired_difference_from_counts(140, 0, 0, 10)  # no discordant sample: still an interval, p 1
     assert same.difference == 0 and same.low < 0 < same.high and same.mcnemar_p == 1.0
     swapped = paired_difference_from_counts(59, 16, 6, 80)

@@ -41,6 +41,15 @@ class PairedDifference:
                 f"{100 * self.high:+.1f})")
 
 
+def points_cell(change: "dict | PairedDifference | None") -> str:
+    """A table cell in points: '-2.0 (-6.3 to +2.0)' from a PairedDifference or its JSON; 'n/a' for None
+    (a result written before the interval was recorded)."""
+    if change is None:
+        return "n/a"
+    c = change.to_json() if isinstance(change, PairedDifference) else change
+    return f"{100 * c['difference']:+.1f} ({100 * c['low']:+.1f} to {100 * c['high']:+.1f})"
+
+
 def _count(name: str, value) -> int:
     if isinstance(value, bool) or int(value) != value or value < 0:
         raise ValueError(f"{name} must be a count (an integer >= 0), got {value!r}")

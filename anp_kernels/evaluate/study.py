@@ -27,7 +27,7 @@ from .autoattack import autoattack
 from .checks import model_device
 from .curves import plot_curves, security_curve
 from .fmn import boundary_distance, cached_boundary_distance
-from .paired import paired_difference
+from .paired import paired_difference, points_cell
 from .robustness import predictions
 from .thin_ice import thin_ice
 
@@ -196,13 +196,6 @@ def _f(v, spec=".4f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def _change(change: dict | None) -> str:
-    """'-2.0 (-6.3 to +2.0)' in points; n/a for a study written before the interval was recorded."""
-    if change is None:
-        return "n/a"
-    return f"{100 * change['difference']:+.1f} ({100 * change['low']:+.1f} to {100 * change['high']:+.1f})"
-
-
 def markdown(result: dict) -> str:
     """The paper's Table 1 form (PGD as reported vs AutoAttack, the drop) and the populations."""
     dn = result["dense"]
@@ -220,13 +213,13 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {r['sparsity']:.2%} | {r['structured']} | {r['clean_acc']:.4f} | "
                      f"{r['pgd_acc']:.4f} | "
                      f"{r['autoattack_acc']:.4f} | {r['pgd_acc'] - r['autoattack_acc']:.4f} | "
-                     f"{_f(r['autoattack_plus_acc'])} | {_change(rb.get('accuracy_change'))} | "
+                     f"{_f(r['autoattack_plus_acc'])} | {points_cell(rb.get('accuracy_change'))} | "
                      f"{c['populations']['10']['count']} / "
                      f"{rb['populations']['10']['count']} | {_f(c['auc_flip'], '.3f')} / {_f(rb['auc_flip'], '.3f')} | "
                      f"{_f(c['p_flip'], '.2g')} / {_f(rb['p_flip'], '.2g')} |")
     if result.get("vs_baseline"):
         lines += ["", f"Against the baseline {result['baseline']} (the same samples; points, Newcombe's 95% interval, "
                       "exact McNemar p):", "", "| method | clean | p | worst-case robust | p |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {name} | {_change(v['clean'])} | {v['clean']['mcnemar_p']:.2g} | {_change(v['robust'])} | "
+        lines += [f"| {name} | {points_cell(v['clean'])} | {v['clean']['mcnemar_p']:.2g} | {points_cell(v['robust'])} | "
                   f"{v['robust']['mcnemar_p']:.2g} |" for name, v in result["vs_baseline"].items()]
     return "\n".join(lines) + "\n"
