@@ -9,7 +9,7 @@ from torch import nn
 from anp_kernels import models
 from anp_kernels.evaluate import (EvaluationError, autoattack, fmn, paired_difference, security_curve, thin_ice,
                                   vulnerability, vulnerability_histogram)
-from anp_kernels.evaluate.paired import paired_difference_from_counts, points_cell
+from anp_kernels.evaluate.paired import paired_difference_from_counts, points_cell, wilson_interval
 from anp_kernels.evaluate.resumable import run_chunks
 from anp_kernels.evaluate.robustness import pgd_examples, predictions
 from anp_kernels.nn import convert
@@ -288,6 +288,15 @@ def test_paired_difference_rejects_bad_input():
         paired_difference_from_counts(1, 2, 3, 4, level=1.5)
     with pytest.raises(ValueError, match="count"):
         paired_difference_from_counts(1, -2, 3, 4)
+    with pytest.raises(ValueError, match="successes <= n"):
+        wilson_interval(5, 4)
+
+
+def test_wilson_interval_of_one_accuracy():
+    # Wilson score interval, 95%: 81 of 263 -> (0.2553, 0.3662) (Newcombe 1998, unpaired paper, example)
+    assert wilson_interval(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    low, high = wilson_interval(0, 20)
+    assert low == 0 and 0.15 < high < 0.17  # no success in 20 samples still leaves up to ~16%
 
 
 def test_vulnerability_and_histogram(tmp_path):
@@ -313,6 +322,9 @@ def test_cli_eval_and_thin_ice(tmp_path, capsys):
                  "--out", str(tmp_path / "ev")]) == 0
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert report["robust_acc"] <= report["clean_acc"] and "vulnerability" in report
+    low, high = wilson_interval(round(report["robust_acc"] * 50), 50)  # what 50 images leave open
+    assert low < report["robust_acc"] < high or report["robust_acc"] in (0.0, 1.0)
+    assert f"{report['robust_acc']:.4f} (95%: {low:.4f} to {high:.4f})" in (tmp_path / "ev" / "eval.md").read_text()
     assert main(["eval", ckpt, "--data", "digits", "--attack", "fmn", "--eps", "0.1", "--n", "30", "--steps", "10",
                  "--out", str(tmp_path / "fm")]) == 0
     assert (tmp_path / "fm" / "security_curve.png").exists()

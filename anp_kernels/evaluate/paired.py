@@ -56,9 +56,16 @@ def _count(name: str, value) -> int:
     return int(value)
 
 
-def _wilson(successes: int, n: int, level: float) -> tuple[float, float]:
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of one accuracy (successes of n samples): what n images can say about it."""
+    successes, n = _count("successes", successes), _count("n", n)
+    if not 0 < n or successes > n:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
     ci = require("scipy.stats", "eval").binomtest(successes, n).proportion_ci(confidence_level=level, method="wilson")
     return float(ci.low), float(ci.high)
+
+
+_wilson = wilson_interval
 
 
 def _correlation(both: int, only_a: int, only_b: int, neither: int) -> float:

@@ -18,6 +18,7 @@ from .autoattack import autoattack
 from .checks import check_attack_settings, check_inputs, check_perturbations
 from .curves import security_curve, vulnerability_histogram
 from .fmn import fmn
+from .paired import wilson_interval
 from .resumable import binding, run_chunks
 from .robustness import layer_vulnerability, network_vulnerability, pgd_examples, predictions
 from .thin_ice import thin_ice
@@ -127,21 +128,30 @@ def _vulnerability_report(model, x, x_adv, out_dir: Path, label: str) -> dict:
             "histogram": vulnerability_histogram(per_layer, out_dir / "vulnerability_hist.png", title=f"{label}: V = {v:.4f}")}
 
 
+def _with_interval(accuracy: float, n: int) -> str:
+    """'0.7510 (95%: 0.7317 to 0.7693)': the accuracy with the Wilson interval its n samples give."""
+    low, high = wilson_interval(round(accuracy * n), n)
+    return f"{accuracy:.4f} (95%: {low:.4f} to {high:.4f})"
+
+
 def _eval_markdown(r: dict) -> str:
-    rows = [("checkpoint", r["checkpoint"]), ("attack", f"{r['attack']} ({r['norm']})"), ("samples", r["n"]),
-            ("clean accuracy", f"{r['clean_acc']:.4f}")]
+    n = r["n"]
+    rows = [("checkpoint", r["checkpoint"]), ("attack", f"{r['attack']} ({r['norm']})"), ("samples", n),
+            ("clean accuracy", _with_interval(r["clean_acc"], n))]
     if "robust_acc" in r:
-        rows.append((f"robust accuracy (eps {r.get('eps', r.get('config', {}).get('eps'))})", f"{r['robust_acc']:.4f}"))
+        rows.append((f"robust accuracy (eps {r.get('eps', r.get('config', {}).get('eps'))})",
+                     _with_interval(r["robust_acc"], n)))
     if r.get("autoattack_robust_acc") is not None:
-        rows += [("AutoAttack robust accuracy", f"{r['autoattack_robust_acc']:.4f}"),
-                 ("PGD robust accuracy (same samples)", f"{r['pgd_robust_acc']:.4f}")]
+        rows += [("AutoAttack robust accuracy", _with_interval(r["autoattack_robust_acc"], n)),
+                 ("PGD robust accuracy (same samples)", _with_interval(r["pgd_robust_acc"], n))]
     if "robust_acc_at_eps" in r:
-        rows.append((f"FMN robust accuracy at eps {r['eps']}", f"{r['robust_acc_at_eps']:.4f}"))
+        rows.append((f"FMN robust accuracy at eps {r['eps']}", _with_interval(r["robust_acc_at_eps"], n)))
     if "vulnerability" in r:
         rows.append(("network vulnerability V", f"{r['vulnerability']:.4f}"))
     if "sparsity" in r:
         rows.append(("unit sparsity", f"{r['sparsity']:.2%}"))
-    return "| metric | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+    return ("| metric | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows) +
+            f"\nIntervals: Wilson 95% over the {n} samples (what the choice of images leaves open, not the attack).\n")
 
 
 def thin_ice_checkpoints(dense_ckpt: str, pruned_ckpt: str, data: str, out: str, norm: str = "Linf",
