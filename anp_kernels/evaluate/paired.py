@@ -65,9 +65,6 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float,
     return float(ci.low), float(ci.high)
 
 
-_wilson = wilson_interval
-
-
 def _correlation(both: int, only_a: int, only_b: int, neither: int) -> float:
     """Newcombe's correlation of the two accuracies: (ad - bc) less n/2 when positive, 0 in between."""
     n = both + only_a + only_b + neither
@@ -91,7 +88,8 @@ def paired_difference_from_counts(both: int, only_a: int, only_b: int, neither: 
     if n == 0:
         raise ValueError("a paired difference needs at least one sample")
     p_a, p_b = (both + only_a) / n, (both + only_b) / n
-    (low_a, high_a), (low_b, high_b) = _wilson(both + only_a, n, level), _wilson(both + only_b, n, level)
+    low_a, high_a = wilson_interval(both + only_a, n, level)
+    low_b, high_b = wilson_interval(both + only_b, n, level)
     psi, d = _correlation(both, only_a, only_b, neither), p_a - p_b
     low = d - math.sqrt(max((p_a - low_a) ** 2 + (high_b - p_b) ** 2 - 2 * psi * (p_a - low_a) * (high_b - p_b), 0.0))
     high = d + math.sqrt(max((p_b - low_b) ** 2 + (high_a - p_a) ** 2 - 2 * psi * (p_b - low_b) * (high_a - p_a), 0.0))
