@@ -18,8 +18,10 @@ def test_train_evaluate_deploy_recipes(tmp_path):
     out = _run(ROOT / "python" / "train_anpvs.py", "--epochs", "1", "--out", tmp_path / "run", cwd=tmp_path)
     assert "compact model saved" in out
     model = tmp_path / "run" / "model.safetensors"
-    out = _run(ROOT / "python" / "evaluate_model.py", model, "--n", "4", "--out", tmp_path / "c.png", cwd=tmp_path)
+    out = _run(ROOT / "python" / "evaluate_model.py", model, "--n", "4", "--out", tmp_path / "c.png",
+               "--against", model, cwd=tmp_path)
     assert "FMN robust accuracy" in out and (tmp_path / "c.png").exists()
+    assert "+0.0 points (95% interval" in out  # a model against itself: no difference, but an interval
     out = _run(ROOT / "python" / "deploy_model.py", model, "--onnx", tmp_path / "m.onnx", cwd=tmp_path)
     assert "flop_ratio" in out and (tmp_path / "m.onnx").exists()
 
