@@ -263,10 +263,12 @@ def summary(f: dict) -> list[str]:
     at, anp, c = f["models"]["AT (dense)"], f["models"]["ANP-VS"], f["deploy"]["compare"]
     diff = 100 * (anp["autoattack_robust_acc"] - at["autoattack_robust_acc"])
     change = PairedDifference(**f["thin_ice"]["accuracy_change"])  # on the per-image worst case
+    interval = f"{change.level:.0%} interval {100 * change.low:+.1f} to {100 * change.high:+.1f}"
+    gap = (f"{diff:+.1f} points, {interval} over these {change.n} images" if abs(100 * change.difference - diff) < 0.05
+           else f"{diff:+.1f} points; the per-image worst case with PGD-40: {change.points()} over these {change.n} images")
     return [f"- **Sparsity**: ANP-VS pruned {anp['unit_sparsity']:.1%} of the masked units.",
             f"- **Robustness**: AutoAttack accuracy {anp['autoattack_robust_acc']:.1%} vs "
-            f"{at['autoattack_robust_acc']:.1%} for the dense AT model ({diff:+.1f} points; the per-image worst "
-            f"case with PGD-40: {change.points()} over these {change.n} images); vulnerability "
+            f"{at['autoattack_robust_acc']:.1%} for the dense AT model ({gap}); vulnerability "
             f"{anp['vulnerability']:.4f} vs {at['vulnerability']:.4f}.",
             f"- **Deployment**: the compact model is {c['latency_speedup']:.2f}x faster at batch {BATCH} on this CPU "
             f"(both in serving form), with {c['memory_percent_of_dense']:.1f}% of the dense parameters and "
