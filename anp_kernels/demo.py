@@ -263,8 +263,8 @@ def summary(f: dict) -> list[str]:
     at, anp, c = f["models"]["AT (dense)"], f["models"]["ANP-VS"], f["deploy"]["compare"]
     diff = 100 * (anp["autoattack_robust_acc"] - at["autoattack_robust_acc"])
     change = PairedDifference(**f["thin_ice"]["accuracy_change"])  # on the per-image worst case
-    interval = f"{change.level:.0%} interval {100 * change.low:+.1f} to {100 * change.high:+.1f}"
-    gap = (f"{diff:+.1f} points, {interval} over these {change.n} images" if abs(100 * change.difference - diff) < 0.05
+    gap = (f"{diff:+.1f} points, {change.interval()} over these {change.n} images"
+           if abs(100 * change.difference - diff) < 0.05
            else f"{diff:+.1f} points; the per-image worst case with PGD-40: {change.points()} over these {change.n} images")
     return [f"- **Sparsity**: ANP-VS pruned {anp['unit_sparsity']:.1%} of the masked units.",
             f"- **Robustness**: AutoAttack accuracy {anp['autoattack_robust_acc']:.1%} vs "

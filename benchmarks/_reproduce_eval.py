@@ -117,16 +117,17 @@ def _attack(args, cfg, x, y):
                                        progress=False)
 
 
-def _thin_ice(args, cfgs: dict, x, y) -> dict:
+def _thin_ice(args, attacks: dict, x, y) -> dict:
     """Thin ice between the AT network and each pruned network (clean and robust populations), and
     the consistency of the AT network's tight distances (FMN-100 from three step sizes and
-    AutoAttack's adversarials, per-sample minimum) with its AutoAttack accuracy."""
-    dense, _, dense_aa = _attack(args, cfgs["AT"], x, y)
+    AutoAttack's adversarials, per-sample minimum) with its AutoAttack accuracy. attacks: `_attack`'s
+    result per model."""
+    dense, _, dense_aa = attacks["AT"]
     d = tight_distances(dense, x, dense_aa.x_adv, steps=100, cache_dir=cache_dir(args), progress=not args.quiet)
     result = {"distances": {**distance_consistency(d, predictions(dense, x) == y, dense_aa.robust_flags, EPS),
                             "autoattack_robust_acc": float(dense_aa.robust_flags.float().mean())}}
     for name in (n for n in ORDER if n != "AT"):
-        pruned, _, aa = _attack(args, cfgs[name], x, y)
+        pruned, _, aa = attacks[name]
         clean = thin_ice(dense, pruned, x, y, distances=d).to_json()
         rob = thin_ice(dense, pruned, x, y, distances=d, correct_dense=dense_aa.robust_flags,
                        correct_pruned=aa.robust_flags).to_json()
@@ -134,12 +135,12 @@ def _thin_ice(args, cfgs: dict, x, y) -> dict:
     return result
 
 
-def _vs_effect(args, cfgs: dict, x, y) -> dict:
+def _vs_effect(attacks: dict, x, y) -> dict:
     """What vulnerability suppression changes: ANP-VS minus ANP from the same start, per image on the
     same images (clean, and worst case of AutoAttack and PGD-40), with Newcombe's paired 95% interval."""
     result = {}
     for with_vs, without in VS_PAIRS:
-        (_, a, aa_a), (_, b, aa_b) = _attack(args, cfgs[with_vs], x, y), _attack(args, cfgs[without], x, y)
+        (_, a, aa_a), (_, b, aa_b) = attacks[with_vs], attacks[without]
         result[f"{with_vs} - {without}"] = {
             "clean": paired_difference(predictions(a, x) == y, predictions(b, x) == y).to_json(),
             "robust": paired_difference(aa_a.robust_flags, aa_b.robust_flags).to_json()}
@@ -193,7 +194,8 @@ def stage_report(args, cfgs: dict) -> None:
     for name in ORDER:
         rows[name] = json.loads((Path(cfgs[name].out) / "eval" / "row.json").read_text())
         rows[name].pop("model_fingerprint", None)
-    ice, vs = _thin_ice(args, cfgs, x, y), _vs_effect(args, cfgs, x, y)
+    attacks = {name: _attack(args, cfgs[name], x, y) for name in ORDER}  # loaded and read from the cache once
+    ice, vs = _thin_ice(args, attacks, x, y), _vs_effect(attacks, x, y)
     result = {"device": stamp("cpu"), "setup": setup.split("\n\n")[1], "rows": rows, "paper_table1": PAPER,
               "thin_ice": ice, "vs_effect": vs}
     lines = [f"Device: {result['device']}; MNIST held-out {len(x):,} images, eps 0.3", "", *_table(rows)]

@@ -35,10 +35,13 @@ class PairedDifference:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def interval(self) -> str:
+        """'95% interval -5.3 to +1.2' (in points)."""
+        return f"{self.level:.0%} interval {100 * self.low:+.1f} to {100 * self.high:+.1f}"
+
     def points(self) -> str:
         """'-2.0 points (95% interval -5.3 to +1.2)'."""
-        return (f"{100 * self.difference:+.1f} points ({self.level:.0%} interval {100 * self.low:+.1f} to "
-                f"{100 * self.high:+.1f})")
+        return f"{100 * self.difference:+.1f} points ({self.interval()})"
 
 
 def points_cell(change: "dict | PairedDifference | None") -> str:

@@ -134,9 +134,8 @@ def distance_consistency(distances: torch.Tensor, correct: torch.Tensor, robust:
     return {"distance_robust_acc": float(beyond.float().mean()), "fmn_aa_disagreements": int((beyond & ~robust).sum())}
 
 
-def _curve(model: nn.Module, x, y, distances: torch.Tensor, eps: float):
-    """Security curve: a misclassified sample is not robust at any eps."""
-    correct = predictions(model, x) == y
+def _curve(correct: torch.Tensor, distances: torch.Tensor, eps: float):
+    """Security curve from clean correctness and distances: a misclassified sample is not robust at any eps."""
     return security_curve(torch.where(correct, distances, torch.zeros_like(distances)), eps_max=3 * eps)
 
 
@@ -172,12 +171,12 @@ def study(dense: nn.Module, pruned: dict[str, nn.Module], x: torch.Tensor, y: to
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else out
     dense_row, dense_aa, d = _evaluated(dense, x, y, eps, cache, steps, plus_n, progress)
-    curves = {"dense": _curve(dense, x, y, d, eps)}
+    curves = {"dense": _curve(predictions(dense, x) == y, d, eps)}
     rows, correct, robust_flags = {}, {}, {}
     for name, model in pruned.items():
         row, aa, d_model = _evaluated(model, x, y, eps, cache, steps, plus_n, progress)
         correct[name], robust_flags[name] = predictions(model, x) == y, aa.robust_flags
-        curves[name] = _curve(model, x, y, d_model, eps)
+        curves[name] = _curve(correct[name], d_model, eps)
         clean = thin_ice(dense, model, x, y, distances=d)
         robust = thin_ice(dense, model, x, y, distances=d, correct_dense=dense_aa.robust_flags,
                           correct_pruned=aa.robust_flags)

@@ -49,14 +49,14 @@ class ThinIceResult:
         return paired_difference_from_counts(c["11"], c["01"], c["10"], c["00"]) if sum(c.values()) else None
 
     def to_json(self) -> dict:
-        n = len(self.population)
+        n, change = len(self.population), self.accuracy_change
         return {
             "n": n, "norm": self.norm,
             "populations": {k: {"count": int(c), "percent": 100.0 * c / n if n else 0.0}
                             for k, c in self.populations.items()},
             "auc_flip": self.auc_flip, "p_flip": self.p_flip, "auc_fix": self.auc_fix, "p_fix": self.p_fix,
             "median_distance": {k: _median(self.distance[self.population == k]) for k in POPULATIONS},
-            "accuracy_change": None if self.accuracy_change is None else self.accuracy_change.to_json(),
+            "accuracy_change": None if change is None else change.to_json(),
         }
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
