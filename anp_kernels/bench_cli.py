@@ -43,6 +43,8 @@ EXPORT_FILES = ("model.safetensors", "model.json", "model.onnx", "export.json")
 
 def export(checkpoint: str, out: str, onnx: bool = False, round_to: int = 8, fold_bn: bool = False,
            overwrite: bool = False) -> dict:
+    """Compact a checkpoint's model, save it (and ONNX), and check each saved form computes the masked
+    model's function on random inputs in [0, 1]: a form that differs is an error, not a silent export."""
     from .checkpoint import load_model
 
     out_dir = Path(out)
@@ -57,15 +59,34 @@ def export(checkpoint: str, out: str, onnx: bool = False, round_to: int = 8, fol
     compact = deploy.compact(model, shape, round_to=round_to, fold_bn=fold_bn)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = deploy.save(compact, out_dir, arch)
-    x = torch.rand(16, *shape[1:])
+    x = torch.rand(16, *shape[1:], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        diff = float((model(x) - compact(x)).abs().max())
-    info = {"model": str(path), "max_abs_logit_difference": diff, "params_masked": sum(p.numel() for p in model.parameters()),
+        reference = model(x)
+        forms = {"compact": compact(x), "saved": deploy.load(path)(x)}
+    info = {"model": str(path), "params_masked": sum(p.numel() for p in model.parameters()),
             "params_compact": sum(p.numel() for p in compact.parameters()), "layers": _layer_widths(compact)}
     if onnx:
         info["onnx"] = str(deploy.export_onnx(compact, out_dir / "model.onnx", shape))
+        forms["onnx"] = deploy.onnx_logits(deploy.onnx_session(info["onnx"]), x)
+    info.update(_logit_differences(reference, forms))
     (out_dir / "export.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+EXPORT_TOLERANCE = 1e-4  # relative to the largest logit: float reassociation, BatchNorm folding
+
+
+def _logit_differences(reference: torch.Tensor, forms: dict) -> dict:
+    """{'max_abs_logit_difference': compact's, '<form>_max_abs_logit_difference': ...}; an error
+    naming the form whose logits leave the tolerance (a compaction or export bug, not the user's)."""
+    limit = EXPORT_TOLERANCE * max(1.0, float(reference.abs().max()))
+    diffs = {name: float((logits.float() - reference).abs().max()) for name, logits in forms.items()}
+    wrong = {name: d for name, d in diffs.items() if not d <= limit}
+    if wrong:
+        raise RuntimeError(f"the exported {', '.join(wrong)} model computes another function than the masked "
+                           f"one (max |logit difference| {wrong}, tolerance {limit:.2g}); please report this")
+    return {("max_abs_logit_difference" if name == "compact" else f"{name}_max_abs_logit_difference"): d
+            for name, d in diffs.items()}
 
 
 def _check_bench_args(batch: int, runs: int, round_to: int, runtime: str) -> None:

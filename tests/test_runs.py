@@ -176,6 +176,46 @@ def test_export_refuses_to_overwrite(trained, tmp_path, capsys):
     assert main(["export", str(trained), "--out", str(out), "--overwrite"]) == 0
 
 
+def test_export_checks_every_saved_form(trained, tmp_path, monkeypatch, capsys):
+    """export.json holds the compact, reloaded and ONNX Runtime logits' distance to the masked model's;
+    a compaction that changed the function is an error (exit 2) naming the form, not a quiet export."""
+    from anp_kernels import bench_cli
+
+    out = tmp_path / "exp"
+    assert main(["export", str(trained), "--out", str(out), "--onnx", "--fold-bn"]) == 0
+    info = json.loads((out / "export.json").read_text())
+    for key in ("max_abs_logit_difference", "saved_max_abs_logit_difference", "onnx_max_abs_logit_difference"):
+        assert 0.0 <= info[key] <= 1e-4, (key, info[key])
+    real_compact = deploy.compact
+
+    def off_by_a_bias(*args, **kwargs):
+        compact = real_compact(*args, **kwargs)
+        last = [m for m in compact.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            last.bias[3] += 0.01
+        return compact
+
+    monkeypatch.setattr(bench_cli.deploy, "compact", off_by_a_bias)
+    assert main(["export", str(trained), "--out", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "computes another function" in err and "compact" in err
+
+
+def test_every_option_is_explained(capsys):
+    """`anp CMD --help` explains every option, and names the defaults that are set (0 included)."""
+    from anp_kernels.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    unexplained = [(name, a.dest) for name, p in commands.items() for a in p._actions if not (a.help or "").strip()]
+    assert not unexplained
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("(default: 0)", "(default: 0.0001)", "(default: anp-vs)", "vgg16", "lenet5_caffe"):
+        assert shown in text, shown
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
 def _checkpoint_with(tmp_path, arch_change=None, tree=None):
     state = {"arch": {"model": "lenet_digits", "num_classes": 10, "in_channels": 1, "masked": False,
                       "mask_kwargs": {}}, "model": models.lenet_digits().state_dict(), "epoch": 1}
