@@ -142,7 +142,7 @@ def _pgd(model, x, y, eps, step_size, steps, random_start, norm, generator) -> t
             direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
             radius = host_to_device(torch.rand(x.shape[0], generator=generator, device=where), x.device) * eps
             delta = direction * radius.view(-1, *[1] * (x.dim() - 1))
-        x_adv = (x + delta).clamp(0, 1)
+        x_adv = (x + delta.to(x.dtype)).clamp(0, 1)  # in x's dtype (a bf16 model takes bf16 inputs)
     else:
         x_adv = x.clone()
     for _ in range(steps):

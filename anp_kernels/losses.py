@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .nn.convert import mask_parameters, masks, require_latent, warn_fully_pruned, weight_parameters
+from .nn.convert import capture_latent, mask_parameters, masks, require_latent, warn_fully_pruned, weight_parameters
 from .nn.mask import refresh_eval_states, shared_mask_sample, total_kl
 
 MASK_OBJECTIVES = ("adversarial", "joint")
@@ -101,9 +101,9 @@ class ANPVSLoss:
         self._anchor = torch.zeros((), requires_grad=True)  # see _SplitBackward
         self._fully_pruned: set[str] = set()  # layers already warned about (FullyPrunedWarning)
         if latent is not None:
-            self._latent = [model.get_submodule(n) for n in latent]
+            self._latent = [(n, model.get_submodule(n)) for n in latent]
         else:
-            self._latent = [m for _, m in require_latent(model)] if lam > 0 else []
+            self._latent = require_latent(model) if lam > 0 else []
 
     def kl(self) -> torch.Tensor:
         if not self.masks:
@@ -117,13 +117,9 @@ class ANPVSLoss:
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits and the latent features of one pass."""
-        feats: list[torch.Tensor] = []
-        hooks = [m.register_forward_hook(lambda _m, _i, out: feats.append(out)) for m in self._latent]
-        try:
-            return self.model(x), feats
-        finally:
-            for h in hooks:
-                h.remove()
+        with capture_latent(self._latent) as captured:
+            logits = self.model(x)
+        return logits, [out for _, out in captured]
 
     def __call__(self, x: torch.Tensor, x_adv: torch.Tensor | None, y: torch.Tensor) -> LossParts:
         """x_adv=None: clean training (CE(x) + beta KL / N for weights and masks alike)."""

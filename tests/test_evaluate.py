@@ -1,4 +1,5 @@
 """Honest evaluation: checks, AutoAttack, FMN, curves, thin ice, resumable chunks, CLI."""
+import copy
 import json
 
 import numpy as np
@@ -208,6 +209,15 @@ def test_bad_evaluation_setups_are_refused():
     noisy.training = False  # claims eval mode but the dropout inside is still sampling
     with pytest.raises(EvaluationError, match="not deterministic"):
         autoattack(noisy, x, y, eps=0.05, progress=False)
+    with pytest.raises(EvaluationError, match="inputs must be float32"):
+        autoattack(model, x.bfloat16(), y, eps=0.05, progress=False)
+    half = copy.deepcopy(model).to(torch.float16)
+    with pytest.raises(EvaluationError, match="float16 parameters: evaluate a float32 copy"):
+        autoattack(half, x, y, eps=0.05, progress=False)
+    with pytest.raises(EvaluationError, match="float16 parameters"):
+        fmn(half, x, y, steps=2)
+    with pytest.raises(EvaluationError, match=r"\[0, 1\]"):
+        fmn(model, x + 1.5, y, steps=2)
 
 
 def test_resumable_chunks_skip_finished_work(tmp_path):

@@ -205,7 +205,49 @@ def test_functional_activations_need_named_latent_modules():
     with pytest.raises(ValueError, match="functional activations"):
         anp_kernels.ANPVSLoss(model, lam=1e-3)
     anp_kernels.nn.set_latent(model, ["conv"])
-    assert anp_kernels.ANPVSLoss(model, lam=1e-3)._latent == [model.conv]
+    assert anp_kernels.ANPVSLoss(model, lam=1e-3)._latent == [("conv", model.conv)]
+
+
+class _ActThenInPlace(nn.Module):
+    """A GELU (autograd keeps its input, so an in-place change of its output trains without error)
+    whose output is changed in place by a residual add, or by a second, in-place activation."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.conv, self.act, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.GELU(), nn.Linear(4 * 16, 3)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        h = self.act(self.conv(x))
+        if self.how == "add":
+            h += x
+        elif self.how == "inplace-relu":
+            h = self.relu(h)
+        else:
+            h = self.relu(h + 0)  # out of place: the GELU's output is left as it was
+        return self.fc(h.flatten(1))
+
+
+@pytest.mark.parametrize("how", ["add", "inplace-relu", "out-of-place"])
+def test_latent_feature_changed_in_place_is_refused(how):
+    """VS and vulnerability read the latent features after the forward: one changed in place after its
+    module returned would be measured changed, silently. It is an error naming the module instead."""
+    from anp_kernels.evaluate import latent_features
+
+    model = convert(_ActThenInPlace(how))
+    x = torch.rand(2, 1, 4, 4)
+    loss_fn = anp_kernels.ANPVSLoss(model, lam=1e-3, num_train=8)
+    if how == "out-of-place":
+        parts = loss_fn(x, (x + 0.05).clamp(0, 1), torch.tensor([0, 1]))
+        assert float(parts.vs) > 0
+        feats = latent_features(model.eval(), x)
+        assert set(feats) == {"act", "relu"} and torch.equal(feats["act"], model.act(model.conv(x)))
+        return
+    with pytest.raises(ValueError, match="latent module.*act.*changed in place"):
+        loss_fn(x, x, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="latent module.*act.*changed in place"):
+        latent_features(model.eval(), x)
 
 
 def test_convert_include_exclude_and_sparsity():

@@ -269,3 +269,32 @@ def test_loss_warns_once_per_layer_that_loses_every_unit():
     with torch.no_grad():
         mask.a_uc.fill_(-10.0)
     assert len(calls()) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_steps(dtype):
+    """A step in half precision, both ways users run one: the model cast to it (PGD keeps x_adv in the
+    model's dtype, inside the eps-ball up to its rounding), and float32 under autocast, whose
+    objective stays within half-precision rounding of the float32 one."""
+    x, y = _batch()
+    torch.manual_seed(0)
+    model = convert(models.lenet_digits())
+    reference = ANPVSLoss(model, beta=4.0, lam=1e-3, num_train=64)
+    x_adv = pgd(model, x, y, eps=0.1, step_size=0.025, steps=2, generator=torch.Generator().manual_seed(1))
+    set_mask_generator(model, torch.Generator().manual_seed(2))
+    want = reference(x, x_adv, y)
+    set_mask_generator(model, torch.Generator().manual_seed(2))  # the same mask sample again
+    with torch.autocast("cpu", dtype=dtype):
+        got = ANPVSLoss(model, beta=4.0, lam=1e-3, num_train=64)(x, x_adv, y)
+    got.total.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+               for p in weight_parameters(model) + mask_parameters(model))
+    assert abs(float(got.weight_objective) - float(want.weight_objective)) < 0.02 * float(want.weight_objective)
+    assert abs(float(got.vs) - float(want.vs)) < 0.05 * float(want.vs)
+    low = convert(models.lenet_digits()).to(dtype)
+    xl = x.to(dtype)
+    xl_adv = pgd(low, xl, y, eps=0.1, step_size=0.025, steps=2)
+    assert xl_adv.dtype == dtype and float((xl_adv.float() - xl.float()).abs().max()) <= 0.1 + 2 ** -7
+    parts = ANPVSLoss(low, beta=4.0, lam=1e-3, num_train=64)(xl, xl_adv, y)
+    parts.total.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in low.parameters() if p.requires_grad)

@@ -28,6 +28,7 @@ def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
                               "call model.eval() before evaluating robustness")
     if x.shape[0] != y.shape[0]:
         raise EvaluationError(f"x and y have different lengths: {x.shape[0]} and {y.shape[0]}")
+    check_float32(model, x)
     if x.shape[0] == 0:
         raise EvaluationError("no samples to evaluate")
     if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
@@ -54,6 +55,20 @@ def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
         raise EvaluationError("the model returns NaN or inf logits")
     return {"eval_mode": True, "deterministic": True, "inputs_in_unit_box": True, "logits": True,
             "num_classes": num_classes}
+
+
+def check_float32(model: nn.Module, x: torch.Tensor) -> None:
+    """Attacks run in float32 (AutoAttack's code too): a half-precision model or input is refused by
+    name rather than crashing deep in an attack, and its rounded gradients are not trusted to find
+    the adversarial examples."""
+    if x.dtype not in (torch.float32, torch.float64):
+        raise EvaluationError(f"inputs must be float32 (or float64) images in [0, 1], got {x.dtype}")
+    low = sorted({str(t.dtype).replace("torch.", "") for t in (*model.parameters(), *model.buffers())
+                  if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64)})
+    if low:
+        raise EvaluationError(f"the model has {', '.join(low)} parameters: evaluate a float32 copy "
+                              "(copy.deepcopy(model).float()); attacks run in float32, and half-precision "
+                              "gradients can hide adversarial examples")
 
 
 NORMS = ("Linf", "L2")

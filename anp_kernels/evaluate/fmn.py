@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..attacks import fast_layout, frozen
-from .checks import model_device, perturbation_norms
+from .checks import EvaluationError, check_float32, model_device, perturbation_norms
 from .resumable import binding, cached_state_path, data_fingerprint, run_chunks
 
 DUAL = {"Linf": 1, "L2": 2}
@@ -124,6 +124,9 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "Linf", 
         raise ValueError(f"steps must be >= 1, got {steps}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must have the same length, got {x.shape[0]} and {y.shape[0]}")
+    check_float32(model, x)
+    if x.numel() and not (torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
+        raise EvaluationError("inputs must lie in [0, 1]: the distances are measured in the image box")
     alpha_final = alpha_init / 100 if alpha_final is None else alpha_final
     was = model.training
     model.eval()

@@ -7,30 +7,22 @@ from tqdm.auto import tqdm
 
 from .. import ops
 from ..attacks import pgd
-from ..nn.convert import require_latent
+from ..nn.convert import capture_latent, require_latent
 from .checks import model_device
 
 
 @torch.no_grad()
 def latent_features(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """The latent features of one forward pass by module name ("name#2" for a module's second call)."""
-    feats: dict[str, torch.Tensor] = {}
-
-    def keep(name: str):
-        def hook(_m, _i, out):
-            key, k = name, 1
-            while key in feats:
-                k += 1
-                key = f"{name}#{k}"
-            feats[key] = out
-        return hook
-
-    hooks = [m.register_forward_hook(keep(n)) for n, m in require_latent(model)]
-    try:
+    with capture_latent(require_latent(model)) as captured:
         model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    feats: dict[str, torch.Tensor] = {}
+    for name, out in captured:
+        key, k = name, 1
+        while key in feats:
+            k += 1
+            key = f"{name}#{k}"
+        feats[key] = out
     return feats
 
 

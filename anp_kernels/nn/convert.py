@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-from typing import Callable, Iterable
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -185,6 +186,37 @@ def require_latent(model: nn.Module) -> list[tuple[str, nn.Module]]:
                          "modules whose outputs are its latent features with convert(model, latent=[...]) or "
                          "anp_kernels.nn.set_latent(model, [...])")
     return found
+
+
+@contextmanager
+def capture_latent(named: list[tuple[str, nn.Module]]) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Collect (name, output) of these modules in the forward passes run inside, one per call.
+
+    On leaving, an output changed in place after its module returned (`x = act(x); x += skip`, an
+    in-place Dropout) is an error naming the module: VS and vulnerability would silently measure the
+    changed tensor, not the post-activation feature. (Checked in eager mode; a compiled graph
+    works on its own copies.)"""
+    captured: list[tuple[str, torch.Tensor]] = []
+    versions: list[int | None] = []
+
+    def keep(name: str):
+        def hook(_m, _i, out):
+            captured.append((name, out))
+            eager = isinstance(out, torch.Tensor) and not torch.compiler.is_compiling()
+            versions.append(out._version if eager else None)
+        return hook
+
+    hooks = [m.register_forward_hook(keep(n)) for n, m in named]
+    try:
+        yield captured
+    finally:
+        for h in hooks:
+            h.remove()
+    changed = sorted({n for (n, out), v in zip(captured, versions) if v is not None and out._version != v})
+    if changed:
+        raise ValueError(f"the output of latent module(s) {', '.join(changed)} was changed in place after the "
+                         "module returned (e.g. `x = act(x); x += skip`): VS would measure the changed tensor. "
+                         "Make that operation out of place, or name other latent modules (convert(latent=...))")
 
 
 def mask_parameters(model: nn.Module) -> list[nn.Parameter]:
