@@ -108,6 +108,9 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default=d.device, help="auto (cuda when available) | cpu | cuda")
     p.add_argument("--compile", default=None, metavar="BACKEND",
                    help="run the network under torch.compile(fullgraph=True) with this backend (inductor, aot_eager)")
+    p.add_argument("--amp", default=None, choices=("bfloat16", "float16"),
+                   help="mixed precision: PGD and the objective under torch.autocast in this dtype (float16 with "
+                        "loss scaling); weights, masks and evaluation stay float32 (default: float32 throughout)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.safetensors (same settings)")
     p.add_argument("--resume-override", type=lambda v: tuple(f for f in v.split(",") if f), default=(),
                    help="settings that may differ from the checkpoint's on --resume, e.g. epochs,lr")

@@ -34,7 +34,8 @@ from .losses import MASK_OBJECTIVES, METHODS, ANPVSLoss
 from .nn import compile_model, compile_unsupported, convert, fast_pooling, parameter_groups, set_mask_generator, sparsity
 
 CHECKPOINT, METRICS = "checkpoint.safetensors", "metrics.jsonl"
-NOT_BINDING = ("out", "device", "compile")  # may differ on --resume: where and how the run runs, not what it is
+NOT_BINDING = ("out", "device", "compile", "amp")  # may differ on --resume: where and how the run runs, not what it is
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}  # --amp: torch.autocast's dtype
 MASK_FIELDS = ("mask_lr_factor", "alpha", "temperature", "threshold", "init_a", "mask_objective")
 ADVERSARIAL_FIELDS = ("eps", "step_size", "steps", "adv_weight")
 
@@ -67,6 +68,7 @@ class TrainConfig:
     device: str = "auto"
     milestones: list | None = None  # None: the model's default (models.milestones)
     compile: str | None = None  # a torch.compile backend (inductor, aot_eager): the network compiled, fullgraph
+    amp: str | None = None  # "bfloat16" | "float16": PGD and the objective under torch.autocast (None: float32)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -94,6 +96,8 @@ class TrainConfig:
         if self.compile is not None and self.compile not in torch.compiler.list_backends(exclude_tags=()):
             raise ValueError(f"--compile must be a torch.compile backend "
                              f"({', '.join(torch.compiler.list_backends())}), got {self.compile!r}")
+        if self.amp is not None and self.amp not in AMP_DTYPES:
+            raise ValueError(f"--amp must be one of {tuple(AMP_DTYPES)}, got {self.amp!r}")
         reason = compile_unsupported() if self.compile is not None else None
         if reason:
             raise ValueError(f"--compile: {reason}")
@@ -210,6 +214,7 @@ class Run:
     world: int
     start_epoch: int = 0
     history: list | None = None
+    scaler: torch.amp.GradScaler | None = None  # --amp float16: the loss scale (bf16 needs none)
 
 
 def _load_data(cfg: TrainConfig, device: torch.device) -> tuple:
@@ -269,6 +274,8 @@ def _restore(run: Run, state: dict, override: tuple[str, ...]) -> None:
     for name, g in run.gens.items():
         g.set_state(state["rng"][name])
     torch.set_rng_state(state["rng"]["torch"])
+    if run.scaler is not None and "scaler" in state:
+        run.scaler.load_state_dict(state["scaler"])
     run.start_epoch, run.history = state["epoch"], list(state.get("history", []))
 
 
@@ -298,7 +305,9 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     loss = ANPVSLoss(net, beta=cfg.beta if beta_on else 0.0, lam=cfg.lam if lam_on else 0.0,
                      adv_weight=cfg.adv_weight if adversarial else 0.0, num_train=len(tensors[0]),
                      mask_objective=cfg.mask_objective)
-    run = Run(cfg, model, net, attacked, arch, optimizer, scheduler, gens, loss, tensors, device, rank, world, 0, [])
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "float16" else None
+    run = Run(cfg, model, net, attacked, arch, optimizer, scheduler, gens, loss, tensors, device, rank, world, 0, [],
+              scaler)
     if resume:
         _restore(run, load_state(Path(cfg.out) / CHECKPOINT), resume_override)
         if rank == 0:
@@ -329,13 +338,7 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
     for i in bar:
         idx = order[i:i + cfg.batch_size]
         xb, yb = x_train[idx], y_train[idx]
-        x_adv = pgd(run.attacked, xb, yb, cfg.eps, cfg.step_size, cfg.steps, generator=run.gens["attack"]) \
-            if adversarial else None
-        parts = run.loss(xb, x_adv, yb)
-        run.optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
-        run.optimizer.step()
-        run.scheduler.step()
+        parts = train_step(run, xb, yb, adversarial)
         logits = parts.logits_adv if adversarial else parts.logits_clean
         n, loss, mask_loss = len(yb), float(parts.weight_objective.detach()), float(parts.mask_objective.detach())
         check_finite_loss(loss, mask_loss, epoch, i // cfg.batch_size)
@@ -356,6 +359,27 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
             "lr": run.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started}
 
 
+def train_step(run: Run, xb: torch.Tensor, yb: torch.Tensor, adversarial: bool):
+    """PGD on the batch, the objective, one optimiser and scheduler step; the objective's parts.
+    With --amp the attack and both passes run under torch.autocast (float16 with a GradScaler);
+    the weights, masks and optimiser stay float32."""
+    cfg = run.cfg
+    with torch.autocast(run.device.type, dtype=AMP_DTYPES.get(cfg.amp, torch.float32), enabled=cfg.amp is not None):
+        x_adv = pgd(run.attacked, xb, yb, cfg.eps, cfg.step_size, cfg.steps, generator=run.gens["attack"]) \
+            if adversarial else None
+        parts = run.loss(xb, x_adv, yb)
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler is None:
+        parts.total.backward()
+        run.optimizer.step()
+    else:
+        run.scaler.scale(parts.total).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    run.scheduler.step()
+    return parts
+
+
 def save_epoch(run: Run, epoch: int, metrics: dict) -> None:
     """Checkpoint first (atomic), then metrics.jsonl rewritten from the checkpoint's history."""
     run.history.append(metrics)
@@ -364,7 +388,8 @@ def save_epoch(run: Run, epoch: int, metrics: dict) -> None:
         "arch": run.arch, "config": asdict(run.cfg), "epoch": epoch + 1, "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
         "rng": {**{n: g.get_state() for n, g in run.gens.items()}, "torch": torch.get_rng_state()},
-        "metrics": metrics, "history": run.history})
+        "metrics": metrics, "history": run.history,
+        **({"scaler": run.scaler.state_dict()} if run.scaler is not None else {})})
     write_metrics(out, run.history)
 
 
@@ -393,5 +418,5 @@ def ensure_trained(cfg: TrainConfig, progress: bool = True) -> dict:
     return train(cfg, resume=has_run, progress=progress)
 
 
-__all__ = ["TrainConfig", "train", "ensure_trained", "setup", "train_epoch", "save_epoch",
+__all__ = ["TrainConfig", "train", "ensure_trained", "setup", "train_epoch", "train_step", "save_epoch",
            "resolve_device", "accuracy", "prepare_run_folder", "config_differences"]

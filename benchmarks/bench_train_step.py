@@ -24,11 +24,14 @@ reports the run's mean step cost against AT: what a whole training run pays (an 
 sparsity grows within an epoch).
 
 `--sparsities 0.5,0.765,0.9` times the step with every masked layer at those unit sparsities.
+`--autocast` also times the at / anp-vs / anp-vs-joint steps with PGD and both passes under
+torch.autocast(bfloat16) ("[bf16 autocast]", against AT under the same; `anp train --amp bfloat16`).
 `--model vgg16` runs the same on VGG-16 at CIFAR-10 shapes (batch 128, the paper's CIFAR settings),
 into train_step_vgg16_<device>.
 
     python benchmarks/bench_train_step.py [--model lenet5|vgg16] [--batch N] [--steps 10] [--rounds 15]
         [--device cpu|cuda] [--trajectory benchmarks/results/mnist_repro/anpvs_ft] [--sparsities 0.5,0.9]
+        [--autocast]
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ from _harness import interleaved_medians, stamp, write_results  # noqa: E402
 
 FAST = " [anp pooling]"
 COMPILED = " [compiled]"
+AUTOCAST = " [bf16 autocast]"
 # per network: the builder, one input's shape and the paper's attack and objective settings (NOTES:
 # MNIST eps 0.3, beta 4, lambda 1e-3; CIFAR-10 eps 0.03, step 0.007, beta 2, lambda 1e-4)
 PRESETS = {
@@ -75,6 +79,9 @@ def parse_args(argv=None):
     p.add_argument("--compile", default=None, metavar="BACKEND",
                    help="also time the at / anp-vs / anp-vs-joint steps through torch.compile(fullgraph=True) with "
                    "this backend (inductor, aot_eager)")
+    p.add_argument("--autocast", action="store_true",
+                   help="also time the at / anp-vs / anp-vs-joint steps with PGD and the objective under "
+                        "torch.autocast(bfloat16), as `anp train --amp bfloat16` runs them")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = p.parse_args(argv)
     args.preset = PRESETS[args.model]
@@ -88,12 +95,14 @@ def parse_args(argv=None):
     return args
 
 
-def make_training_step(cfg: dict, x, y, steps: int):
+def make_training_step(cfg: dict, x, y, steps: int, autocast: bool = False):
     def training_step(model, loss, optimizer):
-        """PGD against the model, the objective from a clean and an adversarial pass, one optimiser step."""
+        """PGD against the model, the objective from a clean and an adversarial pass, one optimiser step
+        (autocast: the attack and the passes under torch.autocast(bfloat16))."""
         def step():
-            x_adv = pgd(model, x, y, cfg["eps"], cfg["step"], steps)
-            parts = loss(x, x_adv, y)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+                x_adv = pgd(model, x, y, cfg["eps"], cfg["step"], steps)
+                parts = loss(x, x_adv, y)
             optimizer.zero_grad()
             parts.total.backward()
             optimizer.step()
@@ -118,6 +127,9 @@ def main(argv=None) -> None:
     if args.compile:  # anp_kernels.compile_model: torch.compile(fullgraph=True) set up for ANP-VS
         steps.update(headline_steps(cfg, dense, training_step, dev, COMPILED,
                                     lambda model: anp_kernels.compile_model(model, args.compile)))
+    if args.autocast:
+        steps.update(headline_steps(cfg, dense, make_training_step(cfg, x, y, args.steps, autocast=True), dev,
+                                    AUTOCAST, lambda model: model))
     epochs = _trajectory(args.trajectory) if args.trajectory else []
     layer_names = list(masks(convert(cfg["build"]())))
     configs = {_key(e) for e in epochs} | {tuple((n, u) for n in layer_names) for u in args.uniform}
@@ -125,7 +137,7 @@ def main(argv=None) -> None:
         for config in sorted(c for c in configs if _name(c) + tag not in steps):
             steps[_name(config) + tag] = _sparse_step(dense, cfg, config, training_step, dev, fast=bool(tag))
     t = interleaved_medians(steps, dev, rounds=args.rounds, warmup=2)
-    every_tag = tags + ([COMPILED] if args.compile else [])
+    every_tag = tags + ([COMPILED] if args.compile else []) + ([AUTOCAST] if args.autocast else [])
     headline = [n + tag for tag in every_tag for n in ("at", "anp-vs", "anp-vs-joint")] + ["original"]
     # ops are not counted through compiled graphs (a dispatch mode would run them op by op)
     n_ops = {name: sum(dispatched_ops(steps[name]).values()) for name in headline if COMPILED not in name}
@@ -135,7 +147,7 @@ def main(argv=None) -> None:
              "| step | ms | vs AT (same pooling) | vs original-code step | ops | ops vs AT |",
              "|---|---:|---:|---:|---:|---:|"]
     for name in headline:
-        at = "at" + next((tag for tag in (FAST, COMPILED) if name.endswith(tag)), "")
+        at = "at" + next((tag for tag in (FAST, COMPILED, AUTOCAST) if name.endswith(tag)), "")
         ops_cells = f"{n_ops[name]} | {n_ops[name] / n_ops[at]:.2f}x" if name in n_ops else "- | -"
         lines.append(f"| {name} | {t[name] * 1e3:.1f} | {t[name] / t[at]:.2f}x | {t[name] / t['original']:.2f}x | "
                      f"{ops_cells} |")

@@ -216,6 +216,11 @@ def test_bad_evaluation_setups_are_refused():
         autoattack(half, x, y, eps=0.05, progress=False)
     with pytest.raises(EvaluationError, match="float16 parameters"):
         fmn(half, x, y, steps=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(EvaluationError, match="inside torch.autocast"):
+            autoattack(model, x, y, eps=0.05, progress=False)
+        with pytest.raises(EvaluationError, match="inside torch.autocast"):
+            fmn(model, x, y, steps=2)
     with pytest.raises(EvaluationError, match=r"\[0, 1\]"):
         fmn(model, x + 1.5, y, steps=2)
 

@@ -85,6 +85,23 @@ def test_low_precision_matches_reference(backend, dtype, geom):
 
 
 @pytest.mark.parametrize("backend", fast_backends() + ["reference"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast_runs_in_its_dtype_as_conv2d_does(backend, dtype):
+    """Float32 tensors under torch.autocast: the op casts them to autocast's dtype as F.conv2d does
+    (our custom op has no autocast rule of its own), and the float32 leaves get float32 gradients."""
+    x, weight, bias, kw = _case(GEOMETRIES[0], 0.5, torch.float32, "channel", bias=True)
+    leaves = [t.requires_grad_() for t in (x, weight, bias)]
+    ref_lp = ops.channel_sparse_conv2d_reference(*(t.detach().to(dtype) for t in leaves), **kw)
+    ref32 = ops.channel_sparse_conv2d_reference(x.detach(), weight.detach(), bias.detach(), **kw)
+    with anp_kernels.use_backend(backend), torch.autocast(DEVICE, dtype=dtype):
+        out = ops.channel_sparse_conv2d(x, weight, bias, **kw)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref32, **_tolerance(out, ref_lp, ref32))
+    grads = torch.autograd.grad(out.float().sum(), leaves)
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("backend", fast_backends() + ["reference"])
 @pytest.mark.parametrize("which", ["in", "out", "both"])
 def test_fully_pruned_layer_gives_zeros(backend, which):
     x, weight, bias, kw = _case(GEOMETRIES[0], 0.0, torch.float32, "channel", bias=False)

@@ -41,6 +41,27 @@ def test_resume_continues_exactly(tmp_path):
     assert len(open(half / "metrics.jsonl").readlines()) == 2
 
 
+@pytest.mark.parametrize("amp", ["bfloat16", "float16"])
+def test_mixed_precision_trains_and_resumes_exactly(tmp_path, amp):
+    """--amp: PGD and the objective under autocast (float16 with a GradScaler, whose state the
+    checkpoint keeps); the weights stay float32 and an interrupted run resumes to the same tensors."""
+    cfg = dict(method="anp-vs", amp=amp, **TINY)
+    full, half = tmp_path / "full", tmp_path / "half"
+    metrics = train(TrainConfig(out=str(full), **cfg), progress=False)
+    assert metrics["loss"] == metrics["loss"] and metrics["epoch"] == 2
+    run = setup(TrainConfig(out=str(half), **cfg))
+    save_epoch(run, 0, train_epoch(run, 0, progress=False))
+    train(TrainConfig(out=str(half), **cfg), resume=True, progress=False)
+    a, b = load_state(full / "checkpoint.safetensors"), load_state(half / "checkpoint.safetensors")
+    assert ("scaler" in a) == (amp == "float16") and a["model"]["conv1.layer.weight"].dtype == torch.float32
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    dense = train(TrainConfig(out=str(tmp_path / "fp32"), method="anp-vs", **TINY), progress=False)
+    assert abs(metrics["loss"] - dense["loss"]) < 0.05 * dense["loss"]
+    with pytest.raises(ValueError, match="--amp must be one of"):
+        TrainConfig(amp="float8").validate()
+
+
 @pytest.mark.parametrize("method", ["standard", "at", "bp", "anp", "at-vs"])
 def test_every_method_trains(tmp_path, method):
     metrics = train(TrainConfig(method=method, out=str(tmp_path), **{**TINY, "epochs": 1}), progress=False)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from . import _autotune, _checks
+from ._amp import cast_for_autocast
 
 _validated: dict = {}  # id(index tensor) -> (weakref, version, size): checked once per tensor state
 
@@ -188,7 +189,10 @@ def channel_sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
                           scale: torch.Tensor | None = None, stride: int | Sequence[int] = 1,
                           padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
                           compact_output: bool = False) -> torch.Tensor:
-    """Conv2d over the kept channels only; see the module docstring for the exact contract."""
+    """Conv2d over the kept channels only; see the module docstring for the exact contract. Under
+    torch.autocast it runs in autocast's dtype, as F.conv2d does."""
+    if isinstance(x, torch.Tensor):
+        x, weight, bias, scale = cast_for_autocast(x.device.type, x, weight, bias, scale)
     in_idx, out_idx, stride, padding, dilation = _validate(x, weight, bias, in_keep, out_keep, scale, stride,
                                                            padding, dilation)
     which = _backend.resolve("channel_sparse_conv2d", x.device.type, x.dtype)
