@@ -1,9 +1,10 @@
 """Recipe: ANP-VS adversarial training in your own loop, with the public API only.
 
-    python python/train_anpvs.py [--data digits] [--epochs 5] [--out runs/recipe] [--compile inductor]
+    python python/train_anpvs.py [--data digits] [--epochs 5] [--out runs/recipe] [--compile inductor] [--amp]
 
 --compile runs the forward passes through torch.compile(fullgraph=True) (`anp_kernels.compile_model`);
-the optimiser and the saved model use the model itself.
+the optimiser and the saved model use the model itself. --amp runs the attack and the objective under
+torch.autocast(bfloat16), the parameters and the optimiser staying float32.
 """
 import argparse
 
@@ -20,6 +21,7 @@ p.add_argument("--epochs", type=int, default=5)
 p.add_argument("--eps", type=float, default=0.1)
 p.add_argument("--out", default="runs/recipe")
 p.add_argument("--compile", default=None, metavar="BACKEND", help="a torch.compile backend: inductor, aot_eager")
+p.add_argument("--amp", action="store_true", help="PGD and the objective under torch.autocast(bfloat16)")
 args = p.parse_args()
 
 torch.manual_seed(0)
@@ -32,8 +34,9 @@ for epoch in range(args.epochs):
     model.train()
     for i in range(0, len(ds.x_train), 64):
         x, y = ds.x_train[i:i + 64], ds.y_train[i:i + 64]
-        x_adv = pgd(net, x, y, eps=args.eps, step_size=args.eps / 4, steps=5)
-        parts = loss_fn(x, x_adv, y)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.amp):
+            x_adv = pgd(net, x, y, eps=args.eps, step_size=args.eps / 4, steps=5)
+            parts = loss_fn(x, x_adv, y)
         opt.zero_grad()
         parts.total.backward()
         opt.step()

@@ -27,7 +27,7 @@ def test_train_evaluate_deploy_recipes(tmp_path):
 
 
 @needs_compile
-def test_train_recipe_compiled(tmp_path):
-    out = _run(ROOT / "python" / "train_anpvs.py", "--epochs", "1", "--compile", "aot_eager",
+def test_train_recipe_compiled_under_autocast(tmp_path):
+    out = _run(ROOT / "python" / "train_anpvs.py", "--epochs", "1", "--compile", "aot_eager", "--amp",
                "--out", tmp_path / "run", cwd=tmp_path)
     assert "compact model saved" in out
