@@ -108,6 +108,9 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default=d.device, help="auto (cuda when available) | cpu | cuda")
     p.add_argument("--compile", default=None, metavar="BACKEND",
                    help="run the network under torch.compile(fullgraph=True) with this backend (inductor, aot_eager)")
+    p.add_argument("--augment", default=None, choices=("none", "crop-flip"),
+                   help="training-batch augmentation (default: the original's: crop-flip, i.e. pad 4, random "
+                        "32x32 crop and left-right flip, for cifar10; none otherwise)")
     p.add_argument("--amp", default=None, choices=("bfloat16", "float16"),
                    help="mixed precision: PGD and the objective under torch.autocast in this dtype (float16 with "
                         "loss scaling); weights, masks and evaluation stay float32 (default: float32 throughout)")
@@ -144,6 +147,8 @@ def _add_prune(sub) -> None:
     _add_numbers(p, d, PRUNE_HELP, ("steps", "epochs", "score_epochs", "batch_size", "seed"),
                  ("sparsity", "eps", "step_size", "lr", "score_lr"))
     p.add_argument("--device", default=d.device, help="auto (cuda when available) | cpu | cuda")
+    p.add_argument("--augment", default=None, choices=("none", "crop-flip"),
+                   help="training-batch augmentation (default: crop-flip for cifar10, none otherwise)")
     p.add_argument("--boundary", choices=("near", "band"), default=None,
                    help="boundary-aware: weight each sample by the dense network's distance to its boundary "
                         "(near: closer, more weight; band: around eps); distances cached beside DENSE")

@@ -3,6 +3,10 @@
 Specs: "digits" (scikit-learn's 8x8 digits, embedded), "mnist:PATH" (IDX files, gzipped or
 not; with only the t10k split present, its first 8,000 images train and the last 2,000
 test), "cifar10:PATH" (the python batches), "synthetic" (class templates plus noise).
+
+Training augmentation (`augment`) is the original ANP-VS code's: CIFAR-10 batches are padded by 4
+zero pixels, randomly cropped back to 32x32 and flipped left-right with probability 1/2; MNIST and
+the rest are used as they are.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ._extras import require
 
@@ -158,3 +163,36 @@ def load(spec: str) -> Dataset:
             raise ValueError(f"--data {kind}:PATH needs the folder holding the files")
         return load_mnist(path) if kind == "mnist" else load_cifar10(path)
     raise ValueError(f"unknown data spec {spec!r}; use digits, synthetic, mnist:PATH or cifar10:PATH")
+
+
+AUGMENTATIONS = ("none", "crop-flip")
+
+
+def default_augmentation(spec: str) -> str:
+    """What the original code does to this data's training batches: crop-flip for CIFAR-10, else none."""
+    return "crop-flip" if spec.partition(":")[0] == "cifar10" else "none"
+
+
+def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Each image zero-padded by `pad`, cropped back to its size at a random offset, and flipped
+    left-right with probability 1/2 (the draws come from `generator`, on the CPU)."""
+    if x.dim() != 4:
+        raise ValueError(f"crop_flip takes [N, C, H, W] images, got shape {tuple(x.shape)}")
+    n, _, h, w = x.shape
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    rows = offsets[0, :, None] + torch.arange(h, device=x.device)
+    cols = offsets[1, :, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    picked = padded[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return picked.permute(0, 3, 1, 2).contiguous()  # advanced indices first: [N, H, W, C] -> NCHW
+
+
+def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """A training batch augmented by `kind` (one of AUGMENTATIONS)."""
+    if kind == "none":
+        return x
+    if kind == "crop-flip":
+        return crop_flip(x, generator)
+    raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {kind!r}")

@@ -69,6 +69,7 @@ class TrainConfig:
     milestones: list | None = None  # None: the model's default (models.milestones)
     compile: str | None = None  # a torch.compile backend (inductor, aot_eager): the network compiled, fullgraph
     amp: str | None = None  # "bfloat16" | "float16": PGD and the objective under torch.autocast (None: float32)
+    augment: str | None = None  # training-batch augmentation, data.AUGMENTATIONS (None: the original's for the data)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -96,11 +97,17 @@ class TrainConfig:
         if self.compile is not None and self.compile not in torch.compiler.list_backends(exclude_tags=()):
             raise ValueError(f"--compile must be a torch.compile backend "
                              f"({', '.join(torch.compiler.list_backends())}), got {self.compile!r}")
+        if self.augment is not None and self.augment not in data_mod.AUGMENTATIONS:
+            raise ValueError(f"--augment must be one of {data_mod.AUGMENTATIONS}, got {self.augment!r}")
         if self.amp is not None and self.amp not in AMP_DTYPES:
             raise ValueError(f"--amp must be one of {tuple(AMP_DTYPES)}, got {self.amp!r}")
         reason = compile_unsupported() if self.compile is not None else None
         if reason:
             raise ValueError(f"--compile: {reason}")
+
+    def resolved_augment(self) -> str:
+        """--augment, or what the original code does to this data (crop-flip on CIFAR-10, else none)."""
+        return self.augment if self.augment is not None else data_mod.default_augmentation(self.data)
 
     def resolved_milestones(self) -> list[float]:
         return list(self.milestones) if self.milestones is not None else models.milestones(self.model)
@@ -175,7 +182,8 @@ def binding_fields(method: str) -> set[str]:
 
 def config_differences(saved: dict, cfg: TrainConfig) -> dict[str, tuple]:
     """{field: (checkpoint's value, this run's value)} for the fields that bind a run."""
-    now = asdict(cfg)
+    now = {**asdict(cfg), "augment": cfg.resolved_augment()}
+    saved = {"augment": "none", **saved}  # checkpoints from before --augment trained on plain batches
     keys = binding_fields(cfg.method) | {"method"}
     return {k: (saved.get(k), now[k]) for k in sorted(keys) if saved.get(k) != now[k]}
 
@@ -258,7 +266,7 @@ def _optimiser(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int):
 
 def _generators(cfg: TrainConfig, rank: int) -> dict:
     gens = {name: torch.Generator().manual_seed(cfg.seed * 1000 + i + 17 * rank)
-            for i, name in enumerate(("data", "attack", "mask"))}
+            for i, name in enumerate(("data", "attack", "mask", "augment"))}
     gens["data"].manual_seed(cfg.seed)  # the data order is shared by all ranks
     return gens
 
@@ -272,7 +280,8 @@ def _restore(run: Run, state: dict, override: tuple[str, ...]) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     for name, g in run.gens.items():
-        g.set_state(state["rng"][name])
+        if name in state["rng"]:  # (checkpoints from before --augment hold no augment stream)
+            g.set_state(state["rng"][name])
     torch.set_rng_state(state["rng"]["torch"])
     if run.scaler is not None and "scaler" in state:
         run.scaler.load_state_dict(state["scaler"])
@@ -337,7 +346,7 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
     started = time.perf_counter()
     for i in bar:
         idx = order[i:i + cfg.batch_size]
-        xb, yb = x_train[idx], y_train[idx]
+        xb, yb = data_mod.augment(x_train[idx], cfg.resolved_augment(), run.gens["augment"]), y_train[idx]
         parts = train_step(run, xb, yb, adversarial)
         logits = parts.logits_adv if adversarial else parts.logits_clean
         n, loss, mask_loss = len(yb), float(parts.weight_objective.detach()), float(parts.mask_objective.detach())
@@ -385,7 +394,8 @@ def save_epoch(run: Run, epoch: int, metrics: dict) -> None:
     run.history.append(metrics)
     out = Path(run.cfg.out)
     save_state(out / CHECKPOINT, {
-        "arch": run.arch, "config": asdict(run.cfg), "epoch": epoch + 1, "model": run.model.state_dict(),
+        "arch": run.arch, "config": {**asdict(run.cfg), "augment": run.cfg.resolved_augment()}, "epoch": epoch + 1,
+        "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
         "rng": {**{n: g.get_state() for n, g in run.gens.items()}, "torch": torch.get_rng_state()},
         "metrics": metrics, "history": run.history,

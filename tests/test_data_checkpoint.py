@@ -68,6 +68,32 @@ def test_digits_and_synthetic():
     assert syn.num_classes == 10 and syn.x_test.shape[1:] == (1, 8, 8)
 
 
+def test_crop_flip_is_a_padded_window_flipped_half_the_time():
+    """Every augmented image is the 4-pixel zero-padded image's window at some offset in [0, 8]^2,
+    read left to right or mirrored; all offsets and both directions occur, each about as often."""
+    x = torch.rand(400, 3, 32, 32)
+    out = data.crop_flip(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.is_contiguous()
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    seen, flips = set(), 0
+    for i in range(len(x)):
+        found = [(oy, ox, f) for oy in range(9) for ox in range(9) for f in (False, True)
+                 if torch.equal(out[i], (lambda w: w.flip(-1) if f else w)(padded[i, :, oy:oy + 32, ox:ox + 32]))]
+        assert len(found) == 1, i
+        seen.add(found[0][:2])
+        flips += found[0][2]
+    assert len(seen) == 81 and 150 < flips < 250
+    again = data.crop_flip(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)  # the generator decides everything
+    assert data.augment(x, "none", torch.Generator()) is x
+    assert data.default_augmentation("cifar10:/any") == "crop-flip"
+    assert data.default_augmentation("mnist:/any") == data.default_augmentation("digits") == "none"
+    with pytest.raises(ValueError, match="augmentation must be one of"):
+        data.augment(x, "mixup", torch.Generator())
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        data.crop_flip(x[0], torch.Generator())
+
+
 def test_checkpoint_roundtrip_and_corruption(tmp_path):
     state = {"model": {"w": torch.randn(3, 2), "b": torch.zeros(2)}, "epoch": 3, "rng": torch.get_rng_state(),
              "groups": [{"lr": 0.1, "params": [0, 1]}], "name": "x", "none": None, "pair": (1, 2.5)}

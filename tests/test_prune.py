@@ -73,6 +73,29 @@ def test_finetune_lowers_the_adversarial_loss_and_keeps_pruned_weights_zero(digi
     assert not any(hasattr(m, "weight_orig") for m in model.modules())  # baked: a plain model
 
 
+def test_fine_tuning_trains_on_augmented_batches_when_asked(digits, monkeypatch):
+    """augment="crop-flip" (CIFAR-10's default in anp prune) hands every step a cropped and flipped
+    batch: the images PGD attacks are not the data's, and the run differs from the plain one."""
+    import importlib
+
+    finetune_mod = importlib.import_module("anp_kernels.prune.finetune")  # the module, not prune.finetune()
+
+    x, y = digits
+    attacked = []
+    real_pgd = finetune_mod.pgd
+    monkeypatch.setattr(finetune_mod, "pgd", lambda m, xb, *a: attacked.append(xb) or real_pgd(m, xb, *a))
+    weights = {}
+    for kind in ("none", "crop-flip"):
+        attacked.clear()
+        model = prune.magnitude(_model(), 0.5)
+        prune.adversarial_epochs(model, model.parameters(), x, y, EPS, STEP, 1, 1, 0.05, progress=False,
+                                 augment=kind)
+        originals = [any(torch.equal(b, row) for row in x) for b in torch.cat(attacked)]
+        assert all(originals) if kind == "none" else sum(originals) < 0.1 * len(x)
+        weights[kind] = prune.bake(model).conv1.weight.detach().clone()
+    assert not torch.equal(weights["none"], weights["crop-flip"])
+
+
 def test_scores_get_the_straight_through_gradient():
     w = torch.randn(4, 3)
     mask = prune.ScoredMask(w, 0.5, structured=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from anp_kernels.checkpoint import load_state
+from anp_kernels.checkpoint import load_state, save_state
 from anp_kernels.cli import main
 from anp_kernels.checkpoint import load_model
 from anp_kernels.train import TrainConfig, save_epoch, setup, train, train_epoch
@@ -39,6 +39,38 @@ def test_resume_continues_exactly(tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert len(open(half / "metrics.jsonl").readlines()) == 2
+
+
+def test_augmented_training_resumes_exactly_and_old_checkpoints_still_resume(tmp_path):
+    """--augment crop-flip (CIFAR-10's default, as the original code trains it) changes what is
+    trained on, resumes to the same tensors, and binds the run; a checkpoint written before the
+    option (no augment setting, no augment RNG stream) resumes as the plain run it was."""
+    cfg = dict(method="anp-vs", augment="crop-flip", **TINY)
+    full, half = tmp_path / "full", tmp_path / "half"
+    train(TrainConfig(out=str(full), **cfg), progress=False)
+    run = setup(TrainConfig(out=str(half), **cfg))
+    save_epoch(run, 0, train_epoch(run, 0, progress=False))
+    train(TrainConfig(out=str(half), **cfg), resume=True, progress=False)
+    a, b = load_state(full / "checkpoint.safetensors"), load_state(half / "checkpoint.safetensors")
+    assert a["config"]["augment"] == "crop-flip"
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    train(TrainConfig(out=str(tmp_path / "plain"), method="anp-vs", **TINY), progress=False)
+    plain = load_state(tmp_path / "plain" / "checkpoint.safetensors")
+    assert plain["config"]["augment"] == "none"
+    assert not torch.equal(plain["model"]["conv1.layer.weight"], a["model"]["conv1.layer.weight"])
+    with pytest.raises(ValueError, match="augment"):
+        train(TrainConfig(out=str(full), method="anp-vs", **{**TINY, "epochs": 3}), resume=True, progress=False)
+    old = tmp_path / "old"
+    run = setup(TrainConfig(out=str(old), method="anp-vs", **TINY))
+    save_epoch(run, 0, train_epoch(run, 0, progress=False))
+    state = load_state(old / "checkpoint.safetensors")
+    del state["config"]["augment"], state["rng"]["augment"]
+    save_state(old / "checkpoint.safetensors", state)
+    assert train(TrainConfig(out=str(old), method="anp-vs", **TINY), resume=True, progress=False)["epoch"] == 2
+    assert TrainConfig(data="cifar10:/data").resolved_augment() == "crop-flip"
+    with pytest.raises(ValueError, match="--augment must be one of"):
+        TrainConfig(augment="mixup").validate()
 
 
 @pytest.mark.parametrize("amp", ["bfloat16", "float16"])

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..attacks import pgd
 from ..checkpoint import load_state, save_state
+from ..data import augment as augment_batch
 
 
 @dataclass
@@ -73,11 +74,13 @@ def adversarial_epochs(model: nn.Module, params: Iterable[torch.Tensor], x: torc
                        eps: float, step_size: float, steps: int, epochs: int, lr: float,
                        batch_size: int = 64, seed: int = 0, progress: bool = True,
                        objective: AdversarialObjective | None = None, state_path: str | Path | None = None,
-                       binding: dict | None = None) -> list[float]:
+                       binding: dict | None = None, augment: str = "none") -> list[float]:
     """SGD (momentum 0.9, cosine lr) on CE(model(PGD(x))) (or `objective`) over `params` only; the
     mean loss per epoch. state_path: after every epoch the model, optimiser, scheduler and RNG states
     are saved there (atomically) with `binding` (the settings they belong to); a later call with the
-    same binding continues after the last saved epoch and ends where an uninterrupted run ends."""
+    same binding continues after the last saved epoch and ends where an uninterrupted run ends.
+    augment: the training-batch augmentation (`data.augment`; its draws come from the data-order
+    generator, so a resumed run draws the same)."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters given")
@@ -93,14 +96,15 @@ def adversarial_epochs(model: nn.Module, params: Iterable[torch.Tensor], x: torc
     g = torch.Generator().manual_seed(seed)
     state_path = Path(state_path) if state_path is not None else None
     binding = json.dumps({**(binding or {}), "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
-                          "n": len(x)}, sort_keys=True, default=str)
+                          "n": len(x), **({"augment": augment} if augment != "none" else {})},
+                         sort_keys=True, default=str)
     losses = _resume(state_path, binding, model, opt, sched, g)
     for epoch in range(len(losses), epochs):
         order = torch.randperm(len(x), generator=g)
         running, batches = 0.0, range(0, len(x), batch_size)
         for start in tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
             idx = order[start:start + batch_size].to(x.device)
-            xb, yb = x[idx], y[idx]
+            xb, yb = augment_batch(x[idx], augment, g), y[idx]
             x_adv = pgd(model, xb, yb, eps, step_size, steps)
             model.train()
             loss = objective(model(x_adv), x_adv, yb, idx)

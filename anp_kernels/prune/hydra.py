@@ -56,12 +56,13 @@ def hydra(model: nn.Module, sparsity: float, x: torch.Tensor, y: torch.Tensor, e
           steps: int, structured: bool = False, score_epochs: int = 20, finetune_epochs: int = 20,
           score_lr: float = 0.1, finetune_lr: float = 0.01, batch_size: int = 64, seed: int = 0,
           progress: bool = True, objective: AdversarialObjective | None = None, state_dir: str | Path | None = None,
-          binding: dict | None = None) -> nn.Module:
+          binding: dict | None = None, augment: str = "none") -> nn.Module:
     """Prune `model` (a dense, adversarially trained network) in place with HYDRA and return it:
     plain layers, pruned weights zero. Structured results compact with `deploy.compact_zeroed`.
     objective: what the score search and the fine-tuning minimise (default: CE on PGD examples).
     state_dir: both phases save their state there after every epoch and continue from it (see
-    `adversarial_epochs`; binding: the settings the states belong to)."""
+    `adversarial_epochs`; binding: the settings the states belong to). augment: both phases'
+    training-batch augmentation (`data.augment`)."""
     sparsity = check_sparsity(sparsity)
     layers = prunable_layers(model, structured)
     requires = {p: p.requires_grad for p in model.parameters()}
@@ -73,7 +74,8 @@ def hydra(model: nn.Module, sparsity: float, x: torch.Tensor, y: torch.Tensor, e
         parametrize.register_parametrization(layer, "weight", scored[name])
     try:
         adversarial_epochs(model, [s.scores for s in scored.values()], x, y, eps, step_size, steps, score_epochs,
-                           score_lr, batch_size, seed, progress, objective, *_state(state_dir, "scores", binding))
+                           score_lr, batch_size, seed, progress, objective, *_state(state_dir, "scores", binding),
+                           augment=augment)
     finally:
         for name, layer in layers.items():
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
@@ -83,7 +85,8 @@ def hydra(model: nn.Module, sparsity: float, x: torch.Tensor, y: torch.Tensor, e
         keep = scored[name].keep()
         attach(layer, unit_mask_to_weight(layer, keep) if structured else keep, keep if structured else None)
     adversarial_epochs(model, model.parameters(), x, y, eps, step_size, steps, finetune_epochs, finetune_lr,
-                       batch_size, seed + 1, progress, objective, *_state(state_dir, "finetune", binding))
+                       batch_size, seed + 1, progress, objective, *_state(state_dir, "finetune", binding),
+                       augment=augment)
     return bake(model)
 
 

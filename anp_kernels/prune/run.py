@@ -44,6 +44,7 @@ class PruneConfig:
     boundary_mix: float = 0.5
     distill: float = 0.0  # distil the dense logits on the adversarial examples (boundary-weighted with boundary)
     device: str = "auto"  # where it trains (auto: cuda when torch sees one); not part of the result
+    augment: str | None = None  # training-batch augmentation, data.AUGMENTATIONS (None: crop-flip on cifar10)
 
 
 def method_spec(spec: str) -> dict:
@@ -101,15 +102,18 @@ def prune_checkpoint(cfg: PruneConfig, overwrite: bool = False, progress: bool =
                                        kernel=cfg.boundary, mix=cfg.boundary_mix, distill=cfg.distill,
                                        progress=progress)
     binding = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device")}  # what the states belong to
+    augment = cfg.augment if cfg.augment is not None else data_mod.default_augmentation(cfg.data)
+    if augment not in data_mod.AUGMENTATIONS:
+        raise ValueError(f"--augment must be one of {data_mod.AUGMENTATIONS}, got {augment!r}")
     if cfg.method == "hydra":
         model = hydra(model, cfg.sparsity, *args, structured=cfg.structured, score_epochs=cfg.score_epochs,
                       finetune_epochs=cfg.epochs, score_lr=cfg.score_lr, finetune_lr=cfg.lr,
                       batch_size=cfg.batch_size, seed=cfg.seed, progress=progress, objective=objective,
-                      state_dir=out, binding=binding)
+                      state_dir=out, binding=binding, augment=augment)
     else:
         magnitude(model, cfg.sparsity, cfg.structured, cfg.scope)
         adversarial_epochs(model, model.parameters(), *args, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, progress,
-                           objective, state_path=phase_state(out, "finetune"), binding=binding)
+                           objective, state_path=phase_state(out, "finetune"), binding=binding, augment=augment)
         model = bake(model)
     model = model.cpu()
     figures = {"weight_sparsity": weight_sparsity(model), "unit_sparsity": unit_sparsity(model),
