@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ._extras import require
+from .nn.mask import host_to_device
 
 
 @dataclass
@@ -179,8 +180,8 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torc
     if x.dim() != 4:
         raise ValueError(f"crop_flip takes [N, C, H, W] images, got shape {tuple(x.shape)}")
     n, _, h, w = x.shape
-    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    offsets = host_to_device(torch.randint(0, 2 * pad + 1, (2, n), generator=generator), x.device)
+    flip = host_to_device(torch.rand(n, generator=generator) < 0.5, x.device)  # the host does not wait
     rows = offsets[0, :, None] + torch.arange(h, device=x.device)
     cols = offsets[1, :, None] + torch.arange(w, device=x.device)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
