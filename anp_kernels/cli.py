@@ -88,8 +88,9 @@ def _add_numbers(p: argparse.ArgumentParser, defaults, helps: dict, ints: tuple,
 
 def _add_train(sub) -> None:
     from . import models
+    from .data import AUGMENTATIONS
     from .losses import METHODS
-    from .train import TrainConfig
+    from .train import AMP_DTYPES, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="adversarial training with ANP-VS or a baseline method")
@@ -108,10 +109,10 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default=d.device, help="auto (cuda when available) | cpu | cuda")
     p.add_argument("--compile", default=None, metavar="BACKEND",
                    help="run the network under torch.compile(fullgraph=True) with this backend (inductor, aot_eager)")
-    p.add_argument("--augment", default=None, choices=("none", "crop-flip"),
+    p.add_argument("--augment", default=None, choices=AUGMENTATIONS,
                    help="training-batch augmentation (default: the original's: crop-flip, i.e. pad 4, random "
                         "32x32 crop and left-right flip, for cifar10; none otherwise)")
-    p.add_argument("--amp", default=None, choices=("bfloat16", "float16"),
+    p.add_argument("--amp", default=None, choices=tuple(AMP_DTYPES),
                    help="mixed precision: PGD and the objective under torch.autocast in this dtype (float16 with "
                         "loss scaling); weights, masks and evaluation stay float32 (default: float32 throughout)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.safetensors (same settings)")
@@ -134,6 +135,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _add_prune(sub) -> None:
+    from .data import AUGMENTATIONS
     from .prune.run import METHODS, PruneConfig
 
     d = PruneConfig()
@@ -143,11 +145,12 @@ def _add_prune(sub) -> None:
     p.add_argument("--structured", action="store_true", help="prune whole output units (compactable)")
     p.add_argument("--scope", default=d.scope, choices=("global", "layer"),
                    help="magnitude: one threshold or per layer")
-    p.add_argument("--data", default=d.data, help="the dense network's data: digits | synthetic | mnist:PATH | cifar10:PATH")
+    p.add_argument("--data", default=d.data,
+                   help="the dense network's data: digits | synthetic | mnist:PATH | cifar10:PATH")
     _add_numbers(p, d, PRUNE_HELP, ("steps", "epochs", "score_epochs", "batch_size", "seed"),
                  ("sparsity", "eps", "step_size", "lr", "score_lr"))
     p.add_argument("--device", default=d.device, help="auto (cuda when available) | cpu | cuda")
-    p.add_argument("--augment", default=None, choices=("none", "crop-flip"),
+    p.add_argument("--augment", default=None, choices=AUGMENTATIONS,
                    help="training-batch augmentation (default: crop-flip for cifar10, none otherwise)")
     p.add_argument("--boundary", choices=("near", "band"), default=None,
                    help="boundary-aware: weight each sample by the dense network's distance to its boundary "

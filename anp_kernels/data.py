@@ -174,6 +174,15 @@ def default_augmentation(spec: str) -> str:
     return "crop-flip" if spec.partition(":")[0] == "cifar10" else "none"
 
 
+def resolve_augmentation(augment: str | None, spec: str) -> str:
+    """An --augment setting checked, or for None the data's default (`default_augmentation`)."""
+    if augment is None:
+        return default_augmentation(spec)
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"--augment must be one of {AUGMENTATIONS}, got {augment!r}")
+    return augment
+
+
 def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Each image zero-padded by `pad`, cropped back to its size at a random offset, and flipped
     left-right with probability 1/2 (the draws come from `generator`, on the CPU)."""

@@ -97,8 +97,7 @@ class TrainConfig:
         if self.compile is not None and self.compile not in torch.compiler.list_backends(exclude_tags=()):
             raise ValueError(f"--compile must be a torch.compile backend "
                              f"({', '.join(torch.compiler.list_backends())}), got {self.compile!r}")
-        if self.augment is not None and self.augment not in data_mod.AUGMENTATIONS:
-            raise ValueError(f"--augment must be one of {data_mod.AUGMENTATIONS}, got {self.augment!r}")
+        self.resolved_augment()
         if self.amp is not None and self.amp not in AMP_DTYPES:
             raise ValueError(f"--amp must be one of {tuple(AMP_DTYPES)}, got {self.amp!r}")
         reason = compile_unsupported() if self.compile is not None else None
@@ -107,7 +106,7 @@ class TrainConfig:
 
     def resolved_augment(self) -> str:
         """--augment, or what the original code does to this data (crop-flip on CIFAR-10, else none)."""
-        return self.augment if self.augment is not None else data_mod.default_augmentation(self.data)
+        return data_mod.resolve_augmentation(self.augment, self.data)
 
     def resolved_milestones(self) -> list[float]:
         return list(self.milestones) if self.milestones is not None else models.milestones(self.model)
@@ -180,9 +179,14 @@ def binding_fields(method: str) -> set[str]:
     return {f.name for f in fields(TrainConfig)} - unused
 
 
+def bound_config(cfg: TrainConfig) -> dict:
+    """The settings a checkpoint records, the data's augmentation resolved (what the run trained on)."""
+    return {**asdict(cfg), "augment": cfg.resolved_augment()}
+
+
 def config_differences(saved: dict, cfg: TrainConfig) -> dict[str, tuple]:
     """{field: (checkpoint's value, this run's value)} for the fields that bind a run."""
-    now = {**asdict(cfg), "augment": cfg.resolved_augment()}
+    now = bound_config(cfg)
     saved = {"augment": "none", **saved}  # checkpoints from before --augment trained on plain batches
     keys = binding_fields(cfg.method) | {"method"}
     return {k: (saved.get(k), now[k]) for k in sorted(keys) if saved.get(k) != now[k]}
@@ -342,11 +346,12 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
     order = torch.randperm(len(x_train), generator=run.gens["data"]).to(run.device)[run.rank::run.world]
     bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                disable=not progress or run.rank != 0, leave=False)
+    augmentation = cfg.resolved_augment()
     sums = {"loss": 0.0, "mask_objective": 0.0, "correct": 0, "seen": 0, "vs": 0.0, "kl": 0.0}
     started = time.perf_counter()
     for i in bar:
         idx = order[i:i + cfg.batch_size]
-        xb, yb = data_mod.augment(x_train[idx], cfg.resolved_augment(), run.gens["augment"]), y_train[idx]
+        xb, yb = data_mod.augment(x_train[idx], augmentation, run.gens["augment"]), y_train[idx]
         parts = train_step(run, xb, yb, adversarial)
         logits = parts.logits_adv if adversarial else parts.logits_clean
         n, loss, mask_loss = len(yb), float(parts.weight_objective.detach()), float(parts.mask_objective.detach())
@@ -394,8 +399,7 @@ def save_epoch(run: Run, epoch: int, metrics: dict) -> None:
     run.history.append(metrics)
     out = Path(run.cfg.out)
     save_state(out / CHECKPOINT, {
-        "arch": run.arch, "config": {**asdict(run.cfg), "augment": run.cfg.resolved_augment()}, "epoch": epoch + 1,
-        "model": run.model.state_dict(),
+        "arch": run.arch, "config": bound_config(run.cfg), "epoch": epoch + 1, "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
         "rng": {**{n: g.get_state() for n, g in run.gens.items()}, "torch": torch.get_rng_state()},
         "metrics": metrics, "history": run.history,

@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from ..ops._amp import autocast_dtype
+
 
 class EvaluationError(ValueError):
     """The evaluation set-up would give a wrong (usually inflated) robustness figure."""
@@ -57,18 +59,11 @@ def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
             "num_classes": num_classes}
 
 
-def _autocast_on(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4: no device argument
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
-
-
 def check_float32(model: nn.Module, x: torch.Tensor) -> None:
     """Attacks run in float32 (AutoAttack's code too): a half-precision model or input, or an
     enclosing torch.autocast, is refused by name rather than crashing deep in an attack or
     trusting rounded gradients to find the adversarial examples."""
-    active = [d for d in ("cpu", "cuda") if _autocast_on(d)]
+    active = [d for d in ("cpu", "cuda") if autocast_dtype(d) is not None]
     if active:
         raise EvaluationError(f"evaluation inside torch.autocast ({', '.join(active)}): the attacks would run in "
                               "half precision; evaluate outside the autocast context")

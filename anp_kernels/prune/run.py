@@ -102,9 +102,7 @@ def prune_checkpoint(cfg: PruneConfig, overwrite: bool = False, progress: bool =
                                        kernel=cfg.boundary, mix=cfg.boundary_mix, distill=cfg.distill,
                                        progress=progress)
     binding = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device")}  # what the states belong to
-    augment = cfg.augment if cfg.augment is not None else data_mod.default_augmentation(cfg.data)
-    if augment not in data_mod.AUGMENTATIONS:
-        raise ValueError(f"--augment must be one of {data_mod.AUGMENTATIONS}, got {augment!r}")
+    augment = data_mod.resolve_augmentation(cfg.augment, cfg.data)
     if cfg.method == "hydra":
         model = hydra(model, cfg.sparsity, *args, structured=cfg.structured, score_epochs=cfg.score_epochs,
                       finetune_epochs=cfg.epochs, score_lr=cfg.score_lr, finetune_lr=cfg.lr,
