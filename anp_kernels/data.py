@@ -1,8 +1,8 @@
 """Datasets as tensors, inputs in [0, 1] (NCHW float32), labels int64. Nothing is downloaded.
 
 Specs: "digits" (scikit-learn's 8x8 digits, embedded), "mnist:PATH" (IDX files, gzipped or
-not; with only the t10k split present, its first 8,000 images train and the last 2,000
-test), "cifar10:PATH" (the python batches), "synthetic" (class templates plus noise).
+not, in PATH or torchvision's PATH/MNIST/raw; with only the t10k split present, its first 8,000
+images train and the rest are held out), "cifar10:PATH" (the python batches), "synthetic" (class templates plus noise).
 
 Training augmentation (`augment`) is the original ANP-VS code's: CIFAR-10 batches are padded by 4
 zero pixels, randomly cropped back to 32x32 and flipped left-right with probability 1/2; MNIST and
@@ -61,21 +61,57 @@ def _find(root: Path, stem: str) -> Path | None:
     return None
 
 
+MNIST_TEST_IMAGES = "t10k-images-idx3-ubyte"
+MNIST_TRAIN_FROM_TEST = 8000  # only the test split given: its first 8,000 train, the rest held out
+
+
+def _mnist_folder(root: Path) -> Path:
+    """The folder holding the IDX files: `root` itself, or torchvision's `root/MNIST/raw` or `root/raw`."""
+    for folder in (root, root / "MNIST" / "raw", root / "raw"):
+        if _find(folder, MNIST_TEST_IMAGES) is not None:
+            return folder
+    return root
+
+
+def _mnist_split(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One split's images [N, H, W] and labels [N] in 0..9, read and checked as a pair."""
+    x, y = _read_idx(images), _read_idx(labels)
+    if x.ndim != 3 or y.ndim != 1:
+        raise ValueError(f"MNIST: {images.name} must hold [N, H, W] images and {labels.name} [N] labels, "
+                         f"found shapes {x.shape} and {y.shape} (files swapped?)")
+    if len(x) != len(y):
+        raise ValueError(f"MNIST: {images.name} holds {len(x)} images but {labels.name} {len(y)} labels")
+    if len(y) and y.max() > 9:
+        raise ValueError(f"MNIST: {labels.name} holds label {int(y.max())}; labels must be in 0..9")
+    return x, y
+
+
 def load_mnist(root: str | Path) -> Dataset:
+    """MNIST (or Fashion-MNIST) IDX files, gzipped or not, from `root` (or torchvision's root/MNIST/raw).
+    With only the test split there, its first 8,000 images train and the rest are held out."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"MNIST folder {root} does not exist")
-    test_x, test_y = _find(root, "t10k-images-idx3-ubyte"), _find(root, "t10k-labels-idx1-ubyte")
-    train_x, train_y = _find(root, "train-images-idx3-ubyte"), _find(root, "train-labels-idx1-ubyte")
+    folder = _mnist_folder(root)
+    test_x, test_y = _find(folder, MNIST_TEST_IMAGES), _find(folder, "t10k-labels-idx1-ubyte")
+    train_x, train_y = _find(folder, "train-images-idx3-ubyte"), _find(folder, "train-labels-idx1-ubyte")
     if test_x is None or test_y is None:
-        raise FileNotFoundError(f"no t10k-images-idx3-ubyte[.gz] / t10k-labels-idx1-ubyte[.gz] in {root}")
-    xt, yt = _read_idx(test_x), _read_idx(test_y)
-    if len(xt) != len(yt):
-        raise ValueError(f"MNIST test images ({len(xt)}) and labels ({len(yt)}) differ in count")
-    if train_x is not None and train_y is not None:
-        xs, ys = _read_idx(train_x), _read_idx(train_y)
-    else:  # only the test split (as in the shared data): first 8,000 train, last 2,000 test
-        xs, ys, xt, yt = xt[:8000], yt[:8000], xt[8000:], yt[8000:]
+        raise FileNotFoundError(f"no t10k-images-idx3-ubyte[.gz] / t10k-labels-idx1-ubyte[.gz] in {root} "
+                                "(nor in its MNIST/raw or raw)")
+    if (train_x is None) != (train_y is None):
+        found, lacking = (train_x, "train-labels") if train_y is None else (train_y, "train-images")
+        raise FileNotFoundError(f"MNIST: {folder} has {found.name} but no {lacking} file beside it")
+    xt, yt = _mnist_split(test_x, test_y)
+    if train_x is not None:
+        xs, ys = _mnist_split(train_x, train_y)
+    elif len(xt) <= MNIST_TRAIN_FROM_TEST:
+        raise ValueError(f"MNIST: only the test split in {folder}, with {len(xt)} images: the first "
+                         f"{MNIST_TRAIN_FROM_TEST:,} train and the rest are held out, so it needs more")
+    else:
+        n = MNIST_TRAIN_FROM_TEST
+        xs, ys, xt, yt = xt[:n], yt[:n], xt[n:], yt[n:]
+    if xs.shape[1:] != xt.shape[1:]:
+        raise ValueError(f"MNIST: training images are {xs.shape[1:]}, test images {xt.shape[1:]}")
     to_x = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1)  # noqa: E731
     to_y = lambda a: torch.from_numpy(a.astype(np.int64))  # noqa: E731
     return Dataset("mnist", to_x(xs), to_y(ys), to_x(xt), to_y(yt), 10)

@@ -50,6 +50,47 @@ def test_corrupt_and_missing_data_give_clear_errors(tmp_path):
         data.load("mnist:")
 
 
+def _write_mnist(folder, sizes=(("train", 30), ("t10k", 10)), labels=10, ext=".gz"):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, n in sizes:
+        _write_idx(folder / f"{split}-images-idx3-ubyte{ext}", rng.integers(0, 256, (n, 28, 28)), ext == ".gz")
+        _write_idx(folder / f"{split}-labels-idx1-ubyte{ext}", rng.integers(0, labels, (n,)), ext == ".gz")
+
+
+def test_mnist_in_torchvision_layout(tmp_path):
+    _write_mnist(tmp_path / "MNIST" / "raw", ext="")
+    ds = data.load(f"mnist:{tmp_path}")
+    assert ds.x_train.shape == (30, 1, 28, 28) and ds.x_test.shape == (10, 1, 28, 28)
+
+
+def test_mnist_files_that_do_not_fit_are_refused_by_name(tmp_path):
+    _write_mnist(tmp_path / "labels", labels=256)
+    with pytest.raises(ValueError, match=r"labels-idx1-ubyte.gz holds label \d+; labels must be in 0..9"):
+        data.load(f"mnist:{tmp_path / 'labels'}")
+    swapped = tmp_path / "swapped"
+    _write_mnist(swapped)
+    (swapped / "t10k-images-idx3-ubyte.gz").rename(swapped / "tmp.gz")
+    (swapped / "t10k-labels-idx1-ubyte.gz").rename(swapped / "t10k-images-idx3-ubyte.gz")
+    (swapped / "tmp.gz").rename(swapped / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(ValueError, match=r"\[N, H, W\] images.*files swapped"):
+        data.load(f"mnist:{swapped}")
+    counts = tmp_path / "counts"
+    _write_mnist(counts)
+    _write_idx(counts / "t10k-labels-idx1-ubyte.gz", np.zeros(9), True)
+    with pytest.raises(ValueError, match="holds 10 images but t10k-labels-idx1-ubyte.gz 9 labels"):
+        data.load(f"mnist:{counts}")
+    half = tmp_path / "half"
+    _write_mnist(half)
+    (half / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz but no train-labels"):
+        data.load(f"mnist:{half}")
+    small = tmp_path / "small"
+    _write_mnist(small, sizes=(("t10k", 100),))
+    with pytest.raises(ValueError, match="only the test split .* 100 images"):
+        data.load(f"mnist:{small}")
+
+
 def test_cifar10_python_batches(tmp_path):
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
