@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .nn.mask import host_to_device, refresh_eval_states
+from .nn.modes import eval_mode
 
 NORMS = ("Linf", "L2")
 
@@ -117,19 +118,14 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
     """Projected gradient descent on the cross-entropy; returns x_adv in [0, 1], ||x_adv - x|| <= eps.
 
     The model runs in eval mode (ANP masks at their expected value, BN running stats, as the
-    paper generates its examples) and gets its previous mode back afterwards. Parameter
+    paper generates its examples) and each module gets its previous mode back afterwards. Parameter
     gradients are never touched.
     """
     _check_attack_inputs(x, y, eps, norm)
     if steps < 0 or step_size < 0:
         raise ValueError(f"steps and step_size must be >= 0, got {steps}, {step_size}")
-    was_training = model.training
-    model.eval()
-    try:
-        with frozen(model):
-            return _pgd(model, x.detach(), y, eps, step_size, steps, random_start, norm, generator)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), frozen(model):
+        return _pgd(model, x.detach(), y, eps, step_size, steps, random_start, norm, generator)
 
 
 def _pgd(model, x, y, eps, step_size, steps, random_start, norm, generator) -> torch.Tensor:

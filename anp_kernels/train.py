@@ -31,7 +31,8 @@ from . import models
 from .attacks import pgd
 from .checkpoint import atomic_write_text, build_model, load_model, load_state, remove_stale_temporaries, save_state
 from .losses import MASK_OBJECTIVES, METHODS, ANPVSLoss
-from .nn import compile_model, compile_unsupported, convert, fast_pooling, parameter_groups, set_mask_generator, sparsity
+from .nn import (compile_model, compile_unsupported, convert, eval_mode, fast_pooling, parameter_groups,
+                 set_mask_generator, sparsity)
 
 CHECKPOINT, METRICS = "checkpoint.safetensors", "metrics.jsonl"
 NOT_BINDING = ("out", "device", "compile", "amp")  # may differ on --resume: where and how the run runs, not what it is
@@ -130,12 +131,10 @@ def _dist_info() -> tuple[int, int]:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    was = model.training
-    model.eval()
     correct = 0
-    for i in range(0, len(x), batch_size):
-        correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-    model.train(was)
+    with eval_mode(model):
+        for i in range(0, len(x), batch_size):
+            correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
     return correct / max(len(x), 1)
 
 

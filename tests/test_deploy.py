@@ -232,6 +232,31 @@ def test_fold_bn_is_exact(name):
                                                                  if isinstance(m, nn.BatchNorm2d)])
 
 
+@pytest.mark.parametrize("name", ["vgg_digits", "resnet18"])
+def test_rewritten_models_are_wholly_in_the_mode_of_the_model_given(name):
+    """Every module convert, compact, BatchNorm folding, serving_form and the pooling swaps put in
+    takes the mode of the module it replaces: an eval-mode model stays wholly in eval mode (a fresh
+    module is in train mode; a mask left so would sample), a training one converts wholly training."""
+    from anp_kernels.evaluate.checks import check_inputs, modules_in_train_mode
+    from anp_kernels.nn import fast_pooling_during
+
+    shape = models.input_shape(name)
+    model = convert(models.build(name, 10, shape[1]).eval())
+    assert modules_in_train_mode(model) == []
+    assert all(m.training for m in convert(models.build(name, 10, shape[1]).train()).modules())
+    for m in masks(model).values():
+        with torch.no_grad():
+            m.a_uc[: m.num_features // 2] = -20.0
+    small = deploy.compact(model, shape, fold_bn=True)
+    served = deploy.serving_form(deploy.compact(model, shape), channels_last=False)
+    for form in (small, served):
+        assert modules_in_train_mode(form) == []
+        x = torch.rand(4, *shape[1:])
+        check_inputs(form, x, torch.zeros(4, dtype=torch.int64))  # evaluation takes it as an eval-mode model
+    with fast_pooling_during(small):
+        assert modules_in_train_mode(small) == []
+
+
 def test_onnxruntime_matches_pytorch(tmp_path):
     pytest.importorskip("onnxruntime")
     compact = deploy.compact(_pruned("vgg_digits"), (1, 1, 8, 8), fold_bn=True)

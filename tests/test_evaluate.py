@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from anp_kernels import models
+from anp_kernels.deploy import fold_batchnorm
 from anp_kernels.evaluate import (EvaluationError, autoattack, fmn, paired_difference, security_curve, thin_ice,
                                   vulnerability, vulnerability_histogram)
 from anp_kernels.evaluate.paired import paired_difference_from_counts, points_cell, wilson_interval
@@ -106,6 +107,34 @@ def test_fmn_zero_for_misclassified_and_bounded_by_pgd():
     torch.testing.assert_close(norms, res.distances[ok].float(), atol=1e-6, rtol=1e-5)
 
 
+def test_attacks_and_evaluation_give_every_module_its_own_mode_back():
+    """A training model with frozen BatchNorm statistics (BN in eval mode, as when fine-tuning) keeps
+    them frozen through every attack and evaluation call; model.train(was) would unfreeze them."""
+    from anp_kernels.attacks import pgd
+    from anp_kernels.evaluate.robustness import layer_vulnerability
+    from anp_kernels.evaluate.study import attack_form
+    from anp_kernels.train import accuracy
+
+    torch.manual_seed(0)
+    model = convert(models.vgg_digits()).train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    modes = {name: m.training for name, m in model.named_modules()}
+    assert any(modes.values()) and not all(modes.values())
+    x, y = torch.rand(6, 1, 8, 8), torch.arange(6)
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, i: seen.append(any(s.training for s in m.modules())))
+    calls = [lambda: pgd(model, x, y, 0.1, 0.05, 2), lambda: predictions(model, x),
+             lambda: pgd_examples(model, x, y, 0.1, 0.05, 2), lambda: layer_vulnerability(model, x, x.flip(0)),
+             lambda: fmn(model, x, y, steps=2), lambda: accuracy(model, x, y), lambda: attack_form(model, x)]
+    for call in calls:
+        call()
+        assert {name: m.training for name, m in model.named_modules()} == modes
+    hook.remove()
+    assert seen and not any(seen)  # every forward of theirs ran the whole model in eval mode
+
+
 def test_security_curve():
     curve = security_curve(torch.tensor([0.0, 0.05, 0.15, float("inf")]), eps_max=0.3, points=4)
     assert curve.robust_acc.tolist() == [0.75, 0.5, 0.25, 0.25]
@@ -189,12 +218,23 @@ def test_fast_layout_runs_relus_in_place_only_where_no_other_reader_sees_the_ten
     assert _safe_inplace_relus(nn.Sequential(nn.Sequential(nn.Linear(2, 2), shared), shared)) == []
 
 
+class _Noise(nn.Module):
+    def forward(self, x):
+        return x + 1e-3 * torch.randn_like(x)
+
+
 def test_bad_evaluation_setups_are_refused():
     model, x, y = _digits_model()
     model.train()
-    with pytest.raises(EvaluationError, match="train mode"):
+    with pytest.raises(EvaluationError, match=r"in train mode: model, norm, conv1, \d+ more"):
         autoattack(model, x, y, eps=0.05, progress=False)
     model.eval()
+    batch_stats = nn.Sequential(nn.BatchNorm2d(x.shape[1]), model).eval()
+    batch_stats[0].train()  # the model set to eval, one BatchNorm set back to train mode (deterministic)
+    with pytest.raises(EvaluationError, match=r"not in eval mode \(in train mode: 0\)"):
+        autoattack(batch_stats, x, y, eps=0.05, progress=False)
+    with pytest.raises(ValueError, match="fold_batchnorm: call model.eval.*in train mode: 0"):
+        fold_batchnorm(batch_stats)
     with pytest.raises(EvaluationError, match=r"\[0, 1\]"):
         autoattack(model, x * 2 - 0.5, y, eps=0.05, progress=False)
     with pytest.raises(EvaluationError, match="labels must be in"):
@@ -204,9 +244,7 @@ def test_bad_evaluation_setups_are_refused():
     soft = nn.Sequential(model, nn.Softmax(dim=1)).eval()
     with pytest.raises(EvaluationError, match="probabilities"):
         autoattack(soft, x, y, eps=0.05, progress=False)
-    noisy = nn.Sequential(model, nn.Dropout(0.5)).train()
-    noisy[0].eval()
-    noisy.training = False  # claims eval mode but the dropout inside is still sampling
+    noisy = nn.Sequential(model, _Noise()).eval()  # in eval mode, and random all the same
     with pytest.raises(EvaluationError, match="not deterministic"):
         autoattack(noisy, x, y, eps=0.05, progress=False)
     with pytest.raises(EvaluationError, match="inputs must be float32"):

@@ -24,6 +24,7 @@ from torch import nn
 
 from .._extras import require
 from ..nn.layers import ANPConv2d, ANPLayer
+from ..nn.modes import in_mode_of
 from ..nn.pool import fast_pooling
 from .fold_bn import fold_batchnorm
 from .layers import ConstantInputConv2d, SelectLinear
@@ -229,7 +230,8 @@ def _select_inputs(model: nn.Module, linears) -> None:
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, in_mode_of(new, getattr(parent, child)))
 
 
 def compact(model: nn.Module, input_shape: tuple, round_to: int = 8, fold_bn: bool = False,

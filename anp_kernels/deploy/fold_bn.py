@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..nn.modes import in_mode_of
 from .layers import ConstantInputConv2d
 
 FOLDABLE = (nn.Conv2d, nn.Linear, ConstantInputConv2d)
@@ -70,13 +71,16 @@ def _fold(layer: nn.Module, bn: nn.Module) -> None:
 
 def fold_batchnorm(model: nn.Module) -> int:
     """Fold every foldable BatchNorm of an eval-mode model in place; returns how many were folded."""
-    if model.training:
-        raise ValueError("fold_batchnorm: call model.eval() first (folding uses the running statistics)")
+    training = [name or "model" for name, m in model.named_modules() if isinstance(m, NORMS) and m.training]
+    if model.training or training:
+        raise ValueError(f"fold_batchnorm: call model.eval() first (folding uses the running statistics; "
+                         f"in train mode: {', '.join(training[:3]) or 'model'})")
     pairs = _pairs_fx(model)
     if pairs is None:
         pairs = _pairs_sequential(model)
     for layer_name, bn_name in pairs:
-        _fold(model.get_submodule(layer_name), model.get_submodule(bn_name))
+        bn = model.get_submodule(bn_name)
+        _fold(model.get_submodule(layer_name), bn)
         parent, _, child = bn_name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+        setattr(model.get_submodule(parent) if parent else model, child, in_mode_of(nn.Identity(), bn))
     return len(pairs)

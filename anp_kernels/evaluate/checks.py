@@ -23,10 +23,19 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def modules_in_train_mode(model: nn.Module, shown: int = 3) -> list[str]:
+    """The names of the modules in train mode (the model itself as "model"), the first `shown` and a
+    count of the rest: a model set to eval with one submodule set back to train is not in eval mode."""
+    names = [name or "model" for name, m in model.named_modules() if m.training]
+    return names[:shown] + ([f"{len(names) - shown} more"] if len(names) > shown else [])
+
+
 def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
     """Validate model mode, data range, labels and outputs; returns what was checked."""
-    if model.training:
-        raise EvaluationError("the model is in train mode (dropout, BN batch statistics, sampled ANP masks): "
+    training = modules_in_train_mode(model)
+    if training:
+        raise EvaluationError(f"the model is not in eval mode (in train mode: {', '.join(training)}); dropout, "
+                              "BatchNorm batch statistics and sampled ANP masks change what is attacked: "
                               "call model.eval() before evaluating robustness")
     if x.shape[0] != y.shape[0]:
         raise EvaluationError(f"x and y have different lengths: {x.shape[0]} and {y.shape[0]}")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..attacks import fast_layout, frozen
+from ..nn.modes import eval_mode
 from .checks import EvaluationError, check_float32, model_device, perturbation_norms
 from .resumable import binding, cached_state_path, data_fingerprint, run_chunks
 
@@ -128,11 +129,9 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "Linf", 
     if x.numel() and not (torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
         raise EvaluationError("inputs must lie in [0, 1]: the distances are measured in the image box")
     alpha_final = alpha_init / 100 if alpha_final is None else alpha_final
-    was = model.training
-    model.eval()
     dists, advs = [], []
     dev = model_device(model)
-    try:
+    with eval_mode(model):
         for i in range(0, len(x), batch_size):
             xb, yb = x[i:i + batch_size].detach().to(dev), y[i:i + batch_size].to(dev)
             with torch.no_grad():
@@ -142,8 +141,6 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "Linf", 
             d, adv = _confirmed(model, xb, yb, d, adv, norm)
             dists.append(torch.where(wrong, torch.zeros_like(d), d))
             advs.append(torch.where(wrong.view(-1, *[1] * (x.dim() - 1)), xb, adv))
-    finally:
-        model.train(was)
     return FMNResult(torch.cat(dists).cpu(), torch.cat(advs).cpu().contiguous())
 
 
@@ -163,15 +160,10 @@ def boundary_distance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: 
     if known is not None:
         if known.shape != x.shape:
             raise ValueError(f"known adversarials must have the shape of x {tuple(x.shape)}, got {tuple(known.shape)}")
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            try:
-                dev = model_device(model)
-                wrong = torch.cat([model(known[i:i + batch_size].to(dev)).argmax(1).cpu() != y[i:i + batch_size].cpu()
-                                   for i in range(0, len(x), batch_size)])
-            finally:
-                model.train(was)
+        with torch.no_grad(), eval_mode(model):
+            dev = model_device(model)
+            wrong = torch.cat([model(known[i:i + batch_size].to(dev)).argmax(1).cpu() != y[i:i + batch_size].cpu()
+                               for i in range(0, len(x), batch_size)])
         inside = (known >= 0).flatten(1).all(1).cpu() & (known <= 1).flatten(1).all(1).cpu()
         d = perturbation_norms(x.cpu(), known.cpu(), norm)
         d = torch.where(wrong & inside, d, torch.full_like(d, float("inf")))

@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 from .. import ops
 from ..attacks import pgd
 from ..nn.convert import capture_latent, require_latent
+from ..nn.modes import eval_mode
 from .checks import model_device
 
 
@@ -28,12 +29,10 @@ def latent_features(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor
 
 def layer_vulnerability(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, batch_size: int = 500) -> dict:
     """Per latent feature map: the per-feature (channel/unit) vulnerability E|z - z_adv| over x, in eval mode."""
-    was = model.training
-    model.eval()
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     dev = model_device(model)
-    try:
+    with eval_mode(model):
         for i in range(0, len(x), batch_size):
             clean = latent_features(model, x[i:i + batch_size].to(dev))
             adv = latent_features(model, x_adv[i:i + batch_size].to(dev))
@@ -41,8 +40,6 @@ def layer_vulnerability(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, 
                 d = ops.channel_distortion(f, adv[name])
                 sums[name] = sums[name] + d if name in sums else d
                 counts[name] = counts.get(name, 0) + f.numel() // max(f.shape[1], 1)
-    finally:
-        model.train(was)
     return {n: (s / counts[n]).cpu() for n, s in sums.items()}
 
 
@@ -67,11 +64,7 @@ def pgd_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
 
 @torch.no_grad()
 def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         dev = model_device(model)
         return torch.cat([model(x[i:i + batch_size].to(dev)).argmax(1).to(x.device)
                           for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was)

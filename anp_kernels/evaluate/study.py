@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..nn import masks, sparsity
+from ..nn import eval_mode, masks, sparsity
 from .autoattack import autoattack
 from .checks import model_device
 from .curves import plot_curves, security_curve
@@ -85,16 +85,14 @@ def attack_form(model: nn.Module, x: torch.Tensor, tolerance: float = 1e-4) -> t
     structured pruned one (zeroed channels or input features): its compact form too (`compact_zeroed`);
     both with BatchNorm folded, as is any other model with BatchNorm (~20% less time per attack step
     for vgg_digits_wide here); any other model: the model itself."""
-    dev, was = model_device(model), model.training
+    dev = model_device(model)
     form = _form(copy.deepcopy(model).cpu().eval(), (1, *x.shape[1:]))
     if form is None:
         return model, 0.0
     form = form.to(dev)
-    model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         diff = max(float((model(x[i:i + 500].to(dev)) - form(x[i:i + 500].to(dev))).abs().max())
                    for i in range(0, len(x), 500))
-    model.train(was)
     if diff > tolerance or not torch.equal(predictions(model, x), predictions(form, x)):
         raise RuntimeError(f"the attacked form differs from the model (max |logit diff| {diff:.3g})")
     return form, diff

@@ -12,6 +12,7 @@ from torch import nn
 from .. import _backend
 from .layers import ANPConv2d, ANPLayer, ANPLinear
 from .mask import INIT_A_UC, BetaBernoulliMask, refresh_eval_states
+from .modes import in_mode_of
 
 # modules whose outputs are post-activation latent features (what VS and vulnerability measure)
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
@@ -60,7 +61,7 @@ def _drop_dropout_before_masked_inputs(model: nn.Module) -> None:
         names = list(seq._modules)
         for here, nxt in zip(names, names[1:]):
             if isinstance(seq._modules[here], nn.Dropout) and isinstance(seq._modules[nxt], ANPLinear):
-                seq._modules[here] = nn.Identity()
+                seq._modules[here] = in_mode_of(nn.Identity(), seq._modules[here])
 
 
 def set_latent(model: nn.Module, names: Iterable[str]) -> None:
@@ -113,7 +114,7 @@ def convert(model: nn.Module, include: Iterable[str] | None = None, exclude: Ite
         module = getattr(parent, child)
         kwargs = {**mask_kwargs, "init_a": init_for(module)}
         wrapper = ANPConv2d(module, **kwargs) if isinstance(module, nn.Conv2d) else ANPLinear(module, **kwargs)
-        setattr(parent, child, wrapper.to(next(module.parameters()).device))
+        setattr(parent, child, in_mode_of(wrapper.to(next(module.parameters()).device), module))
     _drop_dropout_before_masked_inputs(model)
     return model
 

@@ -8,6 +8,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .modes import in_mode_of
+
 
 class MaxPool2x2(nn.MaxPool2d):
     """nn.MaxPool2d(2) computed by `ops.max_pool2x2`: the same values and gradients, much faster than
@@ -48,7 +50,7 @@ def _swap(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
         if name and _is_plain_2x2(m):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, MaxPool2x2())
+            setattr(parent, child, in_mode_of(MaxPool2x2(), m))
             swapped.append((parent, child, m))
     return swapped
 
@@ -70,7 +72,7 @@ def fuse_relu_pooling(model: nn.Module) -> nn.Module:
             while j < len(seq) and type(seq[j]) is nn.Identity:
                 j += 1
             if j < len(seq) and _is_pool(seq[j]):
-                seq[i], seq[j] = nn.Identity(), MaxPool2x2(relu=True)
+                seq[i], seq[j] = in_mode_of(nn.Identity(), seq[i]), in_mode_of(MaxPool2x2(relu=True), seq[j])
     return model
 
 
