@@ -3,12 +3,15 @@
 Every tensor (model, optimiser state, RNG states) goes into the safetensors body; the
 structure that is not a tensor (optimiser param groups, scheduler state, epoch, config,
 metrics) goes as JSON into its metadata. A write goes to a temporary file first and is
-renamed into place, so an interrupted save never leaves a half-written checkpoint.
+renamed into place, so an interrupted save never leaves a half-written checkpoint, and records a
+SHA-256 of its content (metadata and tensors) that loading checks, so a byte changed on disk or in transit is an error
+(files written before the checksum existed load without it).
 Loading validates the metadata and checks every tensor shape against the architecture it
 describes (built on the meta device first) before any model memory is allocated.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -25,19 +28,33 @@ TMP_SUFFIX = ".tmp"
 MASK_KWARGS = {"alpha", "temperature", "threshold", "init_a", "init_b"}
 MAX_CLASSES = 100_000
 MAX_IN_CHANNELS = 64
+DIGEST_KEY = "anp_sha256"
 
 
 class CheckpointError(ValueError):
     """A checkpoint or model file that is corrupt, truncated, foreign or inconsistent."""
 
 
+def content_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 over the metadata (but its own entry) and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in metadata.items() if k != DIGEST_KEY}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
+    """A safetensors file written by rename (never half-written), with the checksum of its content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    host = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    metadata = {**metadata, DIGEST_KEY: content_digest(host, metadata)}
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        save_file(host, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -104,7 +121,8 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
 
 def read_safetensors(path: str | Path, device: str | torch.device = "cpu",
                      what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a safetensors file, without pickle; missing or corrupt is a clear error."""
+    """(tensors, metadata) of a safetensors file, without pickle; missing or corrupt is a clear error
+    (content that does not match the checksum written with it too)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} does not exist")
@@ -113,9 +131,13 @@ def read_safetensors(path: str | Path, device: str | torch.device = "cpu",
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        return load_file(str(path), device=str(device)), meta
+        tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{what} {path} is corrupt or not a safetensors file: {exc}") from exc
+    if DIGEST_KEY in meta and content_digest(tensors, meta) != meta[DIGEST_KEY]:
+        raise CheckpointError(f"{what} {path} is corrupt: its content does not match the SHA-256 written with "
+                              "it (changed on disk or in transit)")
+    return {k: v.to(device) for k, v in tensors.items()}, meta
 
 
 def parse_json(text: str, what: str) -> Any:

@@ -153,3 +153,30 @@ def test_checkpoint_roundtrip_and_corruption(tmp_path):
         load_state(path)
     with pytest.raises(FileNotFoundError):
         load_state(tmp_path / "missing.safetensors")
+
+
+def test_a_changed_byte_is_refused_by_the_checksum_and_old_files_still_load(tmp_path):
+    """save_state records a SHA-256 of the file's metadata and tensors: one byte changed in a tensor,
+    or in the JSON of its metadata, is refused; a file written without the checksum loads as before."""
+    from safetensors.torch import load_file, save_file
+
+    from anp_kernels.checkpoint import DIGEST_KEY, read_safetensors
+
+    path = tmp_path / "ck.safetensors"
+    save_state(path, {"model": {"w": torch.arange(12.0).view(3, 4)}, "epoch": 7, "lr": 0.125})
+    raw = path.read_bytes()
+    body = 8 + int.from_bytes(raw[:8], "little")
+    weight = bytearray(raw)
+    weight[body + 5] ^= 0x01  # one bit of one weight: a finite value, silently different without a checksum
+    (tmp_path / "weight.safetensors").write_bytes(bytes(weight))
+    assert raw[:body].count(b"0.125") == 1 and raw[body:].count(b"0.125") == 0  # the lr, in the metadata
+    setting = raw.replace(b"0.125", b"0.625")  # the same length: the file still parses
+    (tmp_path / "setting.safetensors").write_bytes(setting)
+    for name in ("weight", "setting"):
+        with pytest.raises(ValueError, match="does not match the SHA-256 written with it"):
+            load_state(tmp_path / f"{name}.safetensors")
+    tensors, meta = read_safetensors(path)
+    del meta[DIGEST_KEY]
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)  # as written before the checksum
+    assert load_state(tmp_path / "old.safetensors")["lr"] == 0.125
+    assert torch.equal(load_file(str(path))["s.0.0"], torch.arange(12.0).view(3, 4))  # plain safetensors still
