@@ -121,9 +121,19 @@ class ANPVSLoss:
             logits = self.model(x)
         return logits, [out for _, out in captured]
 
+    def _check_sampling(self) -> None:
+        """A training step (gradients on) samples its masks: masks in eval mode would train on their
+        expected value, another method than ANP-VS, without a word."""
+        resting = [name for name, m in self.masks.items() if not m.training]
+        if resting and torch.is_grad_enabled():
+            raise ValueError(f"ANPVSLoss: the masks of {resting[:3]}{' and more' if len(resting) > 3 else ''} are "
+                             "in eval mode (their expected value, not a sample): call model.train() before "
+                             "a training step")
+
     def __call__(self, x: torch.Tensor, x_adv: torch.Tensor | None, y: torch.Tensor) -> LossParts:
         """x_adv=None: clean training (CE(x) + beta KL / N for weights and masks alike)."""
         if self.masks:
+            self._check_sampling()
             refresh_eval_states(list(self.masks.values()))  # eager, so a compiled model sees today's pruning
             warn_fully_pruned(self.masks, self._fully_pruned)
         if x_adv is None:

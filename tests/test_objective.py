@@ -155,6 +155,22 @@ def test_loss_rejects_bad_settings():
         ANPVSLoss(model, mask_objective="both")
 
 
+def test_a_training_step_with_masks_in_eval_mode_is_refused():
+    model = convert(models.lenet_digits())
+    loss_fn = ANPVSLoss(model, num_train=100)
+    x, y = _batch()
+    model.eval()  # e.g. left so after an evaluation: the masks would train on their expected value
+    with pytest.raises(ValueError, match=r"masks of \['conv1', 'conv2', 'fc3'\] and more are in eval mode"):
+        loss_fn(x, x, y)
+    with torch.no_grad():
+        assert torch.isfinite(loss_fn(x, x, y).total)  # a loss read without gradients is allowed
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()  # other modules may rest in eval mode (frozen dropout or BatchNorm)
+    assert torch.isfinite(loss_fn(x, x, y).total)
+
+
 @pytest.mark.parametrize("norm", ["Linf", "L2"])
 def test_pgd_stays_in_the_ball_and_in_range(norm):
     model = models.lenet_digits()
