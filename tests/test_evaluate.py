@@ -263,6 +263,44 @@ def test_bad_evaluation_setups_are_refused():
         fmn(model, x + 1.5, y, steps=2)
 
 
+class _Rounded(nn.Module):
+    """Inputs rounded to 4 levels before the model: zero gradients everywhere (gradient masking)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 3) / 3)
+
+
+class _Constant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return torch.tensor([5.0] + [0.0] * 9).expand(len(x), 10) + self.w * x.flatten(1)[:, :1]
+
+
+def test_an_unbounded_attack_that_breaks_nothing_is_gradient_masking_and_refused():
+    from anp_kernels.evaluate.checks import check_unbounded_attack
+
+    model, x, y = _digits_model()
+    fine = check_unbounded_attack(model, x, y)
+    assert fine["unbounded_attack_acc"] == 0.0 and fine["unbounded_attack_eps"] == 1.0
+    assert check_unbounded_attack(model, x, y, norm="L2")["unbounded_attack_eps"] == 8.0  # sqrt(1 * 8 * 8)
+    masked = _Rounded(model).eval()
+    assert float((masked(x).argmax(1) == y).float().mean()) > 0.5
+    with pytest.raises(EvaluationError, match="gradient masking"):
+        check_unbounded_attack(masked, x, y)
+    with pytest.raises(EvaluationError, match="gradient masking"):
+        autoattack(masked, x, y, eps=0.05, progress=False)
+    constant = _Constant().eval()  # keeps its one class whatever the input: nothing overstated
+    share = float((y == 0).float().mean())
+    assert check_unbounded_attack(constant, x, y)["unbounded_attack_acc"] == pytest.approx(share)
+
+
 def test_resumable_chunks_skip_finished_work(tmp_path):
     calls = []
 
@@ -378,6 +416,9 @@ def test_cli_eval_and_thin_ice(tmp_path, capsys):
     low, high = wilson_interval(round(report["robust_acc"] * 50), 50)  # what 50 images leave open
     assert low < report["robust_acc"] < high or report["robust_acc"] in (0.0, 1.0)
     assert f"{report['robust_acc']:.4f} (95%: {low:.4f} to {high:.4f})" in (tmp_path / "ev" / "eval.md").read_text()
+    unbounded = report["checks"]["unbounded_attack"]  # the gradient-masking check, reported
+    assert unbounded["unbounded_attack_samples"] == 50 and unbounded["unbounded_attack_acc"] <= 0.3
+    assert "accuracy under unbounded PGD (eps 1, first 50 samples)" in (tmp_path / "ev" / "eval.md").read_text()
     assert main(["eval", ckpt, "--data", "digits", "--attack", "fmn", "--eps", "0.1", "--n", "30", "--steps", "10",
                  "--out", str(tmp_path / "fm")]) == 0
     assert (tmp_path / "fm" / "security_curve.png").exists()

@@ -10,7 +10,8 @@ from torch import nn
 
 from .._extras import require
 from ..attacks import fast_layout, frozen
-from .checks import EvaluationError, check_attack_settings, check_inputs, check_perturbations, model_device
+from .checks import (EvaluationError, check_attack_settings, check_inputs, check_perturbations, check_unbounded_attack,
+                     model_device)
 from .resumable import binding, cached_state_path, finished_part, run_chunks
 from .robustness import pgd_examples, predictions
 
@@ -74,7 +75,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     """Robust accuracy under AutoAttack, with the per-sample worst case over AutoAttack and PGD.
 
     Checks (raised as EvaluationError, reported in `checks`): eval mode, determinism, inputs in
-    [0, 1], logits not probabilities, labels in range, every perturbation within eps, and
+    [0, 1], logits not probabilities, labels in range, an unbounded PGD breaking what a constant
+    model would not keep (no gradient masking), every perturbation within eps, and
     AutoAttack's robust accuracy not above our PGD-`pgd_steps` (same norm) on the same samples.
     state_path: resumable chunks bound to the model's content, the data and every setting.
     cache_dir (instead of state_path): the state file is named by that binding's hash, so any later
@@ -86,7 +88,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     if version not in ("standard", "plus"):
         raise ValueError(f"version must be 'standard' or 'plus', got {version!r}")
     check_attack_settings(eps=eps, norm=norm, steps=pgd_steps, batch_size=batch_size)
-    checks = check_inputs(model, x, y)
+    checks = {**check_inputs(model, x, y), "unbounded_attack": check_unbounded_attack(model, x, y, norm)}
     device = model_device(model)
     config, bound = _binding(model, x, y, eps, norm, version, seed, pgd_steps, batch_size)
     step = eps / 4 if norm == "Linf" else eps / 8

@@ -68,6 +68,30 @@ def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
             "num_classes": num_classes}
 
 
+def check_unbounded_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "Linf",
+                           samples: int = 100, steps: int = 20) -> dict:
+    """PGD whose budget is the whole image box must break the samples of any model whose gradients
+    lead somewhere (Carlini et al. 2019, "On Evaluating Adversarial Robustness"). It may leave right
+    only what a constant model keeps (at most the largest class's share); more means gradient masking
+    (rounded or saturated inputs, non-differentiable layers), under which every gradient-based
+    robust accuracy overstates: an EvaluationError. Runs on the first `samples` samples."""
+    from ..attacks import pgd
+    from ..nn.modes import eval_mode
+
+    xs, ys = x[:samples].to(model_device(model)), y[:samples].to(model_device(model))
+    eps = 1.0 if norm == "Linf" else math.sqrt(xs[0].numel())  # Linf 1 / the box's diagonal: any image
+    x_adv = pgd(model, xs, ys, eps, eps / 8, steps, norm=norm, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), eval_mode(model):
+        acc = float((model(x_adv).argmax(1) == ys).float().mean())
+    largest = float(torch.bincount(ys.cpu()).max()) / len(ys)
+    if acc > largest:
+        raise EvaluationError(f"PGD-{steps} with eps {eps:.3g} ({norm}: any image in [0, 1]) leaves {acc:.0%} of "
+                              f"{len(ys)} samples classified right, more than a constant model keeps ({largest:.0%}): "
+                              "the model's gradients do not lead to adversarial examples (gradient masking), so "
+                              "gradient-based robust accuracy would be overstated")
+    return {"unbounded_attack_acc": acc, "unbounded_attack_eps": eps, "unbounded_attack_samples": len(ys)}
+
+
 def check_float32(model: nn.Module, x: torch.Tensor) -> None:
     """Attacks run in float32 (AutoAttack's code too): a half-precision model or input, or an
     enclosing torch.autocast, is refused by name rather than crashing deep in an attack or
