@@ -119,10 +119,8 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
     atomic_save_file(tensors, path, {"format": FORMAT, "tree": json.dumps(tree)})
 
 
-def read_safetensors(path: str | Path, device: str | torch.device = "cpu",
-                     what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a safetensors file, without pickle; missing or corrupt is a clear error
-    (content that does not match the checksum written with it too)."""
+def read_metadata(path: str | Path, what: str = "file") -> dict[str, str]:
+    """A safetensors file's metadata alone, no tensor read (what kind of file it is)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} does not exist")
@@ -130,7 +128,17 @@ def read_safetensors(path: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"{what} {path} is not a file")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{what} {path} is corrupt or not a safetensors file: {exc}") from exc
+
+
+def read_safetensors(path: str | Path, device: str | torch.device = "cpu",
+                     what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file, without pickle; missing or corrupt is a clear error
+    (content that does not match the checksum written with it too)."""
+    meta = read_metadata(path, what)
+    try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{what} {path} is corrupt or not a safetensors file: {exc}") from exc

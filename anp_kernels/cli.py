@@ -175,7 +175,8 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="robust accuracy of a checkpoint: AutoAttack, PGD or FMN (resumable)")
-    e.add_argument("checkpoint", help="a checkpoint of anp train or anp prune")
+    e.add_argument("checkpoint", help="a checkpoint of anp train or anp prune, or a model saved by anp export "
+                   "(its model.safetensors or folder)")
     e.add_argument("--data", required=True, help="its held-out data: digits | synthetic | mnist:PATH | cifar10:PATH")
     e.add_argument("--attack", default="autoattack", help="autoattack | pgd | fmn")
     e.add_argument("--eps", type=float, required=True, help="perturbation radius, on inputs in [0, 1]")
@@ -190,7 +191,7 @@ def _add_eval(sub) -> None:
     e.set_defaults(func=_eval)
     t = sub.add_parser("thin-ice", help="which samples pruning flips, and their distance to the dense boundary")
     t.add_argument("--dense", required=True, help="the dense (AT) checkpoint, whose boundary is measured")
-    t.add_argument("--pruned", required=True, help="the pruned checkpoint")
+    t.add_argument("--pruned", required=True, help="the pruned checkpoint (or a model saved by anp export)")
     t.add_argument("--data", required=True, help="their held-out data: digits | synthetic | mnist:PATH | cifar10:PATH")
     t.add_argument("--norm", default="Linf", help="Linf | L2")
     t.add_argument("--steps", type=int, default=100, help="FMN steps")

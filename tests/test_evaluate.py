@@ -419,12 +419,21 @@ def test_cli_eval_and_thin_ice(tmp_path, capsys):
     unbounded = report["checks"]["unbounded_attack"]  # the gradient-masking check, reported
     assert unbounded["unbounded_attack_samples"] == 50 and unbounded["unbounded_attack_acc"] <= 0.3
     assert "accuracy under unbounded PGD (eps 1, first 50 samples)" in (tmp_path / "ev" / "eval.md").read_text()
+    assert main(["export", ckpt, "--out", str(tmp_path / "shipped")]) == 0  # the shipped file, evaluated itself
+    assert main(["eval", str(tmp_path / "shipped"), "--data", "digits", "--attack", "pgd", "--eps", "0.1", "--n", "50",
+                 "--out", str(tmp_path / "ev_shipped")]) == 0
+    shipped = json.loads((tmp_path / "ev_shipped" / "eval.json").read_text())
+    assert shipped["masked"] is False and shipped["clean_acc"] == report["clean_acc"]
+    assert abs(shipped["robust_acc"] - report["robust_acc"]) <= 0.04  # the same function, up to rounding
     assert main(["eval", ckpt, "--data", "digits", "--attack", "fmn", "--eps", "0.1", "--n", "30", "--steps", "10",
                  "--out", str(tmp_path / "fm")]) == 0
     assert (tmp_path / "fm" / "security_curve.png").exists()
     assert main(["thin-ice", "--dense", ckpt, "--pruned", ckpt, "--data", "digits", "--n", "30", "--steps", "10",
                  "--out", str(tmp_path / "ti")]) == 0
     assert json.loads((tmp_path / "ti" / "thin_ice.json").read_text())["populations"]["10"]["count"] == 0
+    assert main(["thin-ice", "--dense", ckpt, "--pruned", str(tmp_path / "shipped"), "--data", "digits", "--n", "30",
+                 "--steps", "10", "--out", str(tmp_path / "ti_shipped")]) == 0  # its compact form: nothing flips
+    assert json.loads((tmp_path / "ti_shipped" / "thin_ice.json").read_text())["populations"]["10"]["count"] == 0
     assert main(["eval", ckpt, "--data", "digits", "--attack", "cw", "--eps", "0.1", "--out", str(tmp_path)]) == 2
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint")

@@ -80,12 +80,25 @@ def _fmn_report(model, x, y, eps, norm, steps, state_path, chunk, progress, fres
             "curve": curve.to_json()}
 
 
+def load_evaluated(path: str | Path) -> tuple[torch.nn.Module, bool]:
+    """(eval-mode model, masked?) from a training checkpoint (anp train, anp prune) or a saved compact
+    model (anp export, deploy.save: the shipped file itself), told apart by the file's metadata."""
+    from ..checkpoint import load_model, read_metadata
+    from ..deploy import load as load_saved
+
+    path = Path(path)
+    file = path / "model.safetensors" if path.is_dir() else path
+    if "anp_arch" in read_metadata(file, "checkpoint or model file"):
+        return load_saved(file), False
+    model, state = load_model(file)
+    return model, bool(state["arch"]["masked"])
+
+
 def evaluate_checkpoint(checkpoint: str, data: str, attack: str, eps: float, out: str, norm: str = "Linf",
                         n: int | None = None, version: str = "standard", steps: int = 40, batch_size: int = 250,
                         chunk: int = 500, progress: bool = True, fresh: bool = False) -> dict:
-    """Evaluate a training checkpoint with one attack; writes eval.json, eval.md (and plots) to `out`."""
-    from ..checkpoint import load_model
-
+    """Evaluate a training checkpoint or a saved compact model with one attack; writes eval.json,
+    eval.md (and plots) to `out`."""
     if attack not in ATTACKS:
         raise ValueError(f"--attack must be one of {ATTACKS}, got {attack!r}")
     if version not in ("standard", "plus"):
@@ -93,13 +106,13 @@ def evaluate_checkpoint(checkpoint: str, data: str, attack: str, eps: float, out
     check_attack_settings(eps=eps, norm=norm, steps=steps, batch_size=batch_size)
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"--checkpoint-every must be an int >= 1, got {chunk!r}")
-    model, state = load_model(checkpoint)
+    model, masked = load_evaluated(checkpoint)
     x, y = held_out_split(data, n, model)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / f"state_{attack}.safetensors"
     report: dict = {"checkpoint": str(checkpoint), "data": data, "attack": attack, "norm": norm, "n": len(x),
-                    "masked": bool(state["arch"]["masked"])}
+                    "masked": masked}
     if report["masked"]:
         report["sparsity"] = sparsity(model)["total"]
     x_adv = None
@@ -161,11 +174,9 @@ def _eval_markdown(r: dict) -> str:
 def thin_ice_checkpoints(dense_ckpt: str, pruned_ckpt: str, data: str, out: str, norm: str = "Linf",
                          n: int | None = None, steps: int = 100, chunk: int = 500, progress: bool = True,
                          fresh: bool = False) -> dict:
-    from ..checkpoint import load_model
-
     check_attack_settings(norm=norm, steps=steps)
-    dense, _ = load_model(dense_ckpt)
-    pruned, _ = load_model(pruned_ckpt)
+    dense, _ = load_evaluated(dense_ckpt)
+    pruned, _ = load_evaluated(pruned_ckpt)
     x, y = held_out_split(data, n, dense)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
