@@ -1,4 +1,6 @@
 """Pruning methods: exact sparsity, fine-tuning that lowers the adversarial loss, exact compaction."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -152,6 +154,12 @@ def test_anp_prune_writes_a_checkpoint_the_other_commands_read(tmp_path, capsys)
     assert prune.unit_sparsity(model) == pytest.approx(0.5, abs=0.02)
     assert main(cmd) == 2  # an existing result is not replaced without --overwrite
     assert "--overwrite" in capsys.readouterr().err
+    assert main(["export", str(out / "checkpoint.safetensors"), "--out", str(tmp_path / "shipped"), "--round-to",
+                 "1"]) == 0  # its zeroed units are removed, as from a masked model's
+    info = json.loads((tmp_path / "shipped" / "export.json").read_text())
+    assert info["params_compact"] < 0.5 * info["params_masked"] and info["max_abs_logit_difference"] < 1e-4
+    assert main(["bench", str(out / "checkpoint.safetensors"), "--runs", "1", "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "bench.json").read_text())["compare"]["flop_ratio"] > 1.5
 
 
 @pytest.mark.parametrize("method,stop_after", [("hydra", 1), ("hydra", 3), ("magnitude", 1)])

@@ -1,4 +1,5 @@
-"""compact(): a plain PyTorch model with the pruned units of an ANP model physically removed.
+"""compact(): a plain PyTorch model with the pruned units of an ANP model (or the zeroed units of a
+model pruned by zeroing, `compact_zeroed`) physically removed.
 
 Steps, each exact (the compact model computes the masked model's function):
   1. fold_masks: each mask's test-time scale (E[pi], 0 below the threshold) is folded into its
@@ -242,7 +243,11 @@ def compact(model: nn.Module, input_shape: tuple, round_to: int = 8, fold_bn: bo
     widths slowly); 1 removes every removable channel. fold_bn: fold BatchNorm into the layer
     before it (exact in eval mode; what an inference engine would do). fast_pool: nn.MaxPool2d(2)
     layers become `MaxPool2x2` (the same function; our CPU kernel, see `fast_pooling`).
+    A model without masks (anp prune's structured results, any model pruned by zeroing) loses its
+    zeroed units instead, as `compact_zeroed` does: without this it would come back whole.
     """
+    if not any(isinstance(m, ANPLayer) for m in model.modules()):
+        return compact_zeroed(model, input_shape, round_to, fold_bn, fast_pool)
     plain, pruned = fold_masks(model)
     return _remove_pruned(plain, pruned, input_shape, round_to, fold_bn, fast_pool)
 
