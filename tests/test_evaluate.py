@@ -296,6 +296,8 @@ def test_an_unbounded_attack_that_breaks_nothing_is_gradient_masking_and_refused
         check_unbounded_attack(masked, x, y)
     with pytest.raises(EvaluationError, match="gradient masking"):
         autoattack(masked, x, y, eps=0.05, progress=False)
+    with pytest.raises(EvaluationError, match="no samples"):
+        check_unbounded_attack(model, x[:0], y[:0])
     constant = _Constant().eval()  # keeps its one class whatever the input: nothing overstated
     share = float((y == 0).float().mean())
     assert check_unbounded_attack(constant, x, y)["unbounded_attack_acc"] == pytest.approx(share)

@@ -79,6 +79,8 @@ def check_unbounded_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n
     from ..nn.modes import eval_mode
 
     xs, ys = x[:samples].to(model_device(model)), y[:samples].to(model_device(model))
+    if len(ys) == 0:
+        raise EvaluationError("no samples to evaluate")
     eps = 1.0 if norm == "Linf" else math.sqrt(xs[0].numel())  # Linf 1 / the box's diagonal: any image
     x_adv = pgd(model, xs, ys, eps, eps / 8, steps, norm=norm, generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), eval_mode(model):
