@@ -286,11 +286,15 @@ def report(f: dict, thin_ice_md: str) -> str:
         lines.append(f"| {name} | {r['clean_acc']:.4f} | {r['autoattack_robust_acc']:.4f} | "
                      f"{r['pgd_robust_acc']:.4f} | {r['robust_acc_worst_case']:.4f} | "
                      f"{r['fmn_robust_acc_at_eps']:.4f} | {r['vulnerability']:.4f} | {r['unit_sparsity']:.2%} |")
+    unbounded = [r["checks"]["unbounded_attack"] for r in rows.values()]
     lines += ["", "Worst case = robust against both AutoAttack and PGD-40, per sample. The interval in the summary "
                   "is Newcombe's for paired accuracies (both models on the same images): on a few hundred images "
                   "a difference of a few points can be the images rather than the pruning. Checks passed on every "
                   "evaluation: eval mode, deterministic logits, inputs in [0, 1], logits not probabilities, "
-                  "perturbations within eps. Both are attacked with BatchNorm folded into the conv before it, "
+                  "perturbations within eps, and no gradient masking (PGD over the whole image box leaves "
+                  f"{max(u['unbounded_attack_acc'] for u in unbounded):.0%} of the first "
+                  f"{unbounded[0]['unbounded_attack_samples']} images right). Both are attacked with BatchNorm "
+                  "folded into the conv before it, "
                   "ANP-VS as its compact model (the same functions: "
                   f"max |logit difference| {dep['max_abs_logit_difference']:.1e}, identical predictions); its "
                   "vulnerability is measured on the masked layers, so pruned features count as zero.", "",

@@ -37,6 +37,8 @@ def test_demo_quick_writes_the_report(tmp_path, capsys):
     assert f"{100 * change['low']:+.1f} to {100 * change['high']:+.1f}" in summary[1]
     assert f"{c['latency_speedup']:.2f}x faster" in summary[2]
     assert f"{c['memory_percent_of_dense']:.1f}% of the dense parameters" in summary[2]
+    worst = max(r["checks"]["unbounded_attack"]["unbounded_attack_acc"] for r in figures["models"].values())
+    assert f"no gradient masking (PGD over the whole image box leaves {worst:.0%} of the first" in report
     for section in ("## Robustness", "## The trade-off over ANP-VS training", "## Samples on thin ice",
                     "## Deployment"):
         assert section in report

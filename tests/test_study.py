@@ -43,6 +43,8 @@ def test_study_writes_every_figure_for_every_method(tmp_path):
     assert result["methods"]["magnitude-weight-80"]["sparsity"] > 0.79
     md = (tmp_path / "study.md").read_text()
     assert "| magnitude-channel-50 | 50" in md
+    worst = max(r["unbounded_attack_acc"] for r in result["methods"].values())  # the gradient-masking check
+    assert f"accuracy {d['unbounded_attack_acc']:.2f} for the dense model, at most {worst:.2f}" in md
     change = result["methods"]["magnitude-channel-50"]["robust"]["accuracy_change"]
     assert f"| {100 * change['difference']:+.1f} ({100 * change['low']:+.1f} to {100 * change['high']:+.1f}) |" in md
     versus = result["vs_baseline"]["magnitude-channel-50"]  # the one other method against the baseline

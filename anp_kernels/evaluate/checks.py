@@ -68,8 +68,11 @@ def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
             "num_classes": num_classes}
 
 
+UNBOUNDED_SAMPLES, UNBOUNDED_STEPS = 100, 20  # the gradient-masking check's samples and PGD steps
+
+
 def check_unbounded_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "Linf",
-                           samples: int = 100, steps: int = 20) -> dict:
+                           samples: int = UNBOUNDED_SAMPLES, steps: int = UNBOUNDED_STEPS) -> dict:
     """PGD whose budget is the whole image box must break the samples of any model whose gradients
     lead somewhere (Carlini et al. 2019, "On Evaluating Adversarial Robustness"). It may leave right
     only what a constant model keeps (at most the largest class's share); more means gradient masking

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..nn import eval_mode, masks, sparsity
 from .autoattack import autoattack
-from .checks import model_device
+from .checks import UNBOUNDED_SAMPLES, UNBOUNDED_STEPS, model_device
 from .curves import plot_curves, security_curve
 from .fmn import boundary_distance, cached_boundary_distance
 from .paired import paired_difference, points_cell
@@ -107,7 +107,8 @@ def attack_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
     kw = dict(chunk=chunk, batch_size=chunk, cache_dir=cache_dir, progress=progress)
     aa = autoattack(model, x, y, eps, **kw)
     row = {"clean_acc": aa.clean_acc, "pgd_acc": aa.pgd_robust_acc, "autoattack_acc": aa.autoattack_robust_acc,
-           "robust_acc_worst_case": aa.robust_acc, "autoattack_plus_acc": None}
+           "robust_acc_worst_case": aa.robust_acc, "autoattack_plus_acc": None,
+           "unbounded_attack_acc": aa.checks["unbounded_attack"]["unbounded_attack_acc"]}
     if plus_n:
         plus = autoattack(model, x[:plus_n], y[:plus_n], eps, version="plus", **kw)
         row["autoattack_plus_acc"] = plus.autoattack_robust_acc
@@ -193,6 +194,17 @@ def _f(v, spec=".4f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
+def _masking_line(result: dict) -> str:
+    """The gradient-masking check of every model (`checks.check_unbounded_attack`), in one sentence."""
+    pruned = [r.get("unbounded_attack_acc") for r in result["methods"].values()]
+    if result["dense"].get("unbounded_attack_acc") is None or None in pruned:
+        return "Gradient-masking check: not in this result."
+    return (f"Gradient-masking check (PGD-{UNBOUNDED_STEPS} over the whole image box, first "
+            f"{min(result['n'], UNBOUNDED_SAMPLES)} samples; a model whose gradients lead to adversarial examples "
+            f"keeps none): accuracy {result['dense']['unbounded_attack_acc']:.2f} for "
+            f"the dense model, at most {max(pruned):.2f} for the pruned ones.")
+
+
 def markdown(result: dict) -> str:
     """The paper's Table 1 form (PGD as reported vs AutoAttack, the drop) and the populations."""
     dn = result["dense"]
@@ -200,6 +212,7 @@ def markdown(result: dict) -> str:
              f"Dense: clean {dn['clean_acc']:.4f}, PGD {dn['pgd_acc']:.4f}, AutoAttack {dn['autoattack_acc']:.4f}; "
              f"distance-based robust accuracy {dn['distance_robust_acc']:.4f} (samples beyond eps that AutoAttack "
              f"broke: {dn['fmn_aa_disagreements']}).", "",
+             _masking_line(result), "",
              "Robust vs dense: the per-sample worst case (AutoAttack and PGD) of the method minus the dense "
              "model's, in points, with Newcombe's 95% interval for paired accuracies.", "",
              "| method | sparsity | structured | clean | PGD | AutoAttack | drop | AA plus | robust vs dense (95%) | "
