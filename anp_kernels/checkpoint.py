@@ -4,8 +4,8 @@ Every tensor (model, optimiser state, RNG states) goes into the safetensors body
 structure that is not a tensor (optimiser param groups, scheduler state, epoch, config,
 metrics) goes as JSON into its metadata. A write goes to a temporary file first and is
 renamed into place, so an interrupted save never leaves a half-written checkpoint, and records a
-SHA-256 of its content (metadata and tensors) that loading checks, so a byte changed on disk or in transit is an error
-(files written before the checksum existed load without it).
+SHA-256 of its content (metadata and tensors) that loading checks, so a byte changed on disk or in
+transit is an error (files written before the checksum existed load without it).
 Loading validates the metadata and checks every tensor shape against the architecture it
 describes (built on the meta device first) before any model memory is allocated.
 """

@@ -2,7 +2,8 @@
 
 Specs: "digits" (scikit-learn's 8x8 digits, embedded), "mnist:PATH" (IDX files, gzipped or
 not, in PATH or torchvision's PATH/MNIST/raw; with only the t10k split present, its first 8,000
-images train and the rest are held out), "cifar10:PATH" (the python batches), "synthetic" (class templates plus noise).
+images train and the rest are held out), "cifar10:PATH" (the python batches), "synthetic" (class
+templates plus noise).
 
 Training augmentation (`augment`) is the original ANP-VS code's: CIFAR-10 batches are padded by 4
 zero pixels, randomly cropped back to 32x32 and flipped left-right with probability 1/2; MNIST and

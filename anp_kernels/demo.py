@@ -29,7 +29,7 @@ from .evaluate.curves import plot_curves
 from .evaluate.paired import PairedDifference
 from .evaluate.robustness import predictions
 from .evaluate.study import attack_form
-from .nn import eval_mode, sparsity
+from .nn import sparsity
 from .train import TrainConfig, ensure_trained, save_epoch, setup, train_epoch
 
 BATCH = 64
@@ -109,9 +109,8 @@ def _configs(s: DemoSettings, data: str, runs: Path) -> dict[str, TrainConfig]:
 def _pgd_acc(model, ds, s: DemoSettings) -> float:
     """PGD robust accuracy (the training attack) on the first tradeoff_n held-out images, eval mode."""
     x, y = ds.x_test[: s.tradeoff_n], ds.y_test[: s.tradeoff_n]
-    with eval_mode(model):
-        x_adv = pgd_examples(model, x, y, s.eps, 2.5 * s.eps / s.steps, s.steps)
-        return float((predictions(model, x_adv) == y).float().mean())
+    x_adv = pgd_examples(model, x, y, s.eps, 2.5 * s.eps / s.steps, s.steps)  # both in eval mode, modes restored
+    return float((predictions(model, x_adv) == y).float().mean())
 
 
 def serving_form(model) -> torch.nn.Module:

@@ -10,8 +10,7 @@ from torch import nn
 
 from .._extras import require
 from ..attacks import fast_layout, frozen
-from .checks import (EvaluationError, check_attack_settings, check_inputs, check_perturbations, check_unbounded_attack,
-                     model_device)
+from .checks import EvaluationError, check_attack_settings, check_evaluation, check_perturbations, model_device
 from .resumable import binding, cached_state_path, finished_part, run_chunks
 from .robustness import pgd_examples, predictions
 
@@ -88,7 +87,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     if version not in ("standard", "plus"):
         raise ValueError(f"version must be 'standard' or 'plus', got {version!r}")
     check_attack_settings(eps=eps, norm=norm, steps=pgd_steps, batch_size=batch_size)
-    checks = {**check_inputs(model, x, y), "unbounded_attack": check_unbounded_attack(model, x, y, norm)}
+    checks = check_evaluation(model, x, y, norm)
     device = model_device(model)
     config, bound = _binding(model, x, y, eps, norm, version, seed, pgd_steps, batch_size)
     step = eps / 4 if norm == "Linf" else eps / 8

@@ -79,15 +79,14 @@ def check_unbounded_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n
     (rounded or saturated inputs, non-differentiable layers), under which every gradient-based
     robust accuracy overstates: an EvaluationError. Runs on the first `samples` samples."""
     from ..attacks import pgd
-    from ..nn.modes import eval_mode
+    from .robustness import predictions
 
     xs, ys = x[:samples].to(model_device(model)), y[:samples].to(model_device(model))
     if len(ys) == 0:
         raise EvaluationError("no samples to evaluate")
     eps = 1.0 if norm == "Linf" else math.sqrt(xs[0].numel())  # Linf 1 / the box's diagonal: any image
     x_adv = pgd(model, xs, ys, eps, eps / 8, steps, norm=norm, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), eval_mode(model):
-        acc = float((model(x_adv).argmax(1) == ys).float().mean())
+    acc = float((predictions(model, x_adv) == ys).float().mean())
     largest = float(torch.bincount(ys.cpu()).max()) / len(ys)
     if acc > largest:
         raise EvaluationError(f"PGD-{steps} with eps {eps:.3g} ({norm}: any image in [0, 1]) leaves {acc:.0%} of "
@@ -95,6 +94,12 @@ def check_unbounded_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n
                               "the model's gradients do not lead to adversarial examples (gradient masking), so "
                               "gradient-based robust accuracy would be overstated")
     return {"unbounded_attack_acc": acc, "unbounded_attack_eps": eps, "unbounded_attack_samples": len(ys)}
+
+
+def check_evaluation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "Linf") -> dict:
+    """What every robustness evaluation checks first: `check_inputs`, then the gradient-masking check
+    (`check_unbounded_attack`, reported under "unbounded_attack")."""
+    return {**check_inputs(model, x, y), "unbounded_attack": check_unbounded_attack(model, x, y, norm)}
 
 
 def check_float32(model: nn.Module, x: torch.Tensor) -> None:

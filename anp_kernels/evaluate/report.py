@@ -15,7 +15,7 @@ from .. import data as data_mod
 from .. import models
 from ..nn import sparsity
 from .autoattack import autoattack
-from .checks import check_attack_settings, check_inputs, check_perturbations, check_unbounded_attack
+from .checks import check_attack_settings, check_evaluation, check_perturbations
 from .curves import security_curve, vulnerability_histogram
 from .fmn import fmn
 from .paired import wilson_interval
@@ -56,7 +56,7 @@ def fmn_distances(model, x, y, norm: str, steps: int, state_path, chunk: int = 5
 
 
 def _pgd_report(model, x, y, eps, norm, steps, batch_size, state_path, chunk, progress, fresh) -> tuple[dict, torch.Tensor]:
-    checks = {**check_inputs(model, x, y), "unbounded_attack": check_unbounded_attack(model, x, y, norm)}
+    checks = check_evaluation(model, x, y, norm)
     step = pgd_step(eps, norm)
     bound = binding(model, x, y, {"attack": "pgd", "eps": eps, "norm": norm, "steps": steps, "step": step,
                                   "batch_size": batch_size}, f"0..{len(x) - 1}")
@@ -68,7 +68,7 @@ def _pgd_report(model, x, y, eps, norm, steps, batch_size, state_path, chunk, pr
 
 
 def _fmn_report(model, x, y, eps, norm, steps, state_path, chunk, progress, fresh, out_dir: Path, label: str) -> dict:
-    checks = {**check_inputs(model, x, y), "unbounded_attack": check_unbounded_attack(model, x, y, norm)}
+    checks = check_evaluation(model, x, y, norm)
     d = fmn_distances(model, x, y, norm, steps, state_path, chunk, progress, fresh)
     curve = security_curve(d)
     curve.plot(out_dir / "security_curve.png", label=label, mark_eps=eps)
@@ -180,8 +180,7 @@ def thin_ice_checkpoints(dense_ckpt: str, pruned_ckpt: str, data: str, out: str,
     x, y = held_out_split(data, n, dense)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_inputs(dense, x, y)
-    check_unbounded_attack(dense, x, y, norm)  # FMN's distances, gradient-based, would overstate under masking
+    check_evaluation(dense, x, y, norm)  # FMN's distances, gradient-based, would overstate under masking
     pred = predictions(dense, x)
     d = fmn_distances(dense, x, pred, norm, steps, out_dir / "state_fmn_dense.safetensors", chunk, progress, fresh)
     result = thin_ice(dense, pruned, x, y, norm=norm, distances=d)
